@@ -1,0 +1,1 @@
+"""Stage commands (``python -m pipeline.<stage> ...``) and the one stage registry."""
