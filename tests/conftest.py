@@ -1,0 +1,33 @@
+"""Shared test fixtures.  Tests are CPU-only; GPU checks are opt-in (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ANNOTATIONS = REPO.parent / "shared" / "data" / "annotations"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only when asked for (-m gpu) and a CUDA device is present."""
+    if "gpu" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="GPU check: opt in with `pytest -m gpu` on a CUDA machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_annotations() -> Path:
+    """The real annotation files (read-only, never copied into the project)."""
+    if not SHARED_ANNOTATIONS.is_dir():
+        pytest.skip(f"real annotations not found at {SHARED_ANNOTATIONS} (../shared beside the checkout)")
+    return SHARED_ANNOTATIONS
