@@ -166,6 +166,34 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Video feature extraction from raw videos (issue 4; S4.3 names C3D and I3D features)."""
+
+    backbone: Literal["c3d", "i3d"] = "c3d"
+    fps: float | None = None  # decode at this frame rate (resampled by timestamps); None = source fps
+    clip_len: int = 16  # frames per clip fed to the backbone
+    stride_frames: int = 8  # frames between the starts of consecutive clips (= frames per feature)
+    layer: Literal["fc6", "fc7"] = "fc7"  # C3D layer whose (post-ReLU) activations are the feature
+    c3d_mean_rgb: tuple[float, ...] = (101.41, 97.66, 90.25)  # Sports-1M per-channel mean, R,G,B
+    c3d_bgr: bool = True  # feed C3D channels in BGR order (the Caffe model's order)
+    batch_size: int = 32  # clips per forward pass
+    num_workers: int = 2  # decoding processes (0 = decode in the main process)
+    allow_random_weights: bool = False  # OFFLINE FALLBACK for synthetic data only: never silent
+    amp: Literal["off", "bf16"] = "bf16"  # autocast dtype on CUDA; the CPU always runs fp32
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"extract.fps: must be > 0 or null, got {self.fps}")
+        for key in ("clip_len", "stride_frames", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"extract.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"extract.num_workers: must be >= 0, got {self.num_workers}")
+        if len(self.c3d_mean_rgb) != 3:
+            raise ConfigError(f"extract.c3d_mean_rgb: need 3 values (R, G, B), got {self.c3d_mean_rgb}")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -175,6 +203,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     variant: str = "fian"
 
     def to_dict(self) -> dict[str, Any]:
