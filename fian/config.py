@@ -144,6 +144,7 @@ class TrainConfig:
     amp: Literal["off", "bf16"] = "bf16"
     compile: bool = False
     fused_optimizer: bool = True
+    sync_every: int = 50
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,8 @@ def _check_range(cfg: Config) -> None:
         problems.append(("loss.alpha", "must be >= 0"))
     if tr.lr <= 0 or tr.batch_size < 1 or tr.epochs < 0:
         problems.append(("train", "lr > 0, batch_size >= 1, epochs >= 0"))
+    if tr.sync_every < 1:
+        problems.append(("train.sync_every", "must be >= 1"))
     if fe.num_steps < 1:
         problems.append(("features.num_steps", "must be >= 1"))
     if te.max_query_len < 1:
