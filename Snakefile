@@ -1,0 +1,44 @@
+# FIAN pipeline.  The rules live in workflow/rules/*.smk, rendered from pipeline/registry.py
+# (`fian render`); this file loads and validates the config, resolves the plan and includes them.
+#
+#   snakemake --profile workflow/profiles/local                      # the demo (synthetic)
+#   snakemake --profile workflow/profiles/local --configfile workflow/config/paper.yaml
+#   snakemake --profile workflow/profiles/slurm --configfile workflow/config/paper.yaml
+
+from snakemake.utils import min_version, validate
+
+from pipeline import registry as R
+
+min_version("9.0")
+
+
+# the demo config unless --configfile/--config give one (Snakemake would MERGE a second config
+# file into the first: datasets of both would run)
+if not config:
+
+    configfile: "workflow/config/default.yaml"
+
+
+
+# the config's schema first, then every params layer the config uses (clear error naming file/key)
+validate(config, "workflow/schemas/config.schema.json")
+PLAN = R.plan_from_config(config)
+
+
+wildcard_constraints:
+    dataset="|".join(d.name for d in PLAN.datasets),
+    variant=R.variant_regex(PLAN),
+    split="[a-z]+",
+
+
+rule all:
+    """Every table, figure and metrics file of the config."""
+    input:
+        R.targets(PLAN),
+    default_target: True
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/reports.smk"
