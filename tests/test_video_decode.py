@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fian.extract.video import FrameSpec, VideoDecodeError, decode_video, expected_resampled_count, render_moving_square
+from fian.extract.video import (
+    FrameSpec,
+    VideoDecodeError,
+    decode_video,
+    expected_resampled_count,
+    render_moving_square,
+)
 
 C3D_SPEC = FrameSpec(crop=112, size=(128, 171))
 I3D_SPEC = FrameSpec(crop=224, short_side=256)

@@ -162,11 +162,18 @@ def decode_video(path: str | Path, spec: FrameSpec, fps: float | None = None) ->
         if prev is None:
             raise VideoDecodeError(path, "no decodable video frames")
         if declared > 0 and n_src < _MIN_DECLARED_FRACTION * declared - 1:
-            raise VideoDecodeError(path, f"truncated: decoded {n_src} of the {declared} frames the container declares")
-        duration = prev[1] + 1.0 / src_fps
-        if declared == 0 and declared_seconds and duration < _MIN_DECLARED_FRACTION * declared_seconds - 1.0 / src_fps:
             raise VideoDecodeError(
-                path, f"truncated: decoded {duration:.3f} s of the {declared_seconds:.3f} s the container declares"
+                path, f"truncated: decoded {n_src} of the {declared} frames the container declares"
+            )
+        duration = prev[1] + 1.0 / src_fps
+        if (
+            declared == 0
+            and declared_seconds
+            and duration < _MIN_DECLARED_FRACTION * declared_seconds - 1.0 / src_fps
+        ):
+            raise VideoDecodeError(
+                path,
+                f"truncated: decoded {duration:.3f} s of the {declared_seconds:.3f} s the container declares",
             )
         if fps is not None:
             # the last source frame stays on screen until the end of the video
