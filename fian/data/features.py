@@ -259,8 +259,10 @@ def find_feature_file(raw: Path, layout: str) -> Path:
     if not raw.is_dir():
         raise FileNotFoundError(f"{raw}: raw feature folder not found")
     standard = RELEASE_FILE.get(layout)
-    if standard and (raw / standard).is_file():
-        return raw / standard
+    if standard:
+        hits = sorted(raw.rglob(standard))  # also inside a folder an archive extracted to
+        if hits:
+            return hits[0]
     found = sorted(p for p in raw.iterdir() if p.is_file() and p.suffix in (".hdf5", ".h5"))
     if len(found) == 1:
         return found[0]
@@ -391,12 +393,9 @@ def import_features(
                     attrs["frames_per_feature"] = int(frames_per_feature)
                 yield vid, a, attrs
 
-        inherited = src.file_attrs() if layout == "store" else {}
-        file_attrs = {
-            "random_weights": bool(inherited.get("random_weights", False)),
-            "source": f"{layout}:{src.path.name}",
-            "layout": layout,
-        }
+        # provenance tags of the source survive the import (a random-weight or generated source stays tagged)
+        inherited = {k: v for k, v in src.file_attrs().items() if k in ("random_weights", "synthetic")}
+        file_attrs = {"random_weights": False, **inherited, "source": f"{layout}:{src.path.name}", "layout": layout}
         report.imported = write_store(out, items(), backbone=backbone, feature_dim=feature_dim, attrs=file_attrs)
     finally:
         src.close()
