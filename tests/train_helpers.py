@@ -1,0 +1,79 @@
+"""A tiny grounding set the model can learn on CPU in seconds, and a tiny config (train tests).
+
+Each video holds two queries.  A query's words are its own tokens; its moment is marked in the
+video features by a query-specific pattern (a direction of the feature space) added on the
+moment's steps, on top of noise.  Finding the moment means matching words to the pattern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from fian.config import Config, config_from_dict
+from fian.data.dataset import GroundingSplit
+
+T, D, WORDS = 32, 16, 4
+
+
+def tiny_config(**train: object) -> Config:
+    """A small FIAN (hidden 32, windows 4/8/16 over 32 steps) with fast training settings."""
+    base = Config().to_dict()
+    over = {
+        "dataset": {"name": "tiny", "feature_dim": D},
+        "text": {"word_dim": 16, "max_query_len": WORDS},
+        "features": {"num_steps": T},
+        "model": {
+            "hidden": 32, "heads": 2, "self_attn_heads": 2, "ffn_dim": 64, "dropout": 0.0,
+            "window_sizes": [4, 8, 16], "stride_ratio": 0.25,
+        },
+        "loss": {"alpha": 0.005},
+        "train": {"lr": 3e-3, "batch_size": 8, "epochs": 2, "amp": "off", "sync_every": 2, **train},
+        "eval": {"batch_size": 16},
+        "tracking": {"enabled": False},
+    }  # fmt: skip
+    for k, v in over.items():
+        base[k] = {**base[k], **v}
+    return dataclasses.replace(config_from_dict(base), variant="fian")
+
+
+def marked_split(n_videos: int = 8, seed: int = 0, same_moment: bool = False) -> GroundingSplit:
+    """``2 * n_videos`` queries; ``same_moment``: every query has the moment [8, 16) steps."""
+    rng = np.random.default_rng(seed)
+    n_q = 2 * n_videos
+    patterns = rng.normal(size=(n_q, D)).astype(np.float32)
+    patterns /= np.linalg.norm(patterns, axis=1, keepdims=True)
+    video = 0.3 * rng.normal(size=(n_videos, T, D)).astype(np.float32)
+    video_index = np.repeat(np.arange(n_videos), 2)
+    gt_steps = np.zeros((n_q, 2), dtype=np.float64)
+    for q in range(n_q):
+        if same_moment:
+            s, length = 8, 8
+        else:
+            length = int(rng.choice([4, 8, 16]))
+            s = int(rng.integers(0, T - length + 1))
+        gt_steps[q] = (s, s + length)
+        video[video_index[q], s : s + length] += 2.0 * patterns[q]
+    words = 2 + np.arange(n_q * WORDS).reshape(n_q, WORDS)  # each query its own tokens (0 pad, 1 unk)
+    word_len = np.full(n_q, WORDS)
+    duration = np.full(n_q, 64.0)  # seconds: one step = 2 s
+    gt = gt_steps * duration[:, None] / T
+    records = pd.DataFrame(
+        {
+            "video_id": [f"vid{v}" for v in video_index],
+            "sentence": [f"query {q}" for q in range(n_q)],
+            "start": gt[:, 0],
+            "end": gt[:, 1],
+            "duration": duration,
+            "source": "test",
+        }
+    )
+    return GroundingSplit.from_arrays(
+        video, video_index, words, word_len, gt, duration, records=records, num_steps=T,
+        video_ids=[f"vid{v}" for v in range(n_videos)],
+    )  # fmt: skip
+
+
+VOCAB = 2 + 2 * 64 * WORDS  # enough token ids for marked_split(n_videos <= 64)
