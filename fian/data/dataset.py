@@ -43,7 +43,10 @@ class SplitError(ValueError):
 def _t(x: Any, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+    a = np.asarray(x)
+    if not a.flags.writeable:  # torch wants writable memory (pandas / h5py may hand out read-only views)
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype)
 
 
 class GroundingSplit:
@@ -69,6 +72,7 @@ class GroundingSplit:
         rows: torch.Tensor,
         video_ids: Sequence[str],
         attrs: Mapping[str, Any] | None = None,
+        word_len_cpu: torch.Tensor | None = None,
     ) -> None:
         self.video = video  # [n_videos, T, D] float32
         self.video_mask = video_mask  # [n_videos, T] bool
@@ -83,7 +87,7 @@ class GroundingSplit:
         self.video_ids = list(video_ids)
         self.attrs = dict(attrs or {})
         # host copies for batch planning: the longest query of a batch is found without a device sync
-        self._word_len_cpu = word_len.detach().cpu()
+        self._word_len_cpu = word_len.detach().cpu() if word_len_cpu is None else word_len_cpu
 
     # ------------------------------------------------------------------------------------ build
     @classmethod
@@ -255,7 +259,7 @@ class GroundingSplit:
         )  # fmt: skip
         return GroundingSplit(
             **{k: v.to(device) for k, v in move.items()}, records=self.records, num_steps=self.num_steps,
-            video_ids=self.video_ids, attrs=self.attrs,
+            video_ids=self.video_ids, attrs=self.attrs, word_len_cpu=self._word_len_cpu,
         )  # fmt: skip
 
     def subset(self, indices: Any) -> GroundingSplit:
@@ -268,7 +272,7 @@ class GroundingSplit:
             video=self.video, video_mask=self.video_mask, video_index=self.video_index[dev],
             words=self.words[dev], word_len=self.word_len[dev], gt=self.gt[dev], duration=self.duration[dev],
             records=self.records.iloc[idx.numpy()], num_steps=self.num_steps, rows=self.rows[dev],
-            video_ids=self.video_ids, attrs=self.attrs,
+            video_ids=self.video_ids, attrs=self.attrs, word_len_cpu=self._word_len_cpu[idx],
         )  # fmt: skip
 
     # --------------------------------------------------------------------------------- batches
