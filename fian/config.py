@@ -89,6 +89,8 @@ class TextConfig:
     fallback_train_glove: bool = False
     glove_epochs: int = 25
     glove_window: int = 5
+    glove_x_max: float = 10.0  # fallback GloVe: f(X) = min(1, (X / x_max)^0.75)
+    glove_lr: float = 0.05  # fallback GloVe: AdaGrad learning rate
 
 
 @dataclass(frozen=True)
