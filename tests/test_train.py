@@ -1,0 +1,261 @@
+"""The training loop: exact resume, non-finite loss, checkpoints, the train stage."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from train_helpers import VOCAB, marked_split, tiny_config
+
+from fian.losses import build_loss
+from fian.model.build import build_model
+from fian.train import NonFiniteLossError, build_model_from_checkpoint, fit, load_checkpoint
+
+
+def _fit(cfg, split, ckpt, *, resume=False, val=None, model=None):
+    torch.manual_seed(0)
+    model = model or build_model(cfg, vocab_size=VOCAB)
+    history = fit(
+        model, build_loss(cfg), split, val, train_cfg=cfg.train, eval_cfg=cfg.eval,
+        num_steps=cfg.features.num_steps, checkpoint=ckpt, resume=resume, config=cfg.to_dict(),
+        device="cpu", progress=False,
+    )  # fmt: skip
+    return model, history
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    """2 epochs straight == 1 epoch, stop, resume for 1 more (dropout on: RNG state restored)."""
+    split = marked_split(n_videos=6)  # 12 queries, batch 8: a short last batch too
+    cfg2 = tiny_config(epochs=2)
+    import dataclasses
+
+    cfg2 = dataclasses.replace(cfg2, model=dataclasses.replace(cfg2.model, dropout=0.2))
+    cfg1 = dataclasses.replace(cfg2, train=dataclasses.replace(cfg2.train, epochs=1))
+
+    _, straight = _fit(cfg2, split, tmp_path / "a.pt")
+    _fit(cfg1, split, tmp_path / "b.pt")
+    # resuming compares configs: the stored one says epochs=1, so rewrite it as the 2-epoch run's
+    ckpt = torch.load(tmp_path / "b.pt", weights_only=False)
+    ckpt["config"] = cfg2.to_dict()
+    torch.save(ckpt, tmp_path / "b.pt")
+    _, resumed = _fit(cfg2, split, tmp_path / "b.pt", resume=True)
+
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
+    # Adam moments too
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_resume_refuses_a_changed_config(tmp_path) -> None:
+    split = marked_split(n_videos=2)
+    cfg = tiny_config(epochs=1)
+    _fit(cfg, split, tmp_path / "c.pt")
+    other = tiny_config(epochs=2, lr=1e-3)
+    with pytest.raises(ValueError, match=r"c\.pt: cannot resume, the config changed: .*train\.lr"):
+        _fit(other, split, tmp_path / "c.pt", resume=True)
+
+
+def test_checkpoint_carries_config_and_rebuilds_model(tmp_path) -> None:
+    split = marked_split(n_videos=4)
+    cfg = tiny_config(epochs=2)
+    model, history = _fit(cfg, split, tmp_path / "m.pt", val=split)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["config"] == cfg.to_dict()
+    assert ckpt["best_epoch"] == history[-1]["best_epoch"]
+    rebuilt, rcfg = build_model_from_checkpoint(ckpt, vocab_size=VOCAB)
+    assert rcfg == cfg
+    batch = next(split.batches(8))
+    model.eval(), rebuilt.eval()
+    with torch.no_grad():
+        a = model(batch.video, batch.video_mask, batch.words, batch.word_mask)
+        b = rebuilt(batch.video, batch.video_mask, batch.words, batch.word_mask)
+    assert torch.equal(a.logits, b.logits)  # fit left the best weights in the model, as stored
+
+
+def test_bad_checkpoint_file_is_named(tmp_path) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a fian checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _NaNOnVideo(torch.nn.Module):
+    """Wraps a model; turns the logits of any batch containing ``bad_row`` into NaN."""
+
+    def __init__(self, model: torch.nn.Module, split, bad_row: int) -> None:
+        super().__init__()
+        self.model, self.marker = model, split.video[split.video_index[bad_row]].clone()
+
+    def forward(self, video, video_mask, words, word_mask):
+        out = self.model(video, video_mask, words, word_mask)
+        hit = (video == self.marker).flatten(1).all(1)  # [B] rows showing the bad video
+        if hit.any():
+            out.logits = torch.where(hit[:, None], torch.nan, out.logits)
+        return out
+
+
+@pytest.mark.parametrize("loss_checks", [False, True])
+def test_nonfinite_loss_names_the_batch(tmp_path, loss_checks: bool) -> None:
+    """NaN in the batch holding video 'vid3' stops training with its rows, ids and the loss term."""
+    split = marked_split(n_videos=6)
+    cfg = tiny_config(epochs=1, batch_size=4, sync_every=2)
+    model = _NaNOnVideo(build_model(cfg, vocab_size=VOCAB), split, bad_row=6)  # rows 6, 7 are vid3
+    loss_fn = build_loss(cfg)
+    loss_fn.check_finite = loss_checks  # the loss's own per-step check, or fit's deferred one
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(model, loss_fn, split, None, train_cfg=cfg.train, eval_cfg=cfg.eval,
+            num_steps=cfg.features.num_steps, checkpoint=tmp_path / "n.pt", device="cpu", progress=False)  # fmt: skip
+    msg = str(err.value)
+    assert "epoch 1" in msg and "align" in msg and "vid3" in msg, msg
+    # the named step is the first batch that holds row 6 or 7
+    from fian.distributed import DistInfo, shard_epoch
+    from fian.train import epoch_permutation
+
+    order, bs, _ = shard_epoch(epoch_permutation(len(split), cfg.train.seed, 0), 4, DistInfo())
+    step = next(i for i in range(0, len(order), bs) if {6, 7} & set(order[i : i + bs].tolist())) // bs
+    assert f"step {step + 1}/" in msg, msg
+    assert not (tmp_path / "n.pt").exists()  # nothing written for the failed epoch
+
+
+def test_infinite_lr_is_caught(tmp_path) -> None:
+    split = marked_split(n_videos=6)
+    cfg = tiny_config(epochs=1, batch_size=4, lr=1e30, grad_clip=0.0)
+    model = build_model(cfg, vocab_size=VOCAB)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(1e20)  # with lr 1e30 the first Adam step blows the weights up
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step \d+/3 .*video ids"):
+        fit(model, build_loss(cfg), split, None, train_cfg=cfg.train, eval_cfg=cfg.eval,
+            num_steps=cfg.features.num_steps, checkpoint=None, device="cpu", progress=False)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the train stage end to end (tiny files), then evaluate and baseline stages on its outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _write_params(tmp_path, cfg) -> list[str]:
+    import yaml
+
+    def plain(o):
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [plain(v) for v in o]
+        return o
+
+    d = cfg.to_dict()
+    d.pop("variant")
+    base = tmp_path / "params" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text(yaml.safe_dump(plain(d)))
+    ds = tmp_path / "params" / "tiny.yaml"
+    ds.write_text("{}\n")
+    var = tmp_path / "params" / "fian.yaml"
+    var.write_text("{}\n")
+    return [str(base), str(ds), str(var)]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stage")
+    data, text = tmp / "data", tmp / "text"
+    marked_split(n_videos=6, seed=1).save(data / "train.h5")
+    marked_split(n_videos=3, seed=2).save(data / "val.h5")
+    marked_split(n_videos=3, seed=3).save(data / "test.h5")
+    text.mkdir()
+    (text / "vocab.json").write_text(json.dumps(["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]))
+    emb = np.random.default_rng(0).normal(size=(VOCAB, 16)).astype(np.float32)
+    emb[0] = 0
+    np.save(text / "embeddings.npy", emb)
+    params = _write_params(tmp, tiny_config(epochs=2))
+    return tmp, params, data, text
+
+
+def test_train_evaluate_baseline_stages(tiny_files) -> None:
+    from pipeline import baseline, evaluate, train
+
+    tmp, params, data, text = tiny_files
+    out = tmp / "results"
+    assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out)]) == 0
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist["epoch"]) == [1, 2] and {"loss", "align", "boundary", "val/R@1,IoU=0.5", "time_s"} <= set(hist)
+    tm = json.loads((out / "train_metrics.json").read_text())
+    assert tm["unit"] == "fraction" and tm["best_epoch"] in (1, 2) and 0 <= tm["val/R@1,IoU=0.5"] <= 1
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+    args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(out / "checkpoint.pt")]
+    assert evaluate.main([*args, "--split", "test", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics_test.json").read_text())
+    assert m["unit"] == "fraction" and m["n_queries"] == 6 and 0 <= m["R@1,IoU=0.5"] <= 1 and "mIoU" in m
+    lines = (out / "predictions_test.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    rec = json.loads(lines[0])
+    assert rec["video_id"] == "vid0" and len(rec["segments"]) == len(rec["scores"]) >= 5
+    assert all(0 <= s <= e <= rec["duration"] for s, e in rec["segments"])
+    assert rec["scores"] == sorted(rec["scores"], reverse=True)
+
+    prior_out = tmp / "prior"
+    assert baseline.main(["--params", *params[:2], "--data", str(data), "--split", "test", "--out", str(prior_out)]) == 0
+    pm = json.loads((prior_out / "metrics_test.json").read_text())
+    assert pm["baseline"] == "moment_prior" and pm["n_queries"] == 6
+    first = [json.loads(x)["segments"] for x in (prior_out / "predictions_test.jsonl").read_text().splitlines()]
+    assert all(f == first[0] for f in first)  # query-blind: same moments (equal durations)
+
+    # resume after the last epoch: nothing more to do, outputs unchanged
+    assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out), "--resume"]) == 0
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [1, 2]
+
+
+def test_train_stage_bad_inputs(tiny_files, tmp_path, capsys) -> None:
+    from pipeline import evaluate, train
+    from pipeline.common import run_stage
+
+    tmp, params, data, text = tiny_files
+    out = tmp_path / "out"
+    # missing split file
+    code = run_stage(train.main, ["--params", *params, "--data", str(tmp_path), "--text", str(text), "--out", str(out)])
+    assert code == 1 and "train.h5" in capsys.readouterr().err
+    # a split of the wrong number of steps
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_config(), features=dataclasses.replace(tiny_config().features, num_steps=16),
+                              model=dataclasses.replace(tiny_config().model, window_sizes=(4, 8)))  # fmt: skip
+    p2 = _write_params(wrong, cfg)
+    code = run_stage(train.main, ["--params", *p2, "--data", str(data), "--text", str(text), "--out", str(out)])
+    assert code == 1 and "train.h5: num_steps=32 but features.num_steps=16" in capsys.readouterr().err
+    assert not out.exists()
+    # a truncated checkpoint
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    code = run_stage(evaluate.main, ["--params", *params, "--data", str(data), "--text", str(text),
+                                     "--checkpoint", str(bad), "--split", "test", "--out", str(out)])  # fmt: skip
+    assert code == 1 and "bad.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_summary_line_and_history_fields(caplog) -> None:
+    split = marked_split(n_videos=2)
+    cfg = tiny_config(epochs=1)
+    with caplog.at_level("INFO", logger="fian.train"):
+        _, history = _fit(cfg, split, None, val=split)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch")]
+    assert len(lines) == 1
+    assert "loss" in lines[0] and "R@1,IoU=0.5" in lines[0] and "R@1,IoU=0.7" in lines[0] and "mIoU" in lines[0]
+    assert all(math.isfinite(history[0][k]) for k in ("loss", "align", "boundary", "time_s"))
