@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fian.data.features import FeatureStore
-from fian.extract.extractor import Backbone, clip_index, extract_frames, num_clips
+from fian.extract.extractor import Backbone, build_backbone, clip_index, extract_frames, num_clips
 from fian.extract.video import FrameSpec, decode_video, render_moving_square
 from pipeline.common import run_stage
 from pipeline.extract import main
@@ -223,3 +223,22 @@ def test_stage_missing_id_and_duplicate_files(tmp_path: Path, capsys) -> None:
     assert run(["--params", *layers, "--videos", videos, "--out", tmp_path / "f.h5", "--ids", ids]) == 1
     assert "zz: no video file with this id" in capsys.readouterr().err
     assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["c3d", "i3d"])
+def test_cuda_bf16_matches_cpu_fp32(name: str) -> None:
+    """On a GPU: bf16 autocast features stay close to the CPU fp32 ones (same random weights)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    bb = build_backbone(name, None, allow_random_weights=True, seed=0)
+    c = bb.spec.crop
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (24, c, c, 3), dtype=torch.uint8, generator=g)  # 24 frames -> 2 clips
+    kw = dict(clip_len=16, stride=8, batch_size=2)
+    cpu = extract_frames(bb, frames, device=torch.device("cpu"), **kw)
+    bb.net.to("cuda")
+    gpu = extract_frames(bb, frames, device=torch.device("cuda"), amp="bf16", **kw)
+    assert gpu.shape == cpu.shape == (2, bb.feature_dim)
+    rel = np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)
+    assert rel < 0.05, rel

@@ -182,7 +182,10 @@ def extract_frames(
     amp: str = "off",
     progress: Any = None,
 ) -> np.ndarray:
-    """frames [N, crop, crop, 3] uint8 -> features [num_clips(N), D] float32, in batches of clips."""
+    """frames [N, crop, crop, 3] uint8 -> features [num_clips(N), D] float32, in batches of clips.
+
+    ``backbone.net`` must already be on ``device``; ``frames`` may stay on the CPU.
+    """
     x = torch.as_tensor(frames)
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 [N, H, W, 3], got {x.dtype} {tuple(x.shape)}")
