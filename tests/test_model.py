@@ -236,3 +236,25 @@ def test_checks_can_be_disabled_and_extra_padding_columns_are_trimmed():
     mask2 = torch.cat([word_mask, torch.zeros(3, pad, dtype=torch.bool)], 1)
     out = tiny_model()(video, video_mask, words2, mask2)  # longer than n_q, but only padding: fine
     torch.testing.assert_close(out.logits, ref.logits)
+
+
+@pytest.mark.gpu
+def test_no_host_device_sync_on_cuda_when_checks_are_off():
+    from fian.inference import decode
+    from fian.losses import FIANLoss
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = tiny_model(check_inputs=False).cuda().train()
+    video, video_mask, words, word_mask = (t.cuda() for t in inputs())
+    gt = torch.tensor([[2.0, 9.0], [1.0, 5.0], [4.0, 12.0]], device="cuda")
+    loss_fn = FIANLoss(0.55, 0.005, check_finite=False)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(video, video_mask, words, word_mask)
+            loss = loss_fn(out, gt)["loss"]
+        loss.backward()
+        decode(out, torch.full((3,), 30.0, device="cuda"), T, 0.5, 5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
