@@ -19,7 +19,7 @@ Which of two alternative stages builds a dataset's artifact is decided per datas
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +84,7 @@ class Stage:
     runtime: int = 30  # minutes (SLURM time limit)
     gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
     extra_inputs: tuple[str, ...] = ()  # dependencies not on the command line (plan-level stages)
+    package: str = "pipeline"  # the command runs `python -m <package>.<module>`
 
     @property
     def log(self) -> str:
@@ -98,7 +99,7 @@ class Stage:
 
     def command(self) -> str:
         """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{split}``."""
-        parts = [f"python -m pipeline.{self.module}"]
+        parts = [f"python -m {self.package}.{self.module}"]
         if self.layers:
             parts.append("--params " + " ".join(self.params_files()))
         parts.extend(self.fixed)
@@ -347,6 +348,7 @@ STAGES: tuple[Stage, ...] = (
         args=(
             Arg("--predictions", f"{RUN}/predictions_{{split}}.jsonl"),
             Arg("--history", f"{RUN}/history.csv"),
+            Arg("--split", "{split}", "value"),
             Arg("--out", FIGURES, "value"),
         ),
         outputs=(Out(f"{FIGURES}/timeline_{{split}}.png"), Out(f"{FIGURES}/training_curves_{{split}}.png")),
@@ -519,11 +521,12 @@ class Instance:
 
 def plan_args(stage_: Stage, plan: Plan) -> list[str]:
     """Arguments that depend on the whole plan rather than on wildcards."""
-    if stage_.name == "tables" and plan.tables_from:
-        return ["--ours-from", plan.tables_from]
-    if stage_.name == "tables":
+    if stage_.name != "tables":
         return []
-    return []
+    args = ["--split", plan.eval_split]
+    if plan.tables_from:
+        args += ["--ours-from", plan.tables_from]
+    return args
 
 
 def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
@@ -539,11 +542,11 @@ def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
     return files
 
 
-def instances(plan: Plan) -> list[Instance]:
+def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
     """Every job the plan needs, in stage order."""
     out: list[Instance] = []
     split = plan.eval_split
-    for s in STAGES:
+    for s in stages:
         if not s.wildcards:
             if s.when == "always" or any(d.uses(s.when) for d in plan.datasets):
                 out.append(Instance(s, {}))

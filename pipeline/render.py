@@ -166,12 +166,15 @@ def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> 
     return {"foreach": foreach, "do": body}
 
 
-def render_dvc(plan: R.Plan, config_path: str, root: Path = Path(".")) -> str:
+def render_dvc(
+    plan: R.Plan, config_path: str, root: Path = Path("."), stages: Sequence[R.Stage] = R.STAGES
+) -> str:
+    """dvc.yaml for the stage instances of ``plan`` (``stages``: the registry's, or a test's)."""
     by_stage: dict[str, list[R.Instance]] = {}
-    for inst in R.instances(plan):
+    for inst in R.instances(plan, stages):
         by_stage.setdefault(inst.stage.name, []).append(inst)
-    stages = {name: dvc_stage(R.stage(name), items, plan, root) for name, items in by_stage.items()}
-    text = yaml.safe_dump({"stages": stages}, sort_keys=False, width=100000, default_flow_style=False)
+    rendered = {name: dvc_stage(items[0].stage, items, plan, root) for name, items in by_stage.items()}
+    text = yaml.safe_dump({"stages": rendered}, sort_keys=False, width=100000, default_flow_style=False)
     text = text.replace(": null\n", ":\n")  # `- params/datasets/x.yaml:` tracks the whole file
     return HEADER + f"# Config: {config_path}\n" + text
 

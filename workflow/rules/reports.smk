@@ -17,7 +17,7 @@ rule plots:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.plots --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "python -m pipeline.plots --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule tables:

@@ -1,0 +1,166 @@
+"""The stage registry: one DAG, consistent paths, stage CLIs that accept the registry's commands,
+and clear errors for bad workflow configs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fian.config import ConfigError
+from pipeline import registry as R
+from pipeline.common import StageError
+from pipeline.render import load_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = "workflow/config/paper.yaml"
+DEFAULT = "workflow/config/default.yaml"
+
+
+@pytest.fixture(scope="module")
+def paper_plan() -> R.Plan:
+    return load_plan(PAPER, ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo_plan() -> R.Plan:
+    return load_plan(DEFAULT, ROOT)
+
+
+def _help(module: str) -> str:
+    """The stage's own argparse --help, run in-process (stage modules import heavy things lazily)."""
+    mod = importlib.import_module(f"pipeline.{module}")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exit_:
+        mod.main(["--help"])
+    assert exit_.value.code == 0
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("stage", R.STAGES, ids=lambda s: s.name)
+def test_stage_cli_accepts_registry_flags(stage: R.Stage) -> None:
+    """Every flag the registry puts on a command line exists in that stage's parser."""
+    if importlib.util.find_spec(f"pipeline.{stage.module}") is None:
+        pytest.skip(f"pipeline/{stage.module}.py not written yet")
+    text = _help(stage.module)
+    flags = [a.flag for a in stage.args] + [f for f in stage.fixed if f.startswith("--")]
+    if stage.layers:
+        flags.append("--params")
+    for flag in flags:
+        assert flag in text, f"pipeline.{stage.module} has no {flag} (registry stage {stage.name})"
+
+
+def test_paths_are_unique_and_every_input_has_a_producer(paper_plan: R.Plan, demo_plan: R.Plan) -> None:
+    for plan in (paper_plan, demo_plan):
+        insts = R.instances(plan)
+        producer: dict[str, str] = {}
+        for inst in insts:
+            for out in inst.outs():
+                assert out not in producer, f"{out} produced by {producer[out]} and {inst.id}"
+                producer[out] = inst.id
+        for inst in insts:
+            for dep in inst.deps(plan):
+                if dep.startswith("params/"):
+                    assert (ROOT / dep).exists(), dep
+                    continue
+                # a dependency is another job's output, or (the store's inputs) under it
+                assert any(dep == o or dep.startswith(o + "/") for o in producer), (
+                    f"{inst.id}: nothing makes {dep}"
+                )
+
+
+def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
+    by_id = {i.id: i for i in R.instances(paper_plan)}
+    assert by_id["train@tacos-soft"].outs() == [
+        "results/tacos/soft/checkpoint.pt",
+        "results/tacos/soft/history.csv",
+        "results/tacos/soft/train_metrics.json",
+    ]
+    assert by_id["prepare@charades"].outs() == ["data/processed/charades"]
+    assert by_id["features@activitynet"].outs() == ["data/interim/activitynet/features.h5"]
+    cmd = by_id["evaluate@tacos-fian-test"].command()
+    assert cmd == (
+        "python -m pipeline.evaluate --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml "
+        "--data data/processed/tacos --text data/interim/tacos/text --checkpoint results/tacos/fian/checkpoint.pt "
+        "--split test --out results/tacos/fian"
+    )
+    assert by_id["baseline@tacos-test"].outs()[1] == "results/tacos/prior/metrics_test.json"
+
+
+def test_alternatives_follow_config_and_params(demo_plan: R.Plan, paper_plan: R.Plan) -> None:
+    demo = {i.stage.name for i in R.instances(demo_plan)}
+    assert {"generate", "text_fallback", "features"} <= demo  # synthetic: generated, fallback GloVe (params)
+    assert not demo & {"download_annotations", "download_glove", "text", "extract"}
+    paper = {i.stage.name for i in R.instances(paper_plan)}
+    assert {"download_annotations", "download_glove", "text"} <= paper and not paper & {
+        "generate",
+        "text_fallback",
+    }
+    # extract instead of importing released features, for one dataset
+    raw = yaml.safe_load((ROOT / PAPER).read_text())
+    raw["datasets"]["charades"]["features"] = "extract"
+    plan = R.plan_from_config(raw, ROOT)
+    names = {i.id for i in R.instances(plan)}
+    assert "extract@charades" in names and "features@charades" not in names and "features@tacos" in names
+    import re
+
+    assert re.fullmatch(R.dataset_regex(plan, "extract"), "charades")
+    assert not re.fullmatch(R.dataset_regex(plan, "extract"), "tacos")
+    assert not re.fullmatch(R.dataset_regex(demo_plan, "extract"), "synthetic")  # matches nothing
+
+
+def test_gpu_resources_only_when_the_config_allows(demo_plan: R.Plan, paper_plan: R.Plan) -> None:
+    train = R.stage("train")
+    assert R.resources(train, paper_plan)["gpu"] == 1
+    assert "gpu" not in R.resources(train, demo_plan)
+    assert "gpu" not in R.resources(R.stage("annotations"), paper_plan)
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    (tmp_path / "workflow/config").mkdir(parents=True)
+    shutil.copytree(ROOT / "workflow/schemas", tmp_path / "workflow/schemas")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    (tmp_path / "workflow/config/c.yaml").write_text(text)
+    return "workflow/config/c.yaml"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("datasets: {tacos: {variants: [fian], source: ftp}}", "datasets/tacos/source"),
+        ("datasets: {tacos: {variants: [fian]}}\nextra: 1", "extra"),
+        ("datasets: {}", "datasets"),
+        ("datasets: {tacos: {variants: [prior]}}", "datasets/tacos/variants/0"),
+    ],
+)
+def test_schema_errors_name_the_config_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    rel = _config(tmp_path, text)
+    with pytest.raises(StageError, match="c.yaml") as e:
+        load_plan(rel, tmp_path)
+    assert needle in str(e.value)
+
+
+def test_unknown_variant_or_dataset_names_the_file(tmp_path: Path) -> None:
+    rel = _config(tmp_path, "datasets: {tacos: {variants: [fian, nosuch]}}")
+    with pytest.raises(ConfigError, match=r"variants/nosuch\.yaml"):
+        load_plan(rel, tmp_path)
+    (tmp_path / "workflow/config/c.yaml").write_text("datasets: {nosuch: {variants: [fian]}}")
+    with pytest.raises(ConfigError, match=r"datasets/nosuch\.yaml"):
+        load_plan(rel, tmp_path)
+    (tmp_path / "workflow/config/c.yaml").write_text(
+        "datasets: {tacos: {variants: [fian]}}\ntables_from: charades"
+    )
+    with pytest.raises(ConfigError, match="tables_from"):
+        load_plan(rel, tmp_path)
+
+
+def test_bad_params_layer_fails_at_plan_time(tmp_path: Path) -> None:
+    rel = _config(tmp_path, "datasets: {tacos: {variants: [soft]}}")
+    (tmp_path / "params/variants/soft.yaml").write_text("model:\n  atention: soft\n")
+    with pytest.raises(ConfigError, match=r"soft\.yaml.*atention"):
+        load_plan(rel, tmp_path)

@@ -1,0 +1,119 @@
+"""Snakemake rules and dvc.yaml agree with the registry and with each other.
+
+The files on disk must equal their rendering (`fian render --check`), and for the demo and the
+paper configs the jobs Snakemake plans (`snakemake -n -p --forceall`) and the stages DVC resolves
+from the rendered dvc.yaml (dvc's own foreach resolution) have the same commands, dependencies
+and outputs per stage instance as `pipeline.registry.instances`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import registry as R
+from pipeline.render import check, load_plan, render_dvc, rendered_files
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIGS = ["workflow/config/default.yaml", "workflow/config/paper.yaml"]
+
+Job = tuple[str, frozenset[str], frozenset[str]]  # (command, non-params deps, outs)
+
+
+def test_rendered_files_are_up_to_date() -> None:
+    diffs = check(rendered_files("workflow/config/default.yaml", ROOT), ROOT)
+    assert not diffs, "rendered files differ from the registry; run `fian render`:\n" + "".join(diffs)[:3000]
+
+
+def _registry_jobs(plan: R.Plan) -> dict[str, Job]:
+    out = {}
+    for inst in R.instances(plan):
+        deps = frozenset(d for d in inst.deps(plan) if not d.startswith("params/"))
+        out[inst.id] = (inst.command(plan), deps, frozenset(inst.outs()))
+    return out
+
+
+def _snakemake_jobs(config: str) -> dict[str, Job]:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "-p", "--forceall", "--nolock", "--cores", "1", "--configfile", config],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    jobs: dict[str, Job] = {}
+    for block in re.split(r"\n(?=\[[^\n]*\]\nrule )", proc.stdout):
+        m = re.search(r"^rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        assert shell, block
+        wildcards = (
+            dict(kv.split("=", 1) for kv in fields["wildcards"].split(", ")) if "wildcards" in fields else {}
+        )
+        stage = R.stage(m.group(1))
+        key = "-".join(wildcards[w] for w in stage.wildcards)
+        cmd = re.sub(r" > logs/\S+ 2>&1$", "", shell.group(1).strip())
+        inputs = [s for s in fields.get("input", "").split(", ") if s]
+        deps = frozenset(i for i in inputs if not i.startswith("params/"))
+        params = {i for i in inputs if i.startswith("params/")}
+        assert params == {R.fill(p, wildcards) for p in stage.params_files()}, (m.group(1), params)
+        jobs[f"{stage.name}@{key}" if key else stage.name] = (
+            " ".join(cmd.split()),
+            deps,
+            frozenset(fields["output"].split(", ")),
+        )
+    return jobs
+
+
+def _dvc_jobs(tmp: Path, plan: R.Plan, config: str) -> dict[str, Job]:
+    from dvc.repo import Repo
+
+    shutil.copytree(ROOT / "params", tmp / "params")
+    (tmp / "dvc.yaml").write_text(render_dvc(plan, config, ROOT))
+    Repo.init(str(tmp), no_scm=True)
+    jobs: dict[str, Job] = {}
+    with Repo(str(tmp)) as repo:
+        for st in repo.index.stages:
+            params = {d.def_path for d in st.deps if type(d).__name__ == "ParamsDependency"}
+            name, _, key = st.name.partition("@")
+            wildcards = dict(zip(R.stage(name).wildcards, key.split("-"), strict=False)) if key else {}
+            allowed = {R.fill(p, wildcards) for p in R.stage(name).params_files()}
+            assert params <= allowed, (st.name, params)
+            # the wildcard layers (dataset, variant) are always tracked as whole files
+            assert {p for p in allowed if "base.yaml" not in p} <= params, (st.name, params)
+            deps = frozenset(d.def_path for d in st.deps if type(d).__name__ != "ParamsDependency")
+            jobs[st.name] = (st.cmd, deps, frozenset(o.def_path for o in st.outs))
+    return jobs
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_snakemake_dvc_and_registry_agree(config: str, tmp_path: Path) -> None:
+    plan = load_plan(config, ROOT)
+    reg = _registry_jobs(plan)
+    smk = _snakemake_jobs(config)
+    dvc = _dvc_jobs(tmp_path, plan, config)
+    assert sorted(smk) == sorted(reg), "Snakemake plans other jobs than the registry"
+    assert sorted(dvc) == sorted(reg), "dvc.yaml resolves to other stages than the registry"
+    for job_id, (cmd, deps, outs) in reg.items():
+        assert smk[job_id] == (cmd, deps, outs), job_id
+        assert dvc[job_id] == (cmd, deps, outs), job_id
+
+
+def test_dvc_declares_metrics_and_plots() -> None:
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["train"]["do"]["metrics"] == ["results/${item.dataset}/${item.variant}/train_metrics.json"]
+    assert stages["train"]["do"]["plots"] == ["results/${item.dataset}/${item.variant}/history.csv"]
+    assert stages["evaluate"]["do"]["metrics"] == [
+        "results/${item.dataset}/${item.variant}/metrics_${item.split}.json"
+    ]
+    assert "model" in stages["train"]["do"]["params"][0]["params/base.yaml"]
