@@ -179,6 +179,40 @@ def test_stage_bad_videos_skipped_reported_then_resumed(tmp_path: Path, capsys, 
         assert store.ids() == ["good"] and store.get("good").shape == (1, 4096)
 
 
+def test_stage_crash_leaves_no_store_and_resumes(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A crash on the second video: the first one's part survives, no store; the rerun skips it."""
+    import fian.extract.extractor as ex
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b"):
+        render_moving_square(videos / f"{name}.mp4", n_frames=16, fps=10)
+    real = ex.extract_frames
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "extract_frames", crash_on_second)
+    out = tmp_path / "f.h5"
+    layers = params(tmp_path, allow_random_weights=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([str(a) for a in ["--params", *layers, "--videos", videos, "--out", out]])
+    parts = tmp_path / "f.h5.parts"
+    assert not out.exists() and sorted(p.name for p in parts.glob("*.npz")) == ["a.npz"]
+    assert not list(tmp_path.glob(".f.h5*")) and not list(parts.glob(".*"))  # no temp files left
+    monkeypatch.setattr(ex, "extract_frames", real)
+    with caplog.at_level(logging.INFO):
+        assert run(["--params", *layers, "--videos", videos, "--out", out]) == 0
+    assert "1 of 2 videos already extracted" in caplog.text
+    with FeatureStore(out) as store:
+        assert store.ids() == ["a", "b"]
+        np.testing.assert_allclose(store.get("a"), store.get("b"))  # identical videos, identical features
+
+
 def test_stage_settings_changed_since_the_parts(tmp_path: Path, capsys) -> None:
     videos = tmp_path / "videos"
     videos.mkdir()
