@@ -8,8 +8,8 @@ rate) gives clips starting at frames ``0, s, 2s, ...`` of ``L`` frames each,
 
 Feature ``i`` covers frames ``[i*s, i*s + L)``, i.e. seconds ``[i*s, i*s + L) / fps``; its stride
 is ``s`` frames, so the store records ``fps = decode_fps / s`` features per second and
-``frames_per_feature = s``.  The tail (the last ``(n - L) mod s`` frames) is covered by no clip of
-its own: it is at most ``s - 1`` frames, as in the released ActivityNet C3D features.
+``frames_per_feature = s``.  Tail: the last ``(n - L) mod s`` frames (fewer than ``s``) start no
+clip; only full clips are taken (the ActivityNet release: 16-frame clips every 8 frames).
 
 Per-video results go to ``<out>.parts/<video_id>.npz`` (atomically), so a crashed or interrupted
 run resumes where it stopped; the store is assembled only when every video succeeded.
