@@ -98,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_random_weights=ex.allow_random_weights,
         seed=cfg.train.seed,
     )
+    if cfg.dataset.feature_dim != backbone.feature_dim:
+        log.warning(
+            "dataset.feature_dim=%d but %s gives %d-d features: set dataset.feature_dim: %d for the stages that "
+            "read this store",
+            cfg.dataset.feature_dim, ex.backbone, backbone.feature_dim, backbone.feature_dim,
+        )  # fmt: skip
     if backbone.random_weights:
         warn_loud(
             f"OFFLINE FALLBACK: {ex.backbone} with RANDOM weights (extract.allow_random_weights: true). "
