@@ -153,3 +153,17 @@ def test_frame_spec_validation() -> None:
         FrameSpec(crop=200, size=(128, 171))
     with pytest.raises(ValueError, match="fps"):
         decode_video("x.mp4", C3D_SPEC, fps=0)
+
+
+def test_audio_only_file(tmp_path: Path) -> None:
+    import av
+
+    path = tmp_path / "sound.mkv"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            c.mux(packet)
+    with pytest.raises(VideoDecodeError, match="sound.mkv: no video stream"):
+        decode_video(path, SAME)
