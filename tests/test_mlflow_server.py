@@ -1,0 +1,162 @@
+"""MLflow for real: a `mlflow server` on loopback observes a short run of the train stage, and the
+run, its params and its metrics are found through the server's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# a tiny dataset layer on top of the real base.yaml and variants/fian.yaml
+TINY = {
+    "dataset": {"name": "tiny", "feature_dim": 8, "splits": {"train": ["t"], "val": ["v"]}},
+    "features": {"num_steps": 16},
+    "model": {
+        "hidden": 16,
+        "heads": 2,
+        "self_attn_heads": 2,
+        "ffn_dim": 32,
+        "window_sizes": [4, 8],
+        "stride_ratio": 0.5,
+    },
+    "train": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _tiny_project(tmp: Path) -> None:
+    from fian.data.dataset import GroundingSplit
+
+    params = tmp / "params"
+    (params / "datasets").mkdir(parents=True)
+    (params / "variants").mkdir()
+    shutil.copy(ROOT / "params/base.yaml", params / "base.yaml")
+    shutil.copy(ROOT / "params/variants/fian.yaml", params / "variants/fian.yaml")
+    (params / "datasets/tiny.yaml").write_text(yaml.safe_dump(TINY))
+    rng = np.random.default_rng(0)
+    vocab = ["<pad>", "<unk>", "a", "b", "c", "d"]
+    for split, q in (("train", 16), ("val", 8)):
+        n_videos = q // 2
+        start = rng.uniform(0, 10, q)
+        GroundingSplit.from_arrays(
+            rng.normal(size=(n_videos, 16, 8)).astype(np.float32),
+            np.arange(q) // 2,
+            rng.integers(2, len(vocab), size=(q, 4)),
+            np.full(q, 4),
+            np.stack([start, start + 5], 1),
+            np.full(q, 20.0),
+            num_steps=16,
+        ).save(tmp / "data" / f"{split}.h5")
+    (tmp / "text").mkdir()
+    (tmp / "text/vocab.json").write_text(json.dumps(vocab))
+    emb = rng.normal(size=(len(vocab), 300)).astype(np.float32)
+    emb[0] = 0
+    np.save(tmp / "text/embeddings.npy", emb)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    if shutil.which("mlflow", path=str(BIN)) is None:
+        pytest.skip("mlflow is not installed in this environment")
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination", str(store / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        cwd=store, stdout=subprocess.DEVNULL, stderr=open(store / "server.log", "w"),
+        start_new_session=True,  # its own process group: the workers go down with it
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, (store / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "mlflow server did not come up in 60 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) -> None:
+    _tiny_project(tmp_path)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    cmd = [
+        sys.executable, "-m", "pipeline.train",
+        "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
+        "--data", "data", "--text", "text", "--out", "results/tiny/fian", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists()  # logged to the server, not to a local store
+
+    exps = _post(f"{server}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+    exp = next(e for e in exps if e["name"] == "fian/tiny")
+    runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    assert len(runs) == 1
+    run = runs[0]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["mlflow.runName"] == "tiny/fian/train"
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert (
+        params["train.epochs"] == "2" and params["model.hidden"] == "16" and params["dataset.name"] == "tiny"
+    )
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert "loss" in metrics and any(k.startswith("val/") for k in metrics), sorted(metrics)
+    history = _get(
+        f"{server}/api/2.0/mlflow/metrics/get-history?run_id={run['info']['run_id']}&metric_key=loss"
+    )["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2]  # one value per epoch
+    # the same numbers the stage wrote for DVC
+    written = json.loads((tmp_path / "results/tiny/fian/train_metrics.json").read_text())
+    assert metrics["best/final_loss"] == pytest.approx(written["final_loss"])
+    arts = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={run['info']['run_id']}").get("files", [])
+    assert {"history.csv", "train_metrics.json"} <= {Path(a["path"]).name for a in arts}, arts
