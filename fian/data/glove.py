@@ -68,17 +68,29 @@ def train_glove(co: Cooccurrence, dim: int, epochs: int, *, x_max: float = 10.0,
         raise ValueError(f"fallback GloVe: need x_max > 0, lr > 0, dim >= 1, epochs >= 0 (got {x_max}, {lr}, {dim}, {epochs})")
     import torch
 
+    # many small ops per batch: one intra-op thread is ~10x faster than two on a busy 2-core
+    # machine (bench/text_speed.py); the caller's setting is restored afterwards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(torch, co, dim, epochs, x_max, alpha, lr, batch_size, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(torch: Any, co: Cooccurrence, dim: int, epochs: int, x_max: float, alpha: float, lr: float,
+           batch_size: int, seed: int) -> tuple[np.ndarray, list[float]]:
     g = torch.Generator().manual_seed(seed)
     n = len(co.words)
     # parameters: word / context vectors and biases, as the reference code: U(-0.5, 0.5) / dim
-    w = (torch.rand(n, dim, generator=g, dtype=torch.float64) - 0.5) / dim  # [n, dim]
-    c = (torch.rand(n, dim, generator=g, dtype=torch.float64) - 0.5) / dim  # [n, dim]
-    bw = torch.zeros(n, dtype=torch.float64)
-    bc = torch.zeros(n, dtype=torch.float64)
+    w = (torch.rand(n, dim, generator=g, dtype=torch.float32) - 0.5) / dim  # [n, dim]
+    c = (torch.rand(n, dim, generator=g, dtype=torch.float32) - 0.5) / dim  # [n, dim]
+    bw = torch.zeros(n, dtype=torch.float32)
+    bc = torch.zeros(n, dtype=torch.float32)
     gw, gc = torch.ones_like(w), torch.ones_like(c)  # AdaGrad accumulators
     gbw, gbc = torch.ones_like(bw), torch.ones_like(bc)
     rows, cols = torch.from_numpy(co.rows), torch.from_numpy(co.cols)
-    x = torch.from_numpy(co.vals)
+    x = torch.from_numpy(co.vals).float()
     logx = x.log()
     fx = (x / x_max).pow(alpha).clamp(max=1.0)  # f(X)
     losses: list[float] = []
@@ -88,19 +100,23 @@ def train_glove(co: Cooccurrence, dim: int, epochs: int, *, x_max: float = 10.0,
         for s in range(0, len(order), batch_size):
             k = order[s : s + batch_size]
             i, j = rows[k], cols[k]  # [B]
-            diff = (w[i] * c[j]).sum(1) + bw[i] + bc[j] - logx[k]  # [B]
+            wi, cj = w.index_select(0, i), c.index_select(0, j)  # [B, dim]
+            diff = (wi * cj).sum(1) + bw[i] + bc[j] - logx[k]  # [B]
             fdiff = fx[k] * diff  # [B]
             total += float(0.5 * (fdiff * diff).sum())
-            # gradients, summed per row (a word can occur several times in a batch)
-            dw = torch.zeros_like(w).index_add_(0, i, fdiff[:, None] * c[j])
-            dc = torch.zeros_like(c).index_add_(0, j, fdiff[:, None] * w[i])
-            dbw = torch.zeros_like(bw).index_add_(0, i, fdiff)
-            dbc = torch.zeros_like(bc).index_add_(0, j, fdiff)
-            for p, acc, grad in ((w, gw, dw), (c, gc, dc), (bw, gbw, dbw), (bc, gbc, dbc)):
-                p -= lr * grad / acc.sqrt()
-                acc += grad * grad
+            # gradients summed per distinct row (a word can occur several times in a batch); only
+            # the rows a batch touches are updated, as in the per-entry updates of the reference code
+            for p, acc, idx, grad in ((w, gw, i, fdiff[:, None] * cj), (c, gc, j, fdiff[:, None] * wi),
+                                      (bw, gbw, i, fdiff), (bc, gbc, j, fdiff)):
+                rows_u, inv = torch.unique(idx, return_inverse=True)  # [U], [B]
+                if grad.dim() == 2:
+                    inv = inv[:, None].expand(-1, grad.shape[1])
+                g_u = torch.zeros((len(rows_u), *grad.shape[1:])).scatter_add_(0, inv, grad)  # [U(, dim)]
+                acc_u = acc.index_select(0, rows_u)
+                p.index_copy_(0, rows_u, p.index_select(0, rows_u) - lr * g_u / acc_u.sqrt())
+                acc.index_copy_(0, rows_u, acc_u + g_u * g_u)
         losses.append(total / len(x))
-    return (w + c).float().numpy(), losses
+    return (w + c).numpy(), losses
 
 
 def write_vectors(path: str | Path, words: Sequence[str], vectors: np.ndarray) -> None:
