@@ -31,7 +31,9 @@ N_Q = 30  # text.max_query_len
 def random_split(queries: int, videos: int, T: int, D: int, device: torch.device) -> GroundingSplit:
     g = torch.Generator().manual_seed(0)
     word_len = torch.randint(5, N_Q + 1, (queries,), generator=g)
-    words = torch.randint(2, 10_000, (queries, N_Q), generator=g) * (torch.arange(N_Q)[None] < word_len[:, None])
+    words = torch.randint(2, 10_000, (queries, N_Q), generator=g) * (
+        torch.arange(N_Q)[None] < word_len[:, None]
+    )
     start = torch.rand(queries, generator=g) * 50
     split = GroundingSplit.from_arrays(
         torch.rand(videos, T, D, generator=g),
@@ -41,7 +43,9 @@ def random_split(queries: int, videos: int, T: int, D: int, device: torch.device
     return split.to(device)
 
 
-def time_epoch(split: GroundingSplit, batch_size: int, max_batches: int, device: torch.device) -> tuple[int, float]:
+def time_epoch(
+    split: GroundingSplit, batch_size: int, max_batches: int, device: torch.device
+) -> tuple[int, float]:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -76,7 +80,9 @@ def main() -> None:
         build = time.perf_counter() - t0
         mb = B * T * D * 4 / 2**20
         n, dt = time_epoch(split, B, args.max_batches, device)
-        rows.append((name, Q, V, T, D, B, n // B, n / dt, 1000 * dt / (n / B), mb, n * T * D * 4 / dt / 1e9, build))
+        rows.append(
+            (name, Q, V, T, D, B, n // B, n / dt, 1000 * dt / (n / B), mb, n * T * D * 4 / dt / 1e9, build)
+        )
         del split
     head = ("dataset", "queries", "videos", "T", "D", "batch", "batches", "samples/s", "ms/batch", "MB/batch",
             "video GB/s", "build s")  # fmt: skip

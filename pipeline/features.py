@@ -25,7 +25,9 @@ def read_tables(annotations: Path):
 
     files = sorted(annotations.glob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{annotations}: no <split>.parquet annotation tables (run the annotations stage)")
+        raise FileNotFoundError(
+            f"{annotations}: no <split>.parquet annotation tables (run the annotations stage)"
+        )
     frames = []
     for f in files:
         try:

@@ -38,11 +38,15 @@ def _drop_missing_features(df, store_ids: set[str], policy: str, table: Path, st
             f"{row.get('source', '?')} (video {row['video_id']!r}) (dataset.policy.missing_features: fail)"
         )
     if n:
-        log.warning("%s: dropped %d quer(ies) without features (dataset.policy.missing_features: drop)", table, n)
+        log.warning(
+            "%s: dropped %d quer(ies) without features (dataset.policy.missing_features: drop)", table, n
+        )
     return df[~bad].reset_index(drop=True), n
 
 
-def plan_split(table: Path, store_ids: set[str], vocab: Any, cfg: Any, store_path: Path) -> tuple[Any, tuple, dict]:
+def plan_split(
+    table: Path, store_ids: set[str], vocab: Any, cfg: Any, store_path: Path
+) -> tuple[Any, tuple, dict]:
     """Read, check and encode one split: (kept rows, (words [Q, n_q], word_len [Q]), counts).
 
     ``all_oov``: no word of the sentence is in the (training) vocabulary, so every id is <unk>.
@@ -131,22 +135,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tables = sorted(args.annotations.glob("*.parquet"))
     if not tables:
-        raise FileNotFoundError(f"{args.annotations}: no <split>.parquet annotation tables (run the annotations stage)")
+        raise FileNotFoundError(
+            f"{args.annotations}: no <split>.parquet annotation tables (run the annotations stage)"
+        )
     vocab_path = args.text / "vocab.json"
     if not vocab_path.is_file():
         raise FileNotFoundError(f"{vocab_path}: not found (run the text stage)")
     vocab = Vocab.load(vocab_path)
     with FeatureStore(args.features) as store:
         if store.feature_dim != cfg.dataset.feature_dim:
-            raise StageError(f"{args.features}: feature_dim {store.feature_dim} != dataset.feature_dim {cfg.dataset.feature_dim}")
+            raise StageError(
+                f"{args.features}: feature_dim {store.feature_dim} != dataset.feature_dim {cfg.dataset.feature_dim}"
+            )
         ids = set(store.ids())
         plans = {t.stem: plan_split(t, ids, vocab, cfg, args.features) for t in tables}  # all checks first
-        counts: dict[str, Any] = {"num_steps": cfg.features.num_steps, "policy": vars(cfg.dataset.policy), "splits": {}}
+        counts: dict[str, Any] = {
+            "num_steps": cfg.features.num_steps,
+            "policy": vars(cfg.dataset.policy),
+            "splits": {},
+        }
         for name, (df, tok, c) in plans.items():
             split = build_split(df, tok, store, cfg)
             split.save(args.out / f"{name}.h5")
             counts["splits"][name] = c
-            log.info("%s: %d queries, %d videos -> %s", name, c["queries_out"], c["videos"], args.out / f"{name}.h5")
+            log.info(
+                "%s: %d queries, %d videos -> %s",
+                name,
+                c["queries_out"],
+                c["videos"],
+                args.out / f"{name}.h5",
+            )
     write_json(args.out / "counts.json", counts)
     return 0
 

@@ -91,7 +91,11 @@ def test_subset_keeps_rows_and_records() -> None:
     assert len(sub) == 3 and sub.video is s.video  # videos shared, not copied
     (b,) = list(sub.batches(8))
     assert b.index.tolist() == [7, 2, 19]
-    assert sub.records.loc[b.index.numpy(), "sentence"].tolist() == ["sentence 7", "sentence 2", "sentence 19"]
+    assert sub.records.loc[b.index.numpy(), "sentence"].tolist() == [
+        "sentence 7",
+        "sentence 2",
+        "sentence 19",
+    ]
     assert torch.equal(b.gt, s.gt[[7, 2, 19]])
     with pytest.raises(IndexError):
         s.subset([Q])
@@ -119,7 +123,14 @@ def test_subset_round_trip_and_to(tmp_path: Path) -> None:
 )
 def test_from_arrays_rejects_inconsistent_input(change: dict, match: str) -> None:
     s = _split()
-    kw = dict(video=s.video, video_index=s.video_index, words=s.words, word_len=s.word_len, gt=s.gt, duration=s.duration)
+    kw = dict(
+        video=s.video,
+        video_index=s.video_index,
+        words=s.words,
+        word_len=s.word_len,
+        gt=s.gt,
+        duration=s.duration,
+    )
     kw.update(change)
     with pytest.raises(SplitError, match=match):
         GroundingSplit.from_arrays(**kw)

@@ -58,7 +58,9 @@ def test_store_round_trip(tmp_path: Path) -> None:
         (np.zeros(6), r"must be \[n, D\]"),
     ],
 )
-def test_write_store_rejects_bad_features_and_leaves_nothing(tmp_path: Path, bad: np.ndarray, match: str) -> None:
+def test_write_store_rejects_bad_features_and_leaves_nothing(
+    tmp_path: Path, bad: np.ndarray, match: str
+) -> None:
     path = tmp_path / "store.h5"
     items = [*_items(2), ("bad_video", bad, None)]
     with pytest.raises(FeatureError, match=match) as e:
@@ -101,7 +103,9 @@ def test_missing_store_and_foreign_hdf5(tmp_path: Path) -> None:
         FeatureStore(tmp_path / "other.h5")
 
 
-@pytest.mark.parametrize(("bad", "match"), [(np.full((2, 6), np.nan), "non-finite"), (np.zeros((2, 4)), "dimension 4")])
+@pytest.mark.parametrize(
+    ("bad", "match"), [(np.full((2, 6), np.nan), "non-finite"), (np.zeros((2, 4)), "dimension 4")]
+)
 def test_store_reader_checks_each_video(tmp_path: Path, bad: np.ndarray, match: str) -> None:
     path = tmp_path / "store.h5"
     write_store(path, _items(1), backbone="c3d", feature_dim=6)
@@ -171,25 +175,41 @@ def test_import_any_file_name_and_store_layout(tmp_path: Path) -> None:
     """Bring your own dataset: any single HDF5 in the raw folder; our own store re-imported keeps its tags."""
     feats = {"x": RNG.normal(size=(3, 8)).astype(np.float32)}
     _write_release(tmp_path / "raw", "i3d_hdf5", feats, name="my_features.h5")
-    import_features(tmp_path / "raw", ["x"], tmp_path / "a.h5", layout="i3d_hdf5", feature_dim=8, backbone="i3d")
+    import_features(
+        tmp_path / "raw", ["x"], tmp_path / "a.h5", layout="i3d_hdf5", feature_dim=8, backbone="i3d"
+    )
     src = tmp_path / "mine" / "store.h5"
-    write_store(src, [("x", feats["x"], {"fps": 2.0})], backbone="i3d", feature_dim=8, attrs={"random_weights": True})
+    write_store(
+        src, [("x", feats["x"], {"fps": 2.0})], backbone="i3d", feature_dim=8, attrs={"random_weights": True}
+    )
     import_features(src.parent, ["x"], tmp_path / "b.h5", layout="store", feature_dim=8, backbone="i3d")
     with FeatureStore(tmp_path / "b.h5") as store:
         assert store.attrs["random_weights"] is True and store.video_attrs("x") == {"fps": 2.0}
     (tmp_path / "raw" / "second.hdf5").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="single"):
-        import_features(tmp_path / "raw", ["x"], tmp_path / "c.h5", layout="i3d_hdf5", feature_dim=8, backbone="i3d")
+        import_features(
+            tmp_path / "raw", ["x"], tmp_path / "c.h5", layout="i3d_hdf5", feature_dim=8, backbone="i3d"
+        )
 
 
 def test_import_missing_video_per_policy(tmp_path: Path) -> None:
     _write_release(tmp_path / "raw", "i3d_hdf5", {"a": np.ones((3, 4))})
     out = tmp_path / "store.h5"
-    with pytest.raises(FeatureError, match=r"features.hdf5: 1 annotated video\(s\) have no features: 'ghost'"):
-        import_features(tmp_path / "raw", ["a", "ghost"], out, layout="i3d_hdf5", feature_dim=4, backbone="i3d")
+    with pytest.raises(
+        FeatureError, match=r"features.hdf5: 1 annotated video\(s\) have no features: 'ghost'"
+    ):
+        import_features(
+            tmp_path / "raw", ["a", "ghost"], out, layout="i3d_hdf5", feature_dim=4, backbone="i3d"
+        )
     assert not out.exists()
     report = import_features(
-        tmp_path / "raw", ["a", "ghost"], out, layout="i3d_hdf5", feature_dim=4, backbone="i3d", missing="drop"
+        tmp_path / "raw",
+        ["a", "ghost"],
+        out,
+        layout="i3d_hdf5",
+        feature_dim=4,
+        backbone="i3d",
+        missing="drop",
     )
     assert (report.imported, report.missing) == (1, ["ghost"])
     assert report.to_dict()["missing_features"] == 1
@@ -198,14 +218,32 @@ def test_import_missing_video_per_policy(tmp_path: Path) -> None:
 def test_import_bad_release_data(tmp_path: Path) -> None:
     _write_release(tmp_path / "raw", "activitynet_c3d", {"a": np.full((3, 4), np.inf)})
     with pytest.raises(FeatureError, match=r"video 'a': .*non-finite"):
-        import_features(tmp_path / "raw", ["a"], tmp_path / "s.h5", layout="activitynet_c3d", feature_dim=4, backbone="c3d")
+        import_features(
+            tmp_path / "raw",
+            ["a"],
+            tmp_path / "s.h5",
+            layout="activitynet_c3d",
+            feature_dim=4,
+            backbone="c3d",
+        )
     with pytest.raises(FeatureError, match="dimension 4 != expected 500"):
-        import_features(tmp_path / "raw", ["a"], tmp_path / "s.h5", layout="activitynet_c3d", feature_dim=500, backbone="c3d")
+        import_features(
+            tmp_path / "raw",
+            ["a"],
+            tmp_path / "s.h5",
+            layout="activitynet_c3d",
+            feature_dim=500,
+            backbone="c3d",
+        )
     assert not (tmp_path / "s.h5").exists()
     raw2 = tmp_path / "raw2"
-    _write_release(raw2, "i3d_hdf5", {"a": np.ones((3, 4))}, name="tall_c3d_features.hdf5")  # not a group per video
+    _write_release(
+        raw2, "i3d_hdf5", {"a": np.ones((3, 4))}, name="tall_c3d_features.hdf5"
+    )  # not a group per video
     with pytest.raises(FeatureError, match="expected a group"):
-        import_features(raw2, ["a"], tmp_path / "s.h5", layout="activitynet_c3d", feature_dim=4, backbone="c3d")
+        import_features(
+            raw2, ["a"], tmp_path / "s.h5", layout="activitynet_c3d", feature_dim=4, backbone="c3d"
+        )
     (raw2 / "tall_c3d_features.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)  # truncated
     with pytest.raises(FeatureError, match="tall_c3d_features.hdf5: not a readable HDF5"):
         import_features(raw2, ["a"], tmp_path / "s.h5", layout="tacos_c3d", feature_dim=4, backbone="c3d")
@@ -220,7 +258,10 @@ def test_features_stage(tmp_path: Path, repo_root: Path) -> None:
     for split, vids in (("train", ["v_a", "v_a"]), ("test", ["v_b", "v_gone"])):
         pd.DataFrame({"video_id": vids, "duration": [30.0, 12.0], "start": [0.0, 1.0], "end": [2.0, 3.0],
                       "sentence": ["x", "y"], "split": split, "source": "f:k"}).to_parquet(ann / f"{split}.parquet")  # fmt: skip
-    params = [str(repo_root / "params" / "base.yaml"), str(repo_root / "params" / "datasets" / "activitynet.yaml")]
+    params = [
+        str(repo_root / "params" / "base.yaml"),
+        str(repo_root / "params" / "datasets" / "activitynet.yaml"),
+    ]
     out = tmp_path / "interim" / "features.h5"
     argv = ["--params", *params, "--raw", str(tmp_path / "raw"), "--annotations", str(ann), "--out", str(out)]
     with pytest.raises(FeatureError, match="v_gone"):
@@ -234,7 +275,9 @@ def test_features_stage(tmp_path: Path, repo_root: Path) -> None:
         assert store.ids() == ["v_a", "v_b"]
         assert store.video_attrs("v_a")["fps"] == pytest.approx(9 / 30.0)
     counts = pd.read_json(counts_path(out), typ="series")
-    assert counts["missing_features"] == 1 and counts["missing_ids"] == ["v_gone"] and counts["policy"] == "drop"
+    assert (
+        counts["missing_features"] == 1 and counts["missing_ids"] == ["v_gone"] and counts["policy"] == "drop"
+    )
 
 
 # ------------------------------------------------------------------------------------- downsampling
@@ -282,7 +325,9 @@ def test_step_seconds_mapping() -> None:
     s, e = seconds_to_steps(np.array([start, end]), duration, T)
     assert s == pytest.approx(16.0) and e == pytest.approx(25.0667, abs=1e-4)
     assert covering_steps(start, end, duration, T) == (16, 26)
-    assert np.allclose(steps_to_seconds(seconds_to_steps(np.array([start, end]), duration, T), duration, T), [start, end])
+    assert np.allclose(
+        steps_to_seconds(seconds_to_steps(np.array([start, end]), duration, T), duration, T), [start, end]
+    )
     # a moment inside one step covers exactly that step; the end of the video is the last step
     assert covering_steps(2.0, 3.0, duration, T) == (1, 2)
     assert covering_steps(119.0, 120.0, duration, T) == (63, 64)
@@ -293,4 +338,8 @@ def test_step_seconds_mapping() -> None:
     rows[(centre >= start) & (centre < end)] = 1.0
     out, _ = downsample(rows, T)
     first, last = covering_steps(start, end, duration, T)
-    assert np.all(out[first + 1 : last - 1, 0] == 1.0) and np.all(out[: first - 1, 0] == 0) and np.all(out[last + 1 :, 0] == 0)
+    assert (
+        np.all(out[first + 1 : last - 1, 0] == 1.0)
+        and np.all(out[: first - 1, 0] == 0)
+        and np.all(out[last + 1 :, 0] == 0)
+    )

@@ -29,9 +29,17 @@ def built(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict[str
               str(root / "tiny.yaml")]  # fmt: skip
     p = {k: root / k for k in ("raw_ann", "raw_feat", "ann", "text", "out")}
     p["store"] = root / "features.h5"
-    assert generate.main([*params, "--annotations-out", str(p["raw_ann"]), "--features-out", str(p["raw_feat"])]) == 0
+    assert (
+        generate.main([*params, "--annotations-out", str(p["raw_ann"]), "--features-out", str(p["raw_feat"])])
+        == 0
+    )
     assert annotations.main([*params, "--raw", str(p["raw_ann"]), "--out", str(p["ann"])]) == 0
-    assert features.main([*params, "--raw", str(p["raw_feat"]), "--annotations", str(p["ann"]), "--out", str(p["store"])]) == 0
+    assert (
+        features.main(
+            [*params, "--raw", str(p["raw_feat"]), "--annotations", str(p["ann"]), "--out", str(p["store"])]
+        )
+        == 0
+    )
     train = pd.read_parquet(p["ann"] / "train.parquet")
     Vocab.build(tokenize(s) for s in train["sentence"]).save(p["text"] / "vocab.json")
     argv = [*params, "--annotations", str(p["ann"]), "--features", str(p["store"]), "--text", str(p["text"])]
@@ -72,7 +80,9 @@ def _variant(built: dict, tmp_path: Path, extra_rows: list[dict], policy: str | 
     shutil.copytree(built["ann"], ann)
     test = pd.read_parquet(ann / "test.parquet")
     row = test.iloc[0].to_dict()
-    pd.concat([test, pd.DataFrame([{**row, **r} for r in extra_rows])], ignore_index=True).to_parquet(ann / "test.parquet")
+    pd.concat([test, pd.DataFrame([{**row, **r} for r in extra_rows])], ignore_index=True).to_parquet(
+        ann / "test.parquet"
+    )
     argv = list(built["argv"])
     argv[argv.index("--annotations") + 1] = str(ann)
     if policy:
@@ -84,12 +94,23 @@ def _variant(built: dict, tmp_path: Path, extra_rows: list[dict], policy: str | 
 @pytest.mark.parametrize(
     ("row", "match"),
     [
-        ({"video_id": "v_ghost", "source": "test.json:v_ghost[0]"}, r"has no features in .*features.h5; first: test.json:v_ghost\[0\]"),
-        ({"sentence": "zzzq xxyq", "source": "test.json:k[9]"}, r"test.parquet: 1 quer\(ies\) with all_oov .*test.json:k\[9\]"),
-        ({"sentence": " ... ", "source": "test.json:k[8]"}, r"test.parquet: 1 quer\(ies\) with empty_sentence .*k\[8\]"),
+        (
+            {"video_id": "v_ghost", "source": "test.json:v_ghost[0]"},
+            r"has no features in .*features.h5; first: test.json:v_ghost\[0\]",
+        ),
+        (
+            {"sentence": "zzzq xxyq", "source": "test.json:k[9]"},
+            r"test.parquet: 1 quer\(ies\) with all_oov .*test.json:k\[9\]",
+        ),
+        (
+            {"sentence": " ... ", "source": "test.json:k[8]"},
+            r"test.parquet: 1 quer\(ies\) with empty_sentence .*k\[8\]",
+        ),
     ],
 )
-def test_bad_queries_fail_per_policy_and_write_nothing(built: dict, tmp_path: Path, row: dict, match: str) -> None:
+def test_bad_queries_fail_per_policy_and_write_nothing(
+    built: dict, tmp_path: Path, row: dict, match: str
+) -> None:
     from pipeline.prepare import main
 
     policy = "    missing_features: fail\n    all_oov: fail\n    empty_sentence: fail\n"

@@ -107,7 +107,9 @@ def test_a_moment_prior_cannot_solve_it(ds) -> None:
     grid = np.linspace(0, 1, 51)
     s, e = np.meshgrid(grid, grid, indexing="ij")
     cand = np.stack([s[s < e], e[s < e]], 1)  # [C, 2]
-    inter = np.clip(np.minimum(cand[:, None, 1], gt[None, :, 1]) - np.maximum(cand[:, None, 0], gt[None, :, 0]), 0, None)
+    inter = np.clip(
+        np.minimum(cand[:, None, 1], gt[None, :, 1]) - np.maximum(cand[:, None, 0], gt[None, :, 0]), 0, None
+    )
     union = (cand[:, 1] - cand[:, 0])[:, None] + (gt[:, 1] - gt[:, 0])[None, :] - inter
     best = ((inter / union) >= 0.5).mean(1).max()
     assert best < 0.2, best
@@ -143,15 +145,41 @@ def test_generate_stage(tmp_path: Path, repo_root: Path) -> None:
     from pipeline.generate import main
 
     tiny = tmp_path / "tiny.yaml"
-    tiny.write_text("dataset:\n  synthetic:\n    seed: 1\n    n_videos: {train: 4, val: 2, test: 2}  # layers merge per key\n")
+    tiny.write_text(
+        "dataset:\n  synthetic:\n    seed: 1\n    n_videos: {train: 4, val: 2, test: 2}  # layers merge per key\n"
+    )
     params = repo_root / "params"
     args = ["--annotations-out", str(tmp_path / "ann"), "--features-out", str(tmp_path / "feat")]
-    assert main(["--params", str(params / "base.yaml"), str(params / "datasets" / "synthetic.yaml"), str(tiny), *args]) == 0
-    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["synthetic_meta.json", "test.json", "train.json", "val.json"]
+    assert (
+        main(
+            [
+                "--params",
+                str(params / "base.yaml"),
+                str(params / "datasets" / "synthetic.yaml"),
+                str(tiny),
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [
+        "synthetic_meta.json",
+        "test.json",
+        "train.json",
+        "val.json",
+    ]
     assert len(json.loads((tmp_path / "ann" / "train.json").read_text())) == 4
     with pytest.raises(StageError, match="dataset.synthetic is empty"):
         main(["--params", str(params / "base.yaml"), str(params / "datasets" / "tacos.yaml"), *args])
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset:\n  synthetic:\n    seeds: 1\n")
     with pytest.raises(StageError, match=r"bad.yaml: dataset.synthetic: unknown key"):
-        main(["--params", str(params / "base.yaml"), str(params / "datasets" / "synthetic.yaml"), str(bad), *args])
+        main(
+            [
+                "--params",
+                str(params / "base.yaml"),
+                str(params / "datasets" / "synthetic.yaml"),
+                str(bad),
+                *args,
+            ]
+        )

@@ -192,7 +192,9 @@ class GroundingSplit:
                 if values.dtype.kind in "biuf":
                     g.create_dataset(str(col), data=values)
                 else:
-                    g.create_dataset(str(col), data=np.array([str(x) for x in values], dtype=object), dtype=str_dt)
+                    g.create_dataset(
+                        str(col), data=np.array([str(x) for x in values], dtype=object), dtype=str_dt
+                    )
 
     @classmethod
     def load(cls, path: str | Path) -> GroundingSplit:
@@ -207,7 +209,16 @@ class GroundingSplit:
         except OSError as e:
             raise SplitError(f"{path}: not a readable HDF5 split (truncated or corrupt?): {e}") from None
         with f:
-            needed = ("video", "video_mask", "video_ids", "video_index", "words", "word_len", "gt", "duration")
+            needed = (
+                "video",
+                "video_mask",
+                "video_ids",
+                "video_index",
+                "words",
+                "word_len",
+                "gt",
+                "duration",
+            )
             for key in (*needed, "records"):
                 if key not in f:
                     raise SplitError(f"{path}: key {key!r} missing (not a prepared split?)")
@@ -217,14 +228,20 @@ class GroundingSplit:
                 rec = {}
                 for col in f["records"]:
                     values = f["records"][col][()]
-                    rec[col] = [v.decode() if isinstance(v, bytes) else v for v in values] if values.dtype.kind in "OS" else values
+                    rec[col] = (
+                        [v.decode() if isinstance(v, bytes) else v for v in values]
+                        if values.dtype.kind in "OS"
+                        else values
+                    )
                 num_steps = int(f.attrs["num_steps"])
                 attrs = json.loads(f.attrs.get("attrs_json", "{}"))
             except (OSError, RuntimeError, KeyError) as e:
                 raise SplitError(f"{path}: cannot read (corrupt?): {e}") from None
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in arrays.pop("video_ids")]
         records = pd.DataFrame(rec)
-        order = [c for c in RECORD_COLUMNS if c in records.columns] + [c for c in records.columns if c not in RECORD_COLUMNS]
+        order = [c for c in RECORD_COLUMNS if c in records.columns] + [
+            c for c in records.columns if c not in RECORD_COLUMNS
+        ]
         split = cls.from_arrays(
             arrays["video"], arrays["video_index"], arrays["words"], arrays["word_len"], arrays["gt"],
             arrays["duration"], records=records[order], num_steps=num_steps, video_mask=arrays["video_mask"],

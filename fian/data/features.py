@@ -58,14 +58,18 @@ class FeatureError(ValueError):
 
 def check_video_id(video_id: str, where: str | Path) -> None:
     if not isinstance(video_id, str) or not video_id or "/" in video_id or video_id in (".", ".."):
-        raise FeatureError(f"{where}: video id {video_id!r} cannot be an HDF5 dataset name (empty or contains '/')")
+        raise FeatureError(
+            f"{where}: video id {video_id!r} cannot be an HDF5 dataset name (empty or contains '/')"
+        )
 
 
 def check_features(array: Any, *, feature_dim: int | None, where: str | Path, video_id: str) -> np.ndarray:
     """Return ``array`` as float32 ``[n, D]``; raise :class:`FeatureError` naming file and video."""
     a = np.asarray(array)
     if a.ndim != 2:
-        raise FeatureError(f"{where}: video {video_id!r}: features must be [n, D], got shape {tuple(a.shape)}")
+        raise FeatureError(
+            f"{where}: video {video_id!r}: features must be [n, D], got shape {tuple(a.shape)}"
+        )
     if a.shape[0] < 1:
         raise FeatureError(f"{where}: video {video_id!r}: no feature rows (shape {tuple(a.shape)})")
     if feature_dim is not None and a.shape[1] != feature_dim:
@@ -129,6 +133,16 @@ def write_store(
     return n
 
 
+def open_hdf5(path: Path, what: str) -> Any:
+    """``h5py.File(path, "r")``; an unreadable file raises :class:`FeatureError` naming it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise FeatureError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from None
+
+
 def _attr(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
@@ -149,15 +163,11 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        import h5py
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: feature store not found")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as e:
-            raise FeatureError(f"{self.path}: not a readable HDF5 feature store (truncated or corrupt?): {e}") from None
+        self._file = open_hdf5(self.path, "feature store")
         try:
             self.attrs: dict[str, Any] = {k: _attr(v) for k, v in self._file.attrs.items()}
         except (OSError, RuntimeError) as e:
@@ -281,13 +291,8 @@ class _Source:
                 raise FileNotFoundError(f"{raw}: folder of <video_id>.npy files not found (layout i3d_npy)")
             self.path = raw
         elif layout in ("activitynet_c3d", "tacos_c3d", "i3d_hdf5", "store"):
-            import h5py
-
             self.path = find_feature_file(raw, layout)
-            try:
-                self._h5 = h5py.File(self.path, "r")
-            except OSError as e:
-                raise FeatureError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
+            self._h5 = open_hdf5(self.path, "HDF5 file")
         else:
             raise ValueError(f"unknown dataset.feature_layout {layout!r}")
 
@@ -307,7 +312,9 @@ class _Source:
 
             node = self._h5[key]
             if not isinstance(node, h5py.Group) or ACTIVITYNET_DATASET not in node:
-                raise FeatureError(f"{self.path}: video {key!r}: expected a group with '{ACTIVITYNET_DATASET}' (layout activitynet_c3d)")
+                raise FeatureError(
+                    f"{self.path}: video {key!r}: expected a group with '{ACTIVITYNET_DATASET}' (layout activitynet_c3d)"
+                )
         return True
 
     def resolve(self, video_id: str) -> tuple[str, str] | None:
@@ -381,7 +388,9 @@ def import_features(
                 raise FeatureError(msg + " (dataset.policy.missing_features: fail)")
             log.warning("%s; dropped (dataset.policy.missing_features: drop)", msg)
         if report.matched.get("stem"):
-            log.info("%s: %d id(s) matched without their video-file extension", src.path, report.matched["stem"])
+            log.info(
+                "%s: %d id(s) matched without their video-file extension", src.path, report.matched["stem"]
+            )
 
         def items() -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
             for vid, key in keys.items():
@@ -395,8 +404,15 @@ def import_features(
 
         # provenance tags of the source survive the import (a random-weight or generated source stays tagged)
         inherited = {k: v for k, v in src.file_attrs().items() if k in ("random_weights", "synthetic")}
-        file_attrs = {"random_weights": False, **inherited, "source": f"{layout}:{src.path.name}", "layout": layout}
-        report.imported = write_store(out, items(), backbone=backbone, feature_dim=feature_dim, attrs=file_attrs)
+        file_attrs = {
+            "random_weights": False,
+            **inherited,
+            "source": f"{layout}:{src.path.name}",
+            "layout": layout,
+        }
+        report.imported = write_store(
+            out, items(), backbone=backbone, feature_dim=feature_dim, attrs=file_attrs
+        )
     finally:
         src.close()
     return report

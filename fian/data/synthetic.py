@@ -66,17 +66,23 @@ class SyntheticSpec:
             if key in kw:
                 v = kw[key]
                 if not isinstance(v, list | tuple) or len(v) != 2 or v[0] > v[1]:
-                    raise ValueError(f"dataset.synthetic.{key}: expected [low, high] with low <= high, got {v!r}")
+                    raise ValueError(
+                        f"dataset.synthetic.{key}: expected [low, high] with low <= high, got {v!r}"
+                    )
                 kw[key] = tuple(v)
         if "n_videos" in kw and not isinstance(kw["n_videos"], Mapping):
             raise ValueError(f"dataset.synthetic.n_videos: expected {{split: count}}, got {kw['n_videos']!r}")
         spec = cls(**kw)
         if spec.events[0] < 4:
-            raise ValueError("dataset.synthetic.events: need at least 4 events per video (repeat + distractors)")
+            raise ValueError(
+                "dataset.synthetic.events: need at least 4 events per video (repeat + distractors)"
+            )
         if spec.raw_steps[0] < 2 * spec.events[1] + 1:
             raise ValueError("dataset.synthetic.raw_steps: too few rows for the events (need > 2 x events)")
         if spec.duration[0] <= 0 or spec.noise < 0 or spec.queries_per_video < 1 or feature_dim < 8:
-            raise ValueError("dataset.synthetic: duration > 0, noise >= 0, queries_per_video >= 1, feature_dim >= 8")
+            raise ValueError(
+                "dataset.synthetic: duration > 0, noise >= 0, queries_per_video >= 1, feature_dim >= 8"
+            )
         return spec
 
 
@@ -142,6 +148,7 @@ def prototypes(seed: int, feature_dim: int) -> list[np.ndarray]:
 
 def _event_tuples(rng: np.random.Generator, k: int) -> list[Attrs]:
     """k attribute tuples: one repeated tuple, distractors differing in one attribute, the rest random."""
+
     def rand() -> Attrs:
         return tuple(int(rng.integers(len(vals))) for vals in ATTRIBUTES)  # type: ignore[return-value]
 
@@ -151,7 +158,9 @@ def _event_tuples(rng: np.random.Generator, k: int) -> list[Attrs]:
         if rng.random() < 0.7:  # distractor: copy an existing tuple, change one attribute
             base = list(tuples[int(rng.integers(len(tuples)))])
             which = int(rng.integers(4))
-            base[which] = int((base[which] + 1 + rng.integers(len(ATTRIBUTES[which]) - 1)) % len(ATTRIBUTES[which]))
+            base[which] = int(
+                (base[which] + 1 + rng.integers(len(ATTRIBUTES[which]) - 1)) % len(ATTRIBUTES[which])
+            )
             cand: Attrs = tuple(base)  # type: ignore[assignment]
         else:
             cand = rand()
@@ -193,7 +202,9 @@ def _queries(rng: np.random.Generator, events: list[Event], n: int) -> list[Quer
         cands["unique"].append(Query(events[i].phrase(), events[i].start, events[i].end, "unique", (i,)))
     for occ in repeated:
         a, b = occ[0], occ[1]
-        cands["again"].append(Query(f"{events[b].phrase()} again", events[b].start, events[b].end, "again", (b, a)))
+        cands["again"].append(
+            Query(f"{events[b].phrase()} again", events[b].start, events[b].end, "again", (b, a))
+        )
         cands["first"].append(
             Query(f"{events[a].phrase()} for the first time", events[a].start, events[a].end, "first", (a, b))
         )
@@ -231,7 +242,12 @@ def _queries(rng: np.random.Generator, events: list[Event], n: int) -> list[Quer
 
 
 def _features(
-    rng: np.random.Generator, protos: list[np.ndarray], events: list[Event], duration: float, n: int, noise: float
+    rng: np.random.Generator,
+    protos: list[np.ndarray],
+    events: list[Event],
+    duration: float,
+    n: int,
+    noise: float,
 ) -> np.ndarray:
     """``[n, D]``: each row is the sum of its event's attribute prototypes (or background) + noise."""
     D = protos[0].shape[1]
@@ -272,7 +288,9 @@ def generate(spec: SyntheticSpec, feature_dim: int) -> SyntheticDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def write_synthetic(ds: SyntheticDataset, annotations_dir: str | Path, features_dir: str | Path) -> dict[str, Any]:
+def write_synthetic(
+    ds: SyntheticDataset, annotations_dir: str | Path, features_dir: str | Path
+) -> dict[str, Any]:
     """ActivityNet-style ``<split>.json`` files + ``synthetic_c3d.hdf5`` (activitynet_c3d layout).
 
     Returns summary counts.  Every file is written atomically.
@@ -280,7 +298,12 @@ def write_synthetic(ds: SyntheticDataset, annotations_dir: str | Path, features_
     import h5py
 
     annotations_dir, features_dir = Path(annotations_dir), Path(features_dir)
-    summary: dict[str, Any] = {"synthetic": True, "seed": ds.spec.seed, "feature_dim": ds.feature_dim, "splits": {}}
+    summary: dict[str, Any] = {
+        "synthetic": True,
+        "seed": ds.spec.seed,
+        "feature_dim": ds.feature_dim,
+        "splits": {},
+    }
     meta: dict[str, Any] = {"spec": asdict(ds.spec), "videos": {}}
     for split, videos in ds.splits.items():
         with atomic_path(annotations_dir / f"{split}.json") as tmp:
@@ -292,7 +315,9 @@ def write_synthetic(ds: SyntheticDataset, annotations_dir: str | Path, features_
             meta["videos"][v.video_id] = {
                 "split": split,
                 "events": [{"phrase": e.phrase(), "start": e.start, "end": e.end} for e in v.events],
-                "queries": [{"sentence": q.sentence, "kind": q.kind, "events": list(q.events)} for q in v.queries],
+                "queries": [
+                    {"sentence": q.sentence, "kind": q.kind, "events": list(q.events)} for q in v.queries
+                ],
             }
         summary["splits"][split] = {
             "videos": len(videos),
