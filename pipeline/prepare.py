@@ -15,6 +15,7 @@ empty_sentence, all_oov).  All checks run before anything is written; counts go 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,11 +46,12 @@ def _drop_missing_features(df, store_ids: set[str], policy: str, table: Path, st
 
 
 def plan_split(
-    table: Path, store_ids: set[str], vocab: Any, cfg: Any, store_path: Path
+    table: Path, store_ids: set[str], vocab: Any, known: np.ndarray, cfg: Any, store_path: Path
 ) -> tuple[Any, tuple, dict]:
     """Read, check and encode one split: (kept rows, (words [Q, n_q], word_len [Q]), counts).
 
-    ``all_oov``: no word of the sentence is in the (training) vocabulary, so every id is <unk>.
+    ``all_oov``: no word of the sentence has a word vector (``known [V]`` bool: in the training
+    vocabulary and not among coverage.json's ``oov_words``).
     """
     import pandas as pd
 
@@ -71,7 +73,7 @@ def plan_split(
     sources = [str(s) for s in df["source"]] if "source" in df else None
     try:
         keep, dropped = filter_sentences(
-            sentences, vocab, set(range(2, len(vocab))), empty_sentence=pol.empty_sentence, all_oov=pol.all_oov,
+            sentences, vocab, known, empty_sentence=pol.empty_sentence, all_oov=pol.all_oov,
             lowercase=lower, sources=sources,
         )  # fmt: skip
     except TextError as e:
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = load(args)
     from fian.data.features import FeatureStore
-    from fian.data.text import Vocab
+    from fian.data.text import Vocab, known_mask
     from fian.io import write_json
 
     tables = sorted(args.annotations.glob("*.parquet"))
@@ -138,17 +140,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(
             f"{args.annotations}: no <split>.parquet annotation tables (run the annotations stage)"
         )
-    vocab_path = args.text / "vocab.json"
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"{vocab_path}: not found (run the text stage)")
+    vocab_path, coverage_path = args.text / "vocab.json", args.text / "coverage.json"
+    for path in (vocab_path, coverage_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run the text stage)")
     vocab = Vocab.load(vocab_path)
+    try:
+        oov_words = json.loads(coverage_path.read_text())["oov_words"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise StageError(f"{coverage_path}: expected a JSON object with 'oov_words': {e}") from None
+    known = known_mask(vocab, oov_words)  # [V] bool: words with a word vector
     with FeatureStore(args.features) as store:
         if store.feature_dim != cfg.dataset.feature_dim:
             raise StageError(
                 f"{args.features}: feature_dim {store.feature_dim} != dataset.feature_dim {cfg.dataset.feature_dim}"
             )
         ids = set(store.ids())
-        plans = {t.stem: plan_split(t, ids, vocab, cfg, args.features) for t in tables}  # all checks first
+        plans = {t.stem: plan_split(t, ids, vocab, known, cfg, args.features) for t in tables}  # checks first
         counts: dict[str, Any] = {
             "num_steps": cfg.features.num_steps,
             "policy": vars(cfg.dataset.policy),

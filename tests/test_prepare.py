@@ -42,6 +42,8 @@ def built(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict[str
     )
     train = pd.read_parquet(p["ann"] / "train.parquet")
     Vocab.build(tokenize(s) for s in train["sentence"]).save(p["text"] / "vocab.json")
+    # the text stage's coverage.json: "the" (in the vocabulary) has no word vector: "the the" is all-OOV
+    (p["text"] / "coverage.json").write_text(json.dumps({"oov_words": ["the"], "fallback": True}))
     argv = [*params, "--annotations", str(p["ann"]), "--features", str(p["store"]), "--text", str(p["text"])]
     assert prepare.main([*argv, "--out", str(p["out"])]) == 0
     p["argv"] = argv  # type: ignore[assignment]
@@ -122,12 +124,13 @@ def test_bad_queries_fail_per_policy_and_write_nothing(
 def test_bad_queries_dropped_and_counted(built: dict, tmp_path: Path) -> None:
     from pipeline.prepare import main
 
-    rows = [{"video_id": "v_ghost"}, {"sentence": "zzzq"}, {"sentence": "?!"}, {"sentence": "the man " * 20}]
+    rows = [{"video_id": "v_ghost"}, {"sentence": "zzzq"}, {"sentence": "the the"}, {"sentence": "?!"},
+            {"sentence": "the man " * 20}]  # fmt: skip
     policy = "    missing_features: drop\n    all_oov: drop\n    empty_sentence: drop\n"
     assert main(_variant(built, tmp_path, rows, policy)) == 0
     c = json.loads((tmp_path / "out" / "counts.json").read_text())["splits"]["test"]
-    assert (c["dropped_missing_features"], c["dropped_all_oov"], c["dropped_empty_sentence"]) == (1, 1, 1)
-    assert c["truncated_to_max_query_len"] == 1 and c["queries_out"] == c["queries_in"] - 3
+    assert (c["dropped_missing_features"], c["dropped_all_oov"], c["dropped_empty_sentence"]) == (1, 2, 1)
+    assert c["truncated_to_max_query_len"] == 1 and c["queries_out"] == c["queries_in"] - 4
     s = GroundingSplit.load(tmp_path / "out" / "test.h5")
     assert len(s) == c["queries_out"] and int(s.word_len.max()) == 30  # truncated to text.max_query_len
 
@@ -140,6 +143,10 @@ def test_missing_inputs_and_mismatched_store(built: dict, tmp_path: Path) -> Non
     text = argv.index("--text") + 1
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         main([*argv[:text], str(tmp_path / "none"), *argv[text + 1 :]])
+    shutil.copytree(built["text"], tmp_path / "text")
+    (tmp_path / "text" / "coverage.json").write_text("[]")
+    with pytest.raises(StageError, match="coverage.json: expected a JSON object with 'oov_words'"):
+        main([*argv[:text], str(tmp_path / "text"), *argv[text + 1 :]])
     write_store(tmp_path / "narrow.h5", [("v", np.zeros((3, 8)), None)], backbone="x", feature_dim=8)
     feats = argv.index("--features") + 1
     with pytest.raises(StageError, match="feature_dim 8 != dataset.feature_dim 64"):
