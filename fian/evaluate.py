@@ -126,8 +126,11 @@ def predictions_frame(
         raise ValueError(f"{len(records)} records for {len(index)} predictions")
     rec = records
     keep = ~np.isnan(segments[..., 0])  # [Q, K]
-    seg_lists = [[(float(s), float(e)) for s, e in segments[q][keep[q]]] for q in range(len(index))]
-    score_lists = [[float(x) for x in scores[q][keep[q]]] for q in range(len(index))]
+    seg_lists = np.asarray(segments, dtype=np.float64).tolist()  # C-speed conversion, [[s, e], ...] per query
+    score_lists = np.asarray(scores, dtype=np.float64).tolist()
+    for q in np.flatnonzero(~keep.all(axis=1)):  # only rows padded after NMS
+        seg_lists[q] = [s for s, k in zip(seg_lists[q], keep[q], strict=True) if k]
+        score_lists[q] = [x for x, k in zip(score_lists[q], keep[q], strict=True) if k]
     return pd.DataFrame(
         {
             "index": np.asarray(index, dtype=np.int64),
@@ -182,7 +185,7 @@ def write_predictions(path: str | Path, frame: pd.DataFrame) -> None:
                         "sentence": row.sentence,
                         "gt": [row.gt_start, row.gt_end],
                         "duration": row.duration,
-                        "segments": [list(s) for s in row.segments],
+                        "segments": row.segments,
                         "scores": [s if math.isfinite(s) else None for s in row.scores],
                     }
                 )
@@ -205,7 +208,7 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
                         "gt_start": float(r["gt"][0]),
                         "gt_end": float(r["gt"][1]),
                         "duration": float(r["duration"]),
-                        "segments": [tuple(s) for s in r["segments"]],
+                        "segments": [[float(x) for x in s] for s in r["segments"]],
                         "scores": [float("-inf") if s is None else s for s in r["scores"]],
                     }
                 )

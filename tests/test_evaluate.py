@@ -54,7 +54,7 @@ def test_evaluate_hand_made_output() -> None:
     assert list(frame["index"]) == [0, 1, 2, 3]
     assert list(frame["video_id"]) == ["vid0", "vid0", "vid1", "vid1"]
     assert frame["segments"][0][0] == pytest.approx(tuple(gt[0]))
-    assert frame["segments"][1][:2] == [(0.0, 16.0), (48.0, 64.0)]
+    assert frame["segments"][1][:2] == [[0.0, 16.0], [48.0, 64.0]]
     assert frame["scores"][1][0] == pytest.approx(float(torch.sigmoid(torch.tensor(4.0))))
     assert len(frame["segments"][1]) == 4  # no overlap among the four candidates: all kept
 
