@@ -57,3 +57,17 @@ def test_tacos_is_the_2dtan_release_not_the_papers(shared_annotations: Path) -> 
     row = read_split(shared_annotations / "tacos", "tacos", "test", ["test.json"]).iloc[0]
     assert row.source == "test.json:s30-d52.avi[0]"
     assert row.start == pytest.approx(141 / 29.4) and row.duration == pytest.approx(7346 / 29.4)
+
+
+@pytest.mark.parametrize("dataset", sorted(FOLDERS))
+def test_params_pin_the_shared_files(shared_annotations: Path, dataset: str) -> None:
+    """The sources in params are the 2D-TAN files at the pinned commit, with their real sha256."""
+    from fian.data.download import sha256_file
+
+    cfg = load_config(PARAMS / "base.yaml", PARAMS / "datasets" / f"{dataset}.yaml")
+    sources = cfg.dataset.annotation_sources
+    assert sources and {f for files in cfg.dataset.splits.values() for f in files} == {s.name for s in sources}
+    for s in sources:
+        assert s.url.startswith("https://raw.githubusercontent.com/microsoft/2D-TAN/2f7410f0de5e764ac7d84817f173732ef34e1545/data/")
+        assert s.url.endswith("/" + s.name)
+        assert sha256_file(shared_annotations / FOLDERS[dataset] / s.name) == s.sha256
