@@ -163,3 +163,6 @@ def test_stage_writes_parquet_and_counts(tmp_path: Path) -> None:
     assert not (tmp_path / "out2").exists()
     with pytest.raises(AnnotationError, match="dataset.splits is empty"):
         load_annotations(raw, "activitynet", {}, PolicyConfig())
+    write(raw / "empty.json", {})
+    with pytest.raises(AnnotationError, match=r"split 'val' \(empty\.json in .*raw\): no pair left \(0 before"):
+        load_annotations(raw, "activitynet", {"val": ["empty.json"]}, PolicyConfig())

@@ -253,4 +253,7 @@ def load_annotations(raw_dir: str | Path, fmt: str, splits: Mapping[str, Sequenc
     tables, counts = {}, {}
     for split, files in splits.items():
         tables[split], counts[split] = validate(read_split(raw_dir, fmt, split, files), policy)
+        if tables[split].empty:
+            raise AnnotationError(f"split {split!r} ({', '.join(files)} in {raw_dir}): no pair left "
+                                  f"({counts[split]['pairs_raw']} before validation)")
     return tables, counts
