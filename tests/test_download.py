@@ -199,7 +199,7 @@ def test_archive_member_outside_out_dir_is_refused(server, tmp_path: Path) -> No
     assert not (tmp_path / "escape.txt").exists()
 
 
-def test_stage_downloads_annotations_from_params(server, tmp_path: Path) -> None:
+def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.download import main
 
     server.files["/train.json"] = b"{}"
@@ -208,6 +208,12 @@ def test_stage_downloads_annotations_from_params(server, tmp_path: Path) -> None
                       f"      sha256: {sha(b'{}')}\n")
     assert main(["--params", str(params), "--kind", "annotations", "--out", str(tmp_path / "raw")]) == 0
     assert (tmp_path / "raw" / "train.json").read_bytes() == b"{}"
+    # a failing download is one clear line and exit status 1, leaving nothing
+    from pipeline.common import run_stage
+
+    params.write_text(params.read_text().replace("/train.json", "/gone.json"))
+    assert run_stage(main, ["--params", str(params), "--kind", "annotations", "--out", str(tmp_path / "raw2")]) == 1
+    assert "gone.json: HTTP 404" in capsys.readouterr().err and not any((tmp_path / "raw2").iterdir())
     params.write_text("text:\n  word_dim: 300\n")
     with pytest.raises(ValueError, match="text.glove"):
         main(["--params", str(params), "--kind", "glove", "--out", str(tmp_path / "g")])

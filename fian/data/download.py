@@ -45,8 +45,8 @@ SUMS = "SHA256SUMS"
 _PART = re.compile(r"^(?P<stem>.+)\.part-(?P<index>\d+)$")
 
 
-class DownloadError(RuntimeError):
-    """A download failed: the message names the URL and the file."""
+class DownloadError(OSError):
+    """A download failed: the message names the URL and the file (an OSError: stages exit 1 with it)."""
 
 
 class ChecksumError(DownloadError):
