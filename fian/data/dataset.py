@@ -322,6 +322,9 @@ class GroundingSplit:
             order = torch.arange(Q)
         stop = Q - Q % batch_size if drop_last else Q
         on_cpu = self.device.type == "cpu"
+        # CPU: numpy's take copies whole [T, D] rows and beats torch's advanced indexing 1.3-2.4x
+        # (bench/loader_speed.py); the tensor wraps the fresh array, no extra copy
+        video_np = self.video.numpy() if on_cpu else None
         target = None if device is None else torch.device(device)
         for lo in range(0, stop, batch_size):
             idx_cpu = order[lo : lo + batch_size]  # [B]
@@ -330,8 +333,12 @@ class GroundingSplit:
             vi = self.video_index[idx]  # [B]
             words = self.words[idx, :L]  # [B, L]
             word_mask = torch.arange(L, device=self.device)[None, :] < self.word_len[idx][:, None]  # [B, L]
+            if video_np is None:
+                video = self.video[vi]  # [B, T, D]
+            else:
+                video = torch.from_numpy(np.take(video_np, vi.numpy(), axis=0))  # [B, T, D]
             batch = Batch(
-                video=self.video[vi],  # [B, T, D]
+                video=video,
                 video_mask=self.video_mask[vi],  # [B, T]
                 words=words,
                 word_mask=word_mask,
