@@ -40,11 +40,15 @@ def _registry_jobs(plan: R.Plan) -> dict[str, Job]:
     return out
 
 
-def _snakemake_jobs(config: str) -> dict[str, Job]:
+def _snakemake_jobs(config: str, tmp: Path) -> dict[str, Job]:
+    """Jobs of a dry run, in a copy of the workflow files (never touching the checkout's .snakemake/)."""
+    shutil.copy(ROOT / "Snakefile", tmp / "Snakefile")
+    for d in ("workflow", "params"):
+        shutil.copytree(ROOT / d, tmp / d)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "-n", "-p", "--forceall", "--nolock", "--cores", "1", "--configfile", config],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [str(BIN / "snakemake"), "-n", "-p", "--forceall", "--cores", "1", "--configfile", config],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     jobs: dict[str, Job] = {}
@@ -98,8 +102,10 @@ def _dvc_jobs(tmp: Path, plan: R.Plan, config: str) -> dict[str, Job]:
 def test_snakemake_dvc_and_registry_agree(config: str, tmp_path: Path) -> None:
     plan = load_plan(config, ROOT)
     reg = _registry_jobs(plan)
-    smk = _snakemake_jobs(config)
-    dvc = _dvc_jobs(tmp_path, plan, config)
+    (tmp_path / "smk").mkdir()
+    (tmp_path / "dvc").mkdir()
+    smk = _snakemake_jobs(config, tmp_path / "smk")
+    dvc = _dvc_jobs(tmp_path / "dvc", plan, config)
     assert sorted(smk) == sorted(reg), "Snakemake plans other jobs than the registry"
     assert sorted(dvc) == sorted(reg), "dvc.yaml resolves to other stages than the registry"
     for job_id, (cmd, deps, outs) in reg.items():
@@ -117,3 +123,17 @@ def test_dvc_declares_metrics_and_plots() -> None:
         "results/${item.dataset}/${item.variant}/metrics_${item.split}.json"
     ]
     assert "model" in stages["train"]["do"]["params"][0]["params/base.yaml"]
+
+
+def test_check_reports_a_hand_edited_file(tmp_path: Path) -> None:
+    files = rendered_files("workflow/config/default.yaml", ROOT)
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert check(files, tmp_path) == []
+    smk = tmp_path / "workflow/rules/model.smk"
+    smk.write_text(smk.read_text().replace("--split {wildcards.split}", "--split test"))
+    diffs = check(files, tmp_path)
+    assert (
+        len(diffs) == 1 and "model.smk" in diffs[0] and "+++ workflow/rules/model.smk (rendered)" in diffs[0]
+    )

@@ -20,6 +20,7 @@ SMALL = {
     "text": {"glove_epochs": 3},
     "model": {"hidden": 16, "heads": 2, "self_attn_heads": 2, "ffn_dim": 32},
     "train": {"epochs": 1, "batch_size": 16},
+    "tracking": {"enabled": False},  # MLflow has its own test (test_mlflow_server.py); saves its import time
 }
 
 
