@@ -164,3 +164,15 @@ def test_bad_params_layer_fails_at_plan_time(tmp_path: Path) -> None:
     (tmp_path / "params/variants/soft.yaml").write_text("model:\n  atention: soft\n")
     with pytest.raises(ConfigError, match=r"soft\.yaml.*atention"):
         load_plan(rel, tmp_path)
+
+
+def test_fian_cli_dispatches_to_the_stage_modules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import cli
+
+    assert cli.main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("render", "train", "tables", "demo"))
+    assert cli.main(["nosuch"]) == 2 and "unknown command" in capsys.readouterr().err
+    assert cli.main(["tables", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r/table1.tex").is_file()  # `fian tables ...` == `python -m pipeline.tables ...`
+    assert cli.main(["render", "--check", "--root", str(ROOT)]) == 0  # `fian render`
