@@ -15,7 +15,8 @@ Charades-STA 12,408 / 5,338; T, D, batch size and windows from params.  On the C
 capped (``--max-videos``, default 256 there) to keep memory and set-up short; a step does not
 depend on how many videos the split holds.
 
-    .venv/bin/python -m bench.train_speed --device cpu --iters 3 --warmup 1     # dev VM
+    .venv/bin/python -m bench.train_speed --device cpu --batch-scale 0.125 --iters 1 --repeats 1 --warmup 0 \
+        --cpu-eval-queries 32 --latency-iters 2                                 # dev VM (slow CPU)
     python -m bench.train_speed --device cuda                                   # H100: bf16, fused Adam
     python -m bench.train_speed --device cuda --compile                         # torch.compile on
 
@@ -87,14 +88,16 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
 
 
-def step_flops(model: torch.nn.Module, loss_fn: torch.nn.Module, split: GroundingSplit, cfg: Config, amp: str) -> float:
+def step_flops(
+    model: torch.nn.Module, loss_fn: torch.nn.Module, split: GroundingSplit, cfg: Config, amp: str, batch_size: int
+) -> float:
     """FLOPs of one forward + loss + backward on one training batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from fian.evaluate import autocast_ctx
 
     device = split.device
-    batch = next(split.batches(cfg.train.batch_size))
+    batch = next(split.batches(batch_size))
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast_ctx(device, amp):
@@ -111,7 +114,8 @@ def bench_dataset(name: str, args: argparse.Namespace, device: torch.device) -> 
     n_pairs, n_videos, n_eval = SIZES[name]
     cap = args.max_videos if args.max_videos is not None else (256 if device.type == "cpu" else None)
     vids = min(n_videos, cap) if cap else n_videos
-    B = train_cfg.batch_size
+    B = max(1, round(cfg.train.batch_size * args.batch_scale))
+    train_cfg = dataclasses.replace(train_cfg, batch_size=B)
     n_steps = args.warmup + args.iters
     g = torch.Generator().manual_seed(0)
     video = torch.randn(vids, cfg.features.num_steps, cfg.dataset.feature_dim, generator=g)  # [n_videos, T, D]
@@ -128,7 +132,7 @@ def bench_dataset(name: str, args: argparse.Namespace, device: torch.device) -> 
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
 
-    flops = step_flops(model, loss_fn, train, cfg, args.amp)
+    flops = step_flops(model, loss_fn, train, cfg, args.amp, B)
 
     def run_steps(split: GroundingSplit, n: int) -> float:
         sync(device)
@@ -201,6 +205,7 @@ def main() -> None:
     p.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="bf16 autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-videos", type=int, default=None, help="cap on videos per split (default 256 on CPU)")
+    p.add_argument("--batch-scale", type=float, default=1.0, help="batch = paper batch x this (CPU: 0.125 to fit the time)")
     p.add_argument("--cpu-eval-queries", type=int, default=512, help="evaluation queries timed on the CPU")
     p.add_argument("--latency-iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
