@@ -91,7 +91,7 @@ def peak_memory(device: torch.device) -> str:
 def step_flops(
     model: torch.nn.Module, loss_fn: torch.nn.Module, split: GroundingSplit, cfg: Config, amp: str, batch_size: int
 ) -> float:
-    """FLOPs of one forward + loss + backward on one training batch."""
+    """FLOPs of one forward + loss + backward on one training batch (GRUs included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from fian.evaluate import autocast_ctx
@@ -99,7 +99,8 @@ def step_flops(
     device = split.device
     batch = next(split.batches(batch_size))
     counter = FlopCounterMode(display=False)
-    with counter:
+    # cuDNN's fused GRU is one op that FlopCounterMode does not count: count with the native GRU
+    with counter, torch.backends.cudnn.flags(enabled=False):
         with autocast_ctx(device, amp):
             out = model(batch.video, batch.video_mask, batch.words, batch.word_mask)
         terms = loss_fn(_fp32(out), batch.gt / batch.duration[:, None] * cfg.features.num_steps)
