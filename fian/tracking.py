@@ -84,7 +84,8 @@ def resolve_uri(configured: str) -> str:
 class Tracker:
     """One MLflow run (or nothing, when ``enabled`` is false).
 
-    Use as a context manager; an exception inside the block ends the run as FAILED.
+    Use as a context manager; an exception inside the block ends the run as FAILED
+    (``KeyboardInterrupt``: KILLED).
     """
 
     def __init__(
@@ -126,7 +127,11 @@ class Tracker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._mlflow is not None:
-            self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+            if exc_type is None:
+                status = "FINISHED"
+            else:  # Ctrl-C or SIGTERM (the stages turn it into KeyboardInterrupt): KILLED
+                status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            self._mlflow.end_run(status=status)
             self._mlflow = None
 
     # -- logging --------------------------------------------------------------------------

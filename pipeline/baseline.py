@@ -54,14 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
 
     with build_tracker(cfg, stage="baseline", inputs=[train_path, split_path], tags={"split": args.split}) as tracker:
-        tracker.log_params({"baseline": VARIANT, "k": cfg.eval.max_predictions, "seed": cfg.train.seed})
+        tracker.log_params({"baseline": VARIANT, "k": cfg.eval.max_predictions, "seed": cfg.train.seed,
+                            "centres": np.round(prior.centres, 4).tolist(), "weights": np.round(prior.weights, 4).tolist()})  # fmt: skip
         pred_path = args.out / f"predictions_{args.split}.jsonl"
         metrics_path = args.out / f"metrics_{args.split}.json"
         write_predictions(pred_path, frame)
-        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), baseline=VARIANT,
-                      centres=prior.centres.tolist(), weights=prior.weights.tolist())  # fmt: skip
+        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), baseline=VARIANT)
         tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
         tracker.log_artifact(metrics_path)
+    log.info("moment prior: centres (start, end) / duration %s, weights %s",
+             np.round(prior.centres, 3).tolist(), np.round(prior.weights, 3).tolist())  # fmt: skip
     log.info("%s moment prior on %s: %s", cfg.dataset.name, args.split,
              ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))  # fmt: skip
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.tracking import build_tracker
     from fian.train import NonFiniteLossError, fit
 
+    # a cancelled job (Snakemake, SLURM, torchrun send SIGTERM) unwinds: the MLflow run ends KILLED
+    previous = signal.signal(signal.SIGTERM, _terminate)
     info, device = init_from_env(args.device)
     try:
         train_path = args.data / "train.h5"
@@ -102,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tracker.log_artifact(args.out / name)
     finally:
         shutdown()
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int) -> dict:

@@ -100,3 +100,13 @@ def test_failed_block_marks_run_failed(tmp_path, monkeypatch, store) -> None:
         with Tracker(enabled=True, tracking_uri=uri, dataset="d", variant="v", stage="train") as t:
             raise RuntimeError("boom")
     assert MlflowClient(uri).get_run(t.run_id).info.status == "FAILED"
+
+
+def test_interrupt_marks_run_killed(tmp_path, monkeypatch, store) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(enabled=True, tracking_uri=store, dataset="d", variant="v", stage="train") as t:
+            raise KeyboardInterrupt("signal 15")
+    assert MlflowClient(store).get_run(t.run_id).info.status == "KILLED"
