@@ -218,12 +218,12 @@ def main() -> None:
     amp = args.amp if device.type == "cuda" else "off (fp32 on CPU)"
     print(f"# train_speed: {name}; torch {torch.__version__}; amp {amp}; compile {args.compile}; "
           f"{args.iters} steps x {args.repeats} repeats after {args.warmup} warm-up")  # fmt: skip
-    rows = [bench_dataset(d, args, device) for d in args.datasets]
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    for i, d in enumerate(args.datasets):  # each row as soon as it is measured (a timeout keeps the rest)
+        r = bench_dataset(d, args, device)
+        if i == 0:
+            print("| " + " | ".join(r) + " |")
+            print("|" + "---|" * len(r))
+        print("| " + " | ".join(_fmt(v) for v in r.values()) + " |", flush=True)
 
 
 def _fmt(v: object) -> str:
