@@ -39,15 +39,15 @@ def loud_warnings(logs: Path, since: float) -> list[str]:
 
 def headline(results: Path, dataset: str, variants: Sequence[str], split: str) -> list[str]:
     """A small text table: one row per run (variants, then the moment prior), percentages."""
-    rows = [f"{'run':<22}" + "".join(f"{k:>13}" for k in HEADLINE)]
+    rows = [f"{'run':<30}" + "".join(f"{k:>13}" for k in HEADLINE)]
     for v, label in [*((v, f"{dataset}/{v}") for v in variants), ("prior", f"{dataset}/prior (baseline)")]:
         path = results / dataset / v / f"metrics_{split}.json"
         if not path.exists():
-            rows.append(f"{label:<22}  (not run: {path} missing)")
+            rows.append(f"{label:<30}  (not run: {path} missing)")
             continue
         m = json.loads(path.read_text())
         rows.append(
-            f"{label:<22}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
+            f"{label:<30}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
         )
     return rows
 
@@ -114,8 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(f"demo finished in {elapsed / 60:.1f} min")
-    if args.configfile == DEFAULT_CONFIG:
+    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
+    if args.configfile == DEFAULT_CONFIG and not dry:
         print(record_in_dvc(env))
+        # `dvc commit` re-links the outputs from its cache (new mtimes): restore Snakemake's order
+        touch = subprocess.run([*cmd, "--touch", "--quiet"], env=env, capture_output=True, text=True)
+        if touch.returncode != 0:
+            print(f"warning: `snakemake --touch` failed: {touch.stderr.strip()[-500:]}", file=sys.stderr)
     warnings = loud_warnings(root / "logs", t0)
     if warnings:
         print("\nwarnings from the stages of this run:")
