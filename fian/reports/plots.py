@@ -87,7 +87,7 @@ def training_curves(history: pd.DataFrame, out: str | Path, *, title: str = "") 
     right.set_xlabel("epoch")
     right.set_ylabel("validation (%)")
     if val_cols:
-        right.legend(fontsize=7, ncol=2)
+        right.legend(fontsize=7, ncol=3, loc="best")
     else:
         right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
     if title:
