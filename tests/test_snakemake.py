@@ -76,6 +76,26 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert (proj / "logs/train/synthetic-fian.log").is_file()
     again = _snakemake(proj)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the demo job on the finished project: says there is nothing to do, repeats the stages' loud
+    # warnings, prints the headline of FIAN vs the moment prior
+    shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    demo = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", "--cores", "1"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out[-3000:]
+    assert "Nothing to do: every output is up to date" in out
+    assert "synthetic/fian" in out and "synthetic/prior (baseline)" in out and "%" in out
+    from pipeline.demo import loud_warnings
+
+    warnings = "\n".join(loud_warnings(proj / "logs", since=0))
+    assert "SYNTHETIC" in warnings and "FALLBACK" in warnings  # the stages' loud reports, found again
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
