@@ -62,6 +62,7 @@ class Out:
     kind: Literal["file", "dir"] = "file"
     metric: bool = False  # DVC `metrics:` (JSON)
     plot: bool = False  # DVC `plots:` (CSV)
+    plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value")),
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
-            Out(f"{RUN}/history.csv", plot=True),
+            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss")),
             Out(f"{RUN}/train_metrics.json", metric=True),
         ),
         threads=4,

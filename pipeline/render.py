@@ -153,7 +153,13 @@ def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> 
         body["params"] = params
     outs = [_dvc_template(o.path) for o in s.outputs if not (o.metric or o.plot)]
     metrics = [_dvc_template(o.path) for o in s.outputs if o.metric]
-    plots = [_dvc_template(o.path) for o in s.outputs if o.plot]
+    plots: list[Any] = [
+        {_dvc_template(o.path): {"x": o.plot_xy[0], "y": o.plot_xy[1]}}
+        if o.plot_xy
+        else _dvc_template(o.path)
+        for o in s.outputs
+        if o.plot
+    ]
     if outs:
         body["outs"] = outs
     if metrics:

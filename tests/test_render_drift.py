@@ -118,7 +118,9 @@ def test_dvc_declares_metrics_and_plots() -> None:
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert stages["train"]["do"]["metrics"] == ["results/${item.dataset}/${item.variant}/train_metrics.json"]
-    assert stages["train"]["do"]["plots"] == ["results/${item.dataset}/${item.variant}/history.csv"]
+    assert stages["train"]["do"]["plots"] == [
+        {"results/${item.dataset}/${item.variant}/history.csv": {"x": "epoch", "y": "loss"}}
+    ]
     assert stages["evaluate"]["do"]["metrics"] == [
         "results/${item.dataset}/${item.variant}/metrics_${item.split}.json"
     ]
