@@ -9,6 +9,7 @@ Needs root and Debian's slurmctld slurmd slurm-client munge (.ci/run installs th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,6 +144,15 @@ def slurm_cluster(tmp: Path) -> Iterator[dict[str, str]]:
             conf.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _locked(f: Any) -> Iterator[None]:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 SNAKEFILE = """
 localrules: all
 
@@ -166,7 +177,8 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
     work = tmp_path / "wf"
     work.mkdir()
     (work / "Snakefile").write_text(SNAKEFILE)
-    with slurm_cluster(tmp_path) as env:
+    # one SLURM test at a time on this machine (they share /etc/slurm/slurm.conf and munged)
+    with open("/tmp/fian-slurm-test.lock", "w") as lock, _locked(lock), slurm_cluster(tmp_path) as env:
         proc = subprocess.run(
             [str(BIN / "snakemake"), "--profile", str(ROOT / "workflow/profiles/slurm"), "--jobs", "3"],
             cwd=work, env=env, capture_output=True, text=True, timeout=240,
