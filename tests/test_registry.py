@@ -176,3 +176,15 @@ def test_fian_cli_dispatches_to_the_stage_modules(tmp_path: Path, capsys: pytest
     assert cli.main(["tables", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r/table1.tex").is_file()  # `fian tables ...` == `python -m pipeline.tables ...`
     assert cli.main(["render", "--check", "--root", str(ROOT)]) == 0  # `fian render`
+
+
+def test_missing_config_file_and_bad_dataset_name(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"nosuch\.yaml: workflow config not found"):
+        load_plan("workflow/config/nosuch.yaml", tmp_path)
+    rel = _config(tmp_path, "datasets: {TACoS: {variants: [fian]}}")
+    with pytest.raises(StageError, match="TACoS"):
+        load_plan(rel, tmp_path)  # the schema's name pattern
+    with pytest.raises(ConfigError, match="TACoS"):
+        R.plan_from_config(
+            {"datasets": {"TACoS": {"variants": ["fian"]}}}, tmp_path
+        )  # without the schema too
