@@ -19,8 +19,8 @@ Which of two alternative stages builds a dataset's artifact is decided per datas
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from fian.config import ConfigError, load_config, load_params
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
-When = Literal["always", "download", "generate", "import", "extract", "glove", "fallback", "glove_any"]
+When = Literal["always", "download", "generate", "import", "extract", "glove", "fallback"]
 
 WILDCARDS = ("dataset", "variant", "split")
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
@@ -84,7 +84,6 @@ class Stage:
     mem_mb: int = 2000
     runtime: int = 30  # minutes (SLURM time limit)
     gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
-    extra_inputs: tuple[str, ...] = ()  # dependencies not on the command line (plan-level stages)
     package: str = "pipeline"  # the command runs `python -m <package>.<module>`
 
     @property
@@ -93,7 +92,7 @@ class Stage:
         return f"logs/{self.name}/{tail}.log"
 
     def inputs(self) -> tuple[str, ...]:
-        return tuple(a.path for a in self.args if a.role == "in") + self.extra_inputs
+        return tuple(a.path for a in self.args if a.role == "in")
 
     def params_files(self) -> tuple[str, ...]:
         return tuple(LAYER_PATHS[layer] for layer in self.layers)
@@ -177,7 +176,7 @@ STAGES: tuple[Stage, ...] = (
         fixed=("--kind", "glove"),
         args=(Arg("--out", GLOVE_DIR, "value"),),
         outputs=(Out(GLOVE_FILE),),
-        when="glove_any",
+        when="glove",  # a stage without wildcards runs when any dataset uses it
         runtime=240,
     ),
     Stage(
@@ -402,7 +401,6 @@ class DatasetPlan:
             "extract": self.features == "extract",
             "glove": self.glove,
             "fallback": not self.glove,
-            "glove_any": self.glove,
         }[when]
 
 
@@ -415,7 +413,6 @@ class Plan:
     gpus: bool = False  # request GPUs for the stages that use one (SLURM `gpu` resource)
     tables_from: str | None = None  # take the "ours" rows of every table from this dataset (demo)
     params_dir: str = "params"
-    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DatasetPlan:
         for d in self.datasets:
@@ -577,14 +574,6 @@ def targets(plan: Plan) -> list[str]:
         if inst.stage.name in ("tables", "plots", "evaluate", "baseline", "train"):
             files.extend(inst.outs())
     return files
-
-
-def iter_used_params(plan: Plan) -> Iterator[tuple[str, str | None]]:
-    """(dataset, variant) pairs whose params the plan loads (variant None: dataset level)."""
-    for d in plan.datasets:
-        yield d.name, None
-        for v in d.variants:
-            yield d.name, v
 
 
 def dataset_regex(plan: Plan, when: When) -> str:

@@ -81,7 +81,7 @@ def render_rule(s: R.Stage) -> str:
     lines.append(f"        mem_mb={s.mem_mb},")
     lines.append(f"        runtime={s.runtime},")
     if s.gpus:
-        lines.append(f"        gpu={s.gpus} if PLAN.gpus else 0,")
+        lines.append(f'        gpu=R.resources(R.stage("{s.name}"), PLAN).get("gpu", 0),')
     if s.wildcards == ():
         lines.append("    params:")
         lines.append(f'        plan=" ".join(R.plan_args(R.stage("{s.name}"), PLAN)),')

@@ -40,7 +40,7 @@ def _registry_jobs(plan: R.Plan) -> dict[str, Job]:
     return out
 
 
-def _snakemake_jobs(config: str, tmp: Path) -> dict[str, Job]:
+def _snakemake_jobs(config: str, tmp: Path, plan: R.Plan) -> dict[str, Job]:
     """Jobs of a dry run, in a copy of the workflow files (never touching the checkout's .snakemake/)."""
     shutil.copy(ROOT / "Snakefile", tmp / "Snakefile")
     for d in ("workflow", "params"):
@@ -69,6 +69,10 @@ def _snakemake_jobs(config: str, tmp: Path) -> dict[str, Job]:
         deps = frozenset(i for i in inputs if not i.startswith("params/"))
         params = {i for i in inputs if i.startswith("params/")}
         assert params == {R.fill(p, wildcards) for p in stage.params_files()}, (m.group(1), params)
+        res = dict(kv.split("=", 1) for kv in fields["resources"].split(", "))
+        for rk, rv in R.resources(stage, plan).items():  # mem_mb, runtime, gpu (when the config allows)
+            assert res[rk] == str(rv), (m.group(1), rk, res)
+        assert ("gpu" in res and res["gpu"] != "0") == ("gpu" in R.resources(stage, plan)), (m.group(1), res)
         jobs[f"{stage.name}@{key}" if key else stage.name] = (
             " ".join(cmd.split()),
             deps,
@@ -104,7 +108,7 @@ def test_snakemake_dvc_and_registry_agree(config: str, tmp_path: Path) -> None:
     reg = _registry_jobs(plan)
     (tmp_path / "smk").mkdir()
     (tmp_path / "dvc").mkdir()
-    smk = _snakemake_jobs(config, tmp_path / "smk")
+    smk = _snakemake_jobs(config, tmp_path / "smk", plan)
     dvc = _dvc_jobs(tmp_path / "dvc", plan, config)
     assert sorted(smk) == sorted(reg), "Snakemake plans other jobs than the registry"
     assert sorted(dvc) == sorted(reg), "dvc.yaml resolves to other stages than the registry"

@@ -38,7 +38,7 @@ rule extract:
     resources:
         mem_mb=32000,
         runtime=1440,
-        gpu=1 if PLAN.gpus else 0,
+        gpu=R.resources(R.stage("extract"), PLAN).get("gpu", 0),
     shell:
         "python -m pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 

@@ -18,7 +18,7 @@ rule train:
     resources:
         mem_mb=32000,
         runtime=720,
-        gpu=1 if PLAN.gpus else 0,
+        gpu=R.resources(R.stage("train"), PLAN).get("gpu", 0),
     shell:
         "python -m pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
@@ -39,7 +39,7 @@ rule evaluate:
     resources:
         mem_mb=16000,
         runtime=60,
-        gpu=1 if PLAN.gpus else 0,
+        gpu=R.resources(R.stage("evaluate"), PLAN).get("gpu", 0),
     shell:
         "python -m pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
