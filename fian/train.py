@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -327,7 +328,9 @@ def _train_epoch(
     sums = torch.zeros(len(TERMS) + 1, device=device, dtype=torch.float64)
     step_terms = torch.zeros(n_steps, len(TERMS), device=device)  # per-step terms, read at sync points
     params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    # in a log file (Snakemake, SLURM) the bar refreshes every 10 s instead of filling the log
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     checked = 0  # steps whose terms were checked for finiteness
 
     def rows_of(step: int) -> torch.Tensor:

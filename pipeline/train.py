@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.losses import build_loss
     from fian.model.build import build_model
     from fian.tracking import build_tracker
-    from fian.train import NonFiniteLossError, fit
+    from fian.train import NonFiniteLossError, fit, seed_everything
 
     # a cancelled job (Snakemake, SLURM, torchrun send SIGTERM) unwinds: the MLflow run ends KILLED
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # The data were validated when the split was loaded; the per-forward checks and the loss's
         # per-step finiteness check each sync host and device on CUDA (fit checks every sync_every steps).
+        seed_everything(cfg.train.seed)  # the initial weights are part of the seeded run
         model = build_model(cfg, embeddings, check_inputs=device.type != "cuda")
         loss_fn = build_loss(cfg)
         loss_fn.check_finite = device.type != "cuda"

@@ -259,3 +259,18 @@ def test_summary_line_and_history_fields(caplog) -> None:
     assert len(lines) == 1
     assert "loss" in lines[0] and "R@1,IoU=0.5" in lines[0] and "R@1,IoU=0.7" in lines[0] and "mIoU" in lines[0]
     assert all(math.isfinite(history[0][k]) for k in ("loss", "align", "boundary", "time_s"))
+
+
+def test_train_stage_is_seeded(tiny_files, tmp_path) -> None:
+    """Two runs of the stage with the same params give the same weights (initialisation included)."""
+    from pipeline import train
+
+    _, params, data, text = tiny_files
+    states = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out)]) == 0
+        states.append(load_checkpoint(out / "checkpoint.pt")["model"])
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
