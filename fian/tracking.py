@@ -20,7 +20,6 @@ MLflow metric names may not contain ``@``, ``,`` or ``=``: :func:`metric_key` ma
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -30,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from fian.io import sha256_file
 
 log = logging.getLogger("fian.tracking")
 
@@ -56,12 +57,6 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:

@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_backbone,
         extract_videos,
         parts_dir,
-        sha256_file,
     )
+    from fian.io import sha256_file
 
     files = find_videos(args.videos)
     ids = read_ids(args.ids) if args.ids else sorted(files)

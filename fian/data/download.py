@@ -21,7 +21,6 @@ verification into ``<out>`` (members that would land outside it are refused).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import logging
 import os
@@ -37,6 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fian.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ class Fetched:
     skipped: bool  # already present and verified
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Retry(Exception):

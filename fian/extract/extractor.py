@@ -17,7 +17,6 @@ run resumes where it stopped; the store is assembled only when every video succe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -277,12 +276,6 @@ class ExtractReport:
     failed: dict[str, str] = field(default_factory=dict)  # video id -> reason
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parts_dir(out: str | Path) -> Path:
