@@ -84,6 +84,7 @@ class Stage:
     mem_mb: int = 2000
     runtime: int = 30  # minutes (SLURM time limit)
     gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
+    distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
     package: str = "pipeline"  # the command runs `python -m <package>.<module>`
 
     @property
@@ -97,9 +98,12 @@ class Stage:
     def params_files(self) -> tuple[str, ...]:
         return tuple(LAYER_PATHS[layer] for layer in self.layers)
 
-    def command(self) -> str:
-        """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{split}``."""
-        parts = [f"python -m {self.package}.{self.module}"]
+    def command(self, launcher: str = "python -m") -> str:
+        """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{split}``.
+
+        ``launcher`` runs the module: ``python -m``, or ``torchrun ... -m`` for DDP (see :func:`launcher`).
+        """
+        parts = [f"{launcher} {self.package}.{self.module}"]
         if self.layers:
             parts.append("--params " + " ".join(self.params_files()))
         parts.extend(self.fixed)
@@ -297,6 +301,7 @@ STAGES: tuple[Stage, ...] = (
         mem_mb=32000,
         runtime=12 * 60,
         gpus=1,
+        distributed=True,
     ),
     Stage(
         name="evaluate",
@@ -410,7 +415,7 @@ class Plan:
 
     datasets: tuple[DatasetPlan, ...]
     eval_split: str = "test"
-    gpus: bool = False  # request GPUs for the stages that use one (SLURM `gpu` resource)
+    gpus: int = 0  # GPUs per training job (0: none requested; N > 1: DDP via torchrun); SLURM `gpu` resource
     tables_from: str | None = None  # take the "ours" rows of every table from this dataset (demo)
     params_dir: str = "params"
 
@@ -467,7 +472,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
     return Plan(
         datasets=tuple(plans),
         eval_split=str(config.get("eval_split", "test")),
-        gpus=bool(config.get("gpus", False)),
+        gpus=int(config.get("gpus", 0)),  # true -> 1, false -> 0
         tables_from=tables_from,
         params_dir=params_dir,
     )
@@ -502,7 +507,7 @@ class Instance:
         return f"{self.stage.name}@{self.key}" if self.key else self.stage.name
 
     def command(self, plan: Plan | None = None) -> str:
-        cmd = fill(self.stage.command(), self.wildcards)
+        cmd = fill(self.stage.command(launcher(self.stage, plan) if plan else "python -m"), self.wildcards)
         if plan is not None:
             cmd = " ".join([cmd, *plan_args(self.stage, plan)])
         return cmd
@@ -590,5 +595,16 @@ def variant_regex(plan: Plan) -> str:
 def resources(stage_: Stage, plan: Plan) -> dict[str, int]:
     res = {"mem_mb": stage_.mem_mb, "runtime": stage_.runtime}
     if stage_.gpus and plan.gpus:
-        res["gpu"] = stage_.gpus
+        res["gpu"] = plan.gpus if stage_.distributed else stage_.gpus
     return res
+
+
+def launcher(stage_: Stage, plan: Plan) -> str:
+    """How a stage's module is started: one process, or one DDP process per GPU through torchrun.
+
+    The training stage reads torchrun's environment (fian.distributed) and shards each global
+    batch over the processes; SLURM gives the job ``--gpus=N`` from the ``gpu`` resource.
+    """
+    if stage_.distributed and plan.gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {plan.gpus} -m"
+    return "python -m"

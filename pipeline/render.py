@@ -86,6 +86,10 @@ def render_rule(s: R.Stage) -> str:
         lines.append("    params:")
         lines.append(f'        plan=" ".join(R.plan_args(R.stage("{s.name}"), PLAN)),')
         cmd = _smk_template(s.command()) + " {params.plan}"
+    elif s.distributed:
+        lines.append("    params:")
+        lines.append(f'        launcher=R.launcher(R.stage("{s.name}"), PLAN),')
+        cmd = _smk_template(s.command(launcher="{params.launcher}"))
     else:
         cmd = _smk_template(s.command())
     lines.append("    shell:")
@@ -140,7 +144,7 @@ def dvc_params(s: R.Stage, root: Path) -> list[Any]:
 
 
 def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> dict[str, Any]:
-    body: dict[str, Any] = {"cmd": _dvc_template(s.command())}
+    body: dict[str, Any] = {"cmd": _dvc_template(s.command(R.launcher(s, plan)))}
     if s.wildcards == ():
         body["cmd"] = " ".join([s.command(), *R.plan_args(s, plan)])
     deps = [_dvc_template(p) for p in s.inputs()]

@@ -143,3 +143,27 @@ def test_check_reports_a_hand_edited_file(tmp_path: Path) -> None:
     assert (
         len(diffs) == 1 and "model.smk" in diffs[0] and "+++ workflow/rules/model.smk (rendered)" in diffs[0]
     )
+
+
+def test_multi_gpu_training_runs_under_torchrun_in_both_tools(tmp_path: Path) -> None:
+    """`gpus: N > 1`: the train job asks for N GPUs and is launched as N DDP processes by torchrun,
+    identically in Snakemake and DVC; evaluate keeps one GPU and a plain `python -m`."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
+    config["gpus"] = 4
+    conf = tmp_path / "gpus4.yaml"
+    conf.write_text(yaml.safe_dump(config))
+    plan = load_plan(conf, ROOT)
+    reg = _registry_jobs(plan)
+    train = reg["train@synthetic-fian"][0]
+    assert train.startswith("torchrun --standalone --nproc_per_node 4 -m pipeline.train "), train
+    assert reg["evaluate@synthetic-fian-test"][0].startswith("python -m pipeline.evaluate ")
+    assert R.resources(R.stage("train"), plan)["gpu"] == 4
+    assert R.resources(R.stage("evaluate"), plan)["gpu"] == 1
+    (tmp_path / "smk").mkdir()
+    (tmp_path / "dvc").mkdir()
+    smk = _snakemake_jobs(str(conf), tmp_path / "smk", plan)  # also checks each job's gpu resource
+    dvc = _dvc_jobs(tmp_path / "dvc", plan, str(conf))
+    assert smk["train@synthetic-fian"][0] == train
+    assert dvc["train@synthetic-fian"][0] == train

@@ -19,8 +19,10 @@ rule train:
         mem_mb=32000,
         runtime=720,
         gpu=R.resources(R.stage("train"), PLAN).get("gpu", 0),
+    params:
+        launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "python -m pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "{params.launcher} pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule evaluate:
