@@ -60,7 +60,7 @@ def record_in_dvc(env: dict[str, str]) -> str:
         return "DVC: not recorded (no dvc executable or no .dvc/ here)"
     proc = subprocess.run([str(exe), "commit", "--force", "--quiet"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        return f"DVC: `dvc commit` failed (dvc repro would rerun the stages): {proc.stderr.strip()[-500:]}"
+        return f"DVC: `dvc commit` failed (dvc repro would rerun the stages): {(proc.stderr + proc.stdout).strip()[-500:]}"
     return "DVC: this run is recorded in dvc.lock (`dvc repro` has nothing to do; `dvc metrics show`)"
 
 
