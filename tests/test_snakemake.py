@@ -96,6 +96,22 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
 
     warnings = "\n".join(loud_warnings(proj / "logs", since=0))
     assert "SYNTHETIC" in warnings and "FALLBACK" in warnings  # the stages' loud reports, found again
+    # the finished run is recorded in dvc.lock (the repo's .gitignore must let DVC write it), and
+    # DVC then agrees that nothing is out of date
+    shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=proj, check=True, env=env)
+    from pipeline.demo import record_in_dvc
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(proj)
+        said = record_in_dvc(env)
+    finally:
+        os.chdir(cwd)
+    assert "recorded in dvc.lock" in said, said
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout[-2000:]
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
@@ -113,19 +129,3 @@ def test_bad_params_layer_fails_before_any_job(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "fian.yaml" in out and "hiden" in out
     assert not (proj / "data").exists()
-    # the finished run is recorded in dvc.lock (the repo's .gitignore must let DVC write it), and
-    # DVC then agrees that nothing is out of date
-    shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
-    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
-    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=proj, check=True, env=env)
-    from pipeline.demo import record_in_dvc
-
-    cwd = os.getcwd()
-    try:
-        os.chdir(proj)
-        said = record_in_dvc(env)
-    finally:
-        os.chdir(cwd)
-    assert "recorded in dvc.lock" in said, said
-    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
-    assert "up to date" in status.stdout, status.stdout[-2000:]
