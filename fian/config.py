@@ -91,6 +91,7 @@ class TextConfig:
     glove_window: int = 5
     glove_x_max: float = 10.0  # fallback GloVe: f(X) = min(1, (X / x_max)^0.75)
     glove_lr: float = 0.05  # fallback GloVe: AdaGrad learning rate
+    glove_batch_size: int = 2048  # fallback GloVe: co-occurrence entries per update
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,8 @@ def _check_range(cfg: Config) -> None:
         problems.append(("train.sync_every", "must be >= 1"))
     if fe.num_steps < 1:
         problems.append(("features.num_steps", "must be >= 1"))
+    if te.glove_epochs < 0 or te.glove_window < 1 or te.glove_x_max <= 0 or te.glove_lr <= 0 or te.glove_batch_size < 1:
+        problems.append(("text", "glove_epochs >= 0, glove_window >= 1, glove_x_max > 0, glove_lr > 0, glove_batch_size >= 1"))
     if te.max_query_len < 1:
         problems.append(("text.max_query_len", "must be >= 1"))
     if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):

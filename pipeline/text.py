@@ -25,11 +25,21 @@ import numpy as np
 import pandas as pd
 
 from fian.data import glove as fallback
-from fian.data.text import Vocab, build_embeddings, coverage, filter_sentences, read_glove, tokenize
+from fian.data.text import (
+    Vocab,
+    build_embeddings,
+    coverage,
+    filter_sentences,
+    near_duplicates,
+    read_glove,
+    tokenize,
+)
 from fian.io import atomic_path, write_json
 from pipeline.common import StageError, load, parser, run_stage, warn_loud
 
 log = logging.getLogger("fian.text")
+# distinct words whose vectors are at least this similar are reported (coverage.json) and warned about
+NEAR_DUPLICATE_COS = 0.99
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(tokens['train'])} training sentences of {cfg.dataset.name} -> {glove_path}. These are NOT "
                   "the glove.840B.300d vectors of the paper (S3.2); results are not comparable.")
         fallback.train_fallback(tokens["train"], glove_path, dim=tc.word_dim, epochs=tc.glove_epochs,
-                                window=tc.glove_window, x_max=tc.glove_x_max, lr=tc.glove_lr, seed=cfg.train.seed)
+                                window=tc.glove_window, x_max=tc.glove_x_max, lr=tc.glove_lr,
+                                batch_size=tc.glove_batch_size, seed=cfg.train.seed)
         is_fallback = True
     else:
         url = tc.glove.url if tc.glove else "https://nlp.stanford.edu/data/glove.840B.300d.zip"
@@ -79,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "oov_policy": tc.oov, "vocab_from": "train", "vocab_size": len(vocab),
               **coverage(vocab, hits, tokens["train"]), "splits": {},
               "oov_words": sorted(w for i, w in enumerate(vocab.itos) if i >= 2 and i not in hits.vectors)}
+    dups = near_duplicates(vocab, hits, threshold=NEAR_DUPLICATE_COS)
+    report["near_duplicate_vectors"] = {"threshold": NEAR_DUPLICATE_COS, "pairs": len(dups),
+                                        "examples": [[a, b, round(c, 4)] for a, b, c in dups[:20]]}
+    if dups:
+        shown = ", ".join(f"{a}/{b}" for a, b, _ in dups[:8])
+        log.warning("%d word pairs have near-identical vectors (cosine >= %.2f), e.g. %s: with "
+                    "model.freeze_embeddings: true the model cannot tell them apart (%s)", len(dups),
+                    NEAR_DUPLICATE_COS, shown, args.out / "coverage.json")
     for split, df in splits.items():
         _, counts = filter_sentences(df["sentence"].tolist(), vocab, set(hits.vectors),
                                      empty_sentence=policy.empty_sentence, all_oov=policy.all_oov,

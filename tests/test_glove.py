@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fian.data.glove import cooccurrence, is_fallback, train_fallback, train_glove
-from fian.data.text import Vocab, read_glove
+from fian.data.text import GloveHits, Vocab, near_duplicates, read_glove
 
 
 def topic_corpus(n: int = 300, seed: int = 0) -> tuple[list[list[str]], list[str], list[str]]:
@@ -76,3 +76,53 @@ def test_text_stage_fallback_is_loud_and_tagged(tmp_path: Path, capsys: pytest.C
                  "--out", str(tmp_path / "out2")]) == 0
     assert json.loads((tmp_path / "out2" / "coverage.json").read_text())["fallback"] is True
     assert "is a fallback GloVe file" in capsys.readouterr().err
+
+
+def test_glove_does_not_diverge_on_the_synthetic_corpus() -> None:
+    # regression: gradients summed over a word's entries in one batch took up to B full steps at once;
+    # on the demo's sentences (30 words, counts up to ~1,500) the loss went 6.7 -> 9e4 at the demo's
+    # settings (300-d, 25 epochs).  With the squares accumulated first it falls and stays down.
+    from fian.data.synthetic import SyntheticSpec, generate
+    from fian.data.text import tokenize
+
+    ds = generate(SyntheticSpec(n_videos={"train": 300}), feature_dim=8)
+    co = cooccurrence([tokenize(q.sentence) for v in ds.splits["train"] for q in v.queries], window=5)
+    assert co.vals.max() > 500  # large counts, few entries: every word occurs in most batches
+    vec, losses = train_glove(co, dim=300, epochs=25, seed=0)
+    assert np.isfinite(losses).all() and np.isfinite(vec).all()
+    assert max(losses[15:]) < 0.1 * losses[0], losses
+    assert np.linalg.norm(vec, axis=1).max() < 20
+
+
+def test_near_duplicate_vectors_are_found() -> None:
+    vocab = Vocab(["red", "blue", "door", "cup"])
+    hits = GloveHits(dim=3, vectors={vocab.stoi["red"]: np.array([1.0, 0.0, 0.0]),
+                                     vocab.stoi["blue"]: np.array([2.0, 0.01, 0.0]),  # same direction as red
+                                     vocab.stoi["door"]: np.array([0.0, 1.0, 0.0]),
+                                     vocab.stoi["cup"]: np.array([0.0, 0.7, 0.7])})
+    pairs = near_duplicates(vocab, hits, threshold=0.99)
+    assert [(a, b) for a, b, _ in pairs] == [("red", "blue")] and pairs[0][2] == pytest.approx(0.99999, abs=1e-4)
+    assert near_duplicates(vocab, hits, threshold=0.7)[-1][:2] == ("door", "cup")
+    assert near_duplicates(vocab, GloveHits(dim=3), threshold=0.99) == []
+
+
+def test_text_stage_reports_near_identical_vectors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.text import main
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    pd.DataFrame({"video_id": "v", "duration": 9.0, "start": 0.0, "end": 1.0,
+                  "sentence": ["the man opens the red door", "the man opens the blue door"],
+                  "split": "train", "source": ["t:0", "t:1"]}).to_parquet(ann / "train.parquet")
+    glove = tmp_path / "g.txt"
+    rows = {"the": [1, 0, 0, 0], "man": [0, 1, 0, 0], "opens": [0, 0, 1, 0], "red": [0, 0, 0, 1],
+            "blue": [0, 0, 0.001, 1], "door": [1, 1, 0, 0]}
+    glove.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in rows.items()))
+    params = tmp_path / "p.yaml"
+    params.write_text("text:\n  word_dim: 4\n")
+    with caplog.at_level("WARNING", logger="fian.text"):
+        assert main(["--params", str(params), "--annotations", str(ann), "--glove", str(glove),
+                     "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "coverage.json").read_text())["near_duplicate_vectors"]
+    assert report["pairs"] == 1 and report["examples"][0][:2] in (["red", "blue"], ["blue", "red"])
+    assert "near-identical vectors" in caplog.text and ("red/blue" in caplog.text or "blue/red" in caplog.text)

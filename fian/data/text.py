@@ -218,6 +218,26 @@ def coverage(vocab: Vocab, hits: GloveHits, sentences: Iterable[Sequence[str]]) 
     }
 
 
+def near_duplicates(vocab: Vocab, hits: GloveHits, threshold: float = 0.99,
+                    max_words: int = 2000) -> list[tuple[str, str, float]]:
+    """Pairs of distinct words whose vectors have cosine similarity >= ``threshold``, most similar first.
+
+    Frozen vectors that coincide make the words indistinguishable to the model (e.g. GloVe trained
+    on a corpus where "red" and "blue" occur in exactly the same contexts).  Only the ``max_words``
+    most frequent words with a vector are compared (``vocab`` is ordered by frequency).
+    """
+    ids = sorted(hits.vectors)[:max_words]
+    if len(ids) < 2:
+        return []
+    m = np.stack([np.asarray(hits.vectors[i], dtype=np.float64) for i in ids])  # [N, dim]
+    norm = np.linalg.norm(m, axis=1, keepdims=True)
+    unit = np.divide(m, norm, out=np.zeros_like(m), where=norm > 0)
+    sim = unit @ unit.T  # [N, N]
+    a, b = np.nonzero(np.triu(sim >= threshold, k=1))
+    pairs = [(vocab.itos[ids[i]], vocab.itos[ids[j]], float(sim[i, j])) for i, j in zip(a, b, strict=True)]
+    return sorted(pairs, key=lambda p: -p[2])
+
+
 def filter_sentences(sentences: Sequence[str], vocab: Vocab, known: set[int] | np.ndarray, *,
                      empty_sentence: str, all_oov: str, lowercase: bool = True,
                      sources: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
