@@ -274,3 +274,22 @@ def test_train_stage_is_seeded(tiny_files, tmp_path) -> None:
     assert states[0].keys() == states[1].keys()
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_word_vectors_train_only_when_not_frozen_and_the_checkpoint_keeps_them(tmp_path, freeze) -> None:
+    import dataclasses
+
+    cfg = tiny_config(epochs=1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_embeddings=freeze))
+    glove = torch.randn(VOCAB, cfg.text.word_dim)
+    glove[0] = 0  # padding row
+    torch.manual_seed(0)
+    model = build_model(cfg, glove.clone())
+    _fit(cfg, marked_split(n_videos=6), tmp_path / "e.pt", model=model)
+    key = next(k for k in model.state_dict() if k.endswith("embed.weight"))
+    trained = model.state_dict()[key]
+    assert torch.equal(trained, glove) is freeze
+    assert torch.equal(trained[0], glove[0])  # the padding row never moves
+    rebuilt, _ = build_model_from_checkpoint(load_checkpoint(tmp_path / "e.pt"), glove.clone())
+    assert torch.equal(rebuilt.state_dict()[key], trained)  # evaluation sees the fine-tuned vectors
