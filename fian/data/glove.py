@@ -116,9 +116,9 @@ def _train(torch: Any, co: Cooccurrence, dim: int, epochs: int, x_max: float, al
                 rows_u, inv = torch.unique(idx, return_inverse=True)  # [U], [B]
                 if grad.dim() == 2:
                     inv = inv[:, None].expand(-1, grad.shape[1])
-                zeros = torch.zeros((len(rows_u), *grad.shape[1:]))
-                g_u = zeros.scatter_add(0, inv, grad)  # [U(, dim)] summed gradient
-                acc_u = acc.index_select(0, rows_u) + zeros.scatter_add_(0, inv, grad * grad)  # + sum of squares
+                shape = (len(rows_u), *grad.shape[1:])
+                g_u = torch.zeros(shape).scatter_add_(0, inv, grad)  # [U(, dim)] summed gradient
+                acc_u = acc.index_select(0, rows_u) + torch.zeros(shape).scatter_add_(0, inv, grad * grad)
                 acc.index_copy_(0, rows_u, acc_u)
                 p.index_copy_(0, rows_u, p.index_select(0, rows_u) - lr * g_u / acc_u.sqrt())
         losses.append(total / len(x))
