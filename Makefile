@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pipeline.demo --cores $(CORES)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m fian_pipeline.demo --cores $(CORES)
 
 lint: install
-	$(VENV)/bin/ruff check fian pipeline tests bench
+	$(VENV)/bin/ruff check fian fian_pipeline tests bench

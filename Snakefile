@@ -1,4 +1,4 @@
-# FIAN pipeline.  The rules live in workflow/rules/*.smk, rendered from pipeline/registry.py
+# FIAN pipeline.  The rules live in workflow/rules/*.smk, rendered from fian_pipeline/registry.py
 # (`fian render`); this file loads and validates the config, resolves the plan and includes them.
 #
 #   snakemake --profile workflow/profiles/local                      # the demo (synthetic)
@@ -7,7 +7,7 @@
 
 from snakemake.utils import min_version, validate
 
-from pipeline import registry as R
+from fian_pipeline import registry as R
 
 min_version("9.0")
 

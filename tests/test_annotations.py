@@ -144,7 +144,7 @@ def test_moment_wholly_past_the_end_cannot_be_clipped(tmp_path: Path) -> None:
 
 
 def test_stage_writes_parquet_and_counts(tmp_path: Path) -> None:
-    from pipeline.annotations import main
+    from fian_pipeline.annotations import main
 
     raw = tmp_path / "raw"
     raw.mkdir()

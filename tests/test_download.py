@@ -200,7 +200,7 @@ def test_archive_member_outside_out_dir_is_refused(server, tmp_path: Path) -> No
 
 
 def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.download import main
+    from fian_pipeline.download import main
 
     server.files["/train.json"] = b"{}"
     params = tmp_path / "d.yaml"
@@ -209,7 +209,7 @@ def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys:
     assert main(["--params", str(params), "--kind", "annotations", "--out", str(tmp_path / "raw")]) == 0
     assert (tmp_path / "raw" / "train.json").read_bytes() == b"{}"
     # a failing download is one clear line and exit status 1, leaving nothing
-    from pipeline.common import run_stage
+    from fian_pipeline.common import run_stage
 
     params.write_text(params.read_text().replace("/train.json", "/gone.json"))
     assert run_stage(main, ["--params", str(params), "--kind", "annotations", "--out", str(tmp_path / "raw2")]) == 1

@@ -1,7 +1,7 @@
-"""DVC on a dvc.yaml rendered by pipeline.render: a changed param reruns exactly the stages that
+"""DVC on a dvc.yaml rendered by fian_pipeline.render: a changed param reruns exactly the stages that
 read it (and what depends on their outputs); `dvc params diff` and `dvc metrics diff` work.
 
-The stages are registry records (pipeline.registry.Stage) with trivial commands (a tiny module
+The stages are registry records (fian_pipeline.registry.Stage) with trivial commands (a tiny module
 written into the temp repo) so that the test takes seconds; the rendering is the real one.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import registry as R
-from pipeline.render import render_dvc
+from fian_pipeline import registry as R
+from fian_pipeline.render import render_dvc
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -16,8 +16,8 @@ from torch import nn
 from fian.data.features import FeatureStore
 from fian.extract.extractor import Backbone, build_backbone, clip_index, extract_frames, num_clips
 from fian.extract.video import FrameSpec, decode_video, render_moving_square
-from pipeline.common import run_stage
-from pipeline.extract import main
+from fian_pipeline.common import run_stage
+from fian_pipeline.extract import main
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = [REPO / "params" / "base.yaml", REPO / "params" / "datasets" / "activitynet.yaml"]

@@ -250,7 +250,7 @@ def test_import_bad_release_data(tmp_path: Path) -> None:
 
 
 def test_features_stage(tmp_path: Path, repo_root: Path) -> None:
-    from pipeline.features import counts_path, main
+    from fian_pipeline.features import counts_path, main
 
     _write_release(tmp_path / "raw", "activitynet_c3d", {"v_a": np.ones((9, 500)), "v_b": np.ones((4, 500))})
     ann = tmp_path / "ann"

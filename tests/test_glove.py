@@ -56,7 +56,7 @@ def test_fallback_file_is_readable_and_tagged(tmp_path: Path) -> None:
 
 
 def test_text_stage_fallback_is_loud_and_tagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.text import main
+    from fian_pipeline.text import main
 
     sents, _, _ = topic_corpus(40)
     ann = tmp_path / "ann"
@@ -107,7 +107,7 @@ def test_near_duplicate_vectors_are_found() -> None:
 
 
 def test_text_stage_reports_near_identical_vectors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipeline.text import main
+    from fian_pipeline.text import main
 
     ann = tmp_path / "ann"
     ann.mkdir()

@@ -129,7 +129,7 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     _tiny_project(tmp_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}:{os.environ['PATH']}"}
     cmd = [
-        sys.executable, "-m", "pipeline.train",
+        sys.executable, "-m", "fian_pipeline.train",
         "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
         "--data", "data", "--text", "text", "--out", "results/tiny/fian", "--device", "cpu",
     ]  # fmt: skip

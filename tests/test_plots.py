@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import run_stage
-from pipeline.plots import main as plots_main
+from fian_pipeline.common import run_stage
+from fian_pipeline.plots import main as plots_main
 
 
 def _run(tmp: Path, n_queries: int = 5) -> tuple[Path, Path]:

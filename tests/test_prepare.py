@@ -12,7 +12,7 @@ import pytest
 
 from fian.data.dataset import GroundingSplit
 from fian.data.features import FeatureStore, downsample
-from pipeline.common import StageError
+from fian_pipeline.common import StageError
 
 TINY = "dataset:\n  synthetic:\n    seed: 2\n    n_videos: {train: 8, val: 3, test: 3}\n"
 
@@ -21,7 +21,7 @@ TINY = "dataset:\n  synthetic:\n    seed: 2\n    n_videos: {train: 8, val: 3, te
 def built(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict[str, Path]:
     """Run the data stages once on a tiny synthetic set; the text stage's vocab.json is built here."""
     from fian.data.text import Vocab, tokenize
-    from pipeline import annotations, features, generate, prepare
+    from fian_pipeline import annotations, features, generate, prepare
 
     root = tmp_path_factory.mktemp("prep")
     (root / "tiny.yaml").write_text(TINY)
@@ -113,7 +113,7 @@ def _variant(built: dict, tmp_path: Path, extra_rows: list[dict], policy: str | 
 def test_bad_queries_fail_per_policy_and_write_nothing(
     built: dict, tmp_path: Path, row: dict, match: str
 ) -> None:
-    from pipeline.prepare import main
+    from fian_pipeline.prepare import main
 
     policy = "    missing_features: fail\n    all_oov: fail\n    empty_sentence: fail\n"
     with pytest.raises(StageError, match=match):
@@ -122,7 +122,7 @@ def test_bad_queries_fail_per_policy_and_write_nothing(
 
 
 def test_bad_queries_dropped_and_counted(built: dict, tmp_path: Path) -> None:
-    from pipeline.prepare import main
+    from fian_pipeline.prepare import main
 
     rows = [{"video_id": "v_ghost"}, {"sentence": "zzzq"}, {"sentence": "the the"}, {"sentence": "?!"},
             {"sentence": "the man " * 20}]  # fmt: skip
@@ -137,7 +137,7 @@ def test_bad_queries_dropped_and_counted(built: dict, tmp_path: Path) -> None:
 
 def test_missing_inputs_and_mismatched_store(built: dict, tmp_path: Path) -> None:
     from fian.data.features import write_store
-    from pipeline.prepare import main
+    from fian_pipeline.prepare import main
 
     argv = [*built["argv"], "--out", str(tmp_path / "out")]
     text = argv.index("--text") + 1

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from fian.config import ConfigError
-from pipeline import registry as R
-from pipeline.common import StageError
-from pipeline.render import load_plan
+from fian_pipeline import registry as R
+from fian_pipeline.common import StageError
+from fian_pipeline.render import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = "workflow/config/paper.yaml"
@@ -34,7 +34,7 @@ def demo_plan() -> R.Plan:
 
 def _help(module: str) -> str:
     """The stage's own argparse --help, run in-process (stage modules import heavy things lazily)."""
-    mod = importlib.import_module(f"pipeline.{module}")
+    mod = importlib.import_module(f"fian_pipeline.{module}")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exit_:
         mod.main(["--help"])
@@ -45,14 +45,14 @@ def _help(module: str) -> str:
 @pytest.mark.parametrize("stage", R.STAGES, ids=lambda s: s.name)
 def test_stage_cli_accepts_registry_flags(stage: R.Stage) -> None:
     """Every flag the registry puts on a command line exists in that stage's parser."""
-    if importlib.util.find_spec(f"pipeline.{stage.module}") is None:
-        pytest.skip(f"pipeline/{stage.module}.py not written yet")
+    if importlib.util.find_spec(f"fian_pipeline.{stage.module}") is None:
+        pytest.skip(f"fian_pipeline/{stage.module}.py not written yet")
     text = _help(stage.module)
     flags = [a.flag for a in stage.args] + [f for f in stage.fixed if f.startswith("--")]
     if stage.layers:
         flags.append("--params")
     for flag in flags:
-        assert flag in text, f"pipeline.{stage.module} has no {flag} (registry stage {stage.name})"
+        assert flag in text, f"fian_pipeline.{stage.module} has no {flag} (registry stage {stage.name})"
 
 
 def test_paths_are_unique_and_every_input_has_a_producer(paper_plan: R.Plan, demo_plan: R.Plan) -> None:
@@ -85,7 +85,7 @@ def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
     assert by_id["features@activitynet"].outs() == ["data/interim/activitynet/features.h5"]
     cmd = by_id["evaluate@tacos-fian-test"].command()
     assert cmd == (
-        "python -m pipeline.evaluate --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml "
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml "
         "--data data/processed/tacos --text data/interim/tacos/text --checkpoint results/tacos/fian/checkpoint.pt "
         "--split test --out results/tacos/fian"
     )
@@ -167,14 +167,14 @@ def test_bad_params_layer_fails_at_plan_time(tmp_path: Path) -> None:
 
 
 def test_fian_cli_dispatches_to_the_stage_modules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline import cli
+    from fian_pipeline import cli
 
     assert cli.main(["--help"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("render", "train", "tables", "demo"))
     assert cli.main(["nosuch"]) == 2 and "unknown command" in capsys.readouterr().err
     assert cli.main(["tables", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 0
-    assert (tmp_path / "r/table1.tex").is_file()  # `fian tables ...` == `python -m pipeline.tables ...`
+    assert (tmp_path / "r/table1.tex").is_file()  # `fian tables ...` == `python -m fian_pipeline.tables ...`
     assert cli.main(["render", "--check", "--root", str(ROOT)]) == 0  # `fian render`
 
 

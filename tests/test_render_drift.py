@@ -3,7 +3,7 @@
 The files on disk must equal their rendering (`fian render --check`), and for the demo and the
 paper configs the jobs Snakemake plans (`snakemake -n -p --forceall`) and the stages DVC resolves
 from the rendered dvc.yaml (dvc's own foreach resolution) have the same commands, dependencies
-and outputs per stage instance as `pipeline.registry.instances`.
+and outputs per stage instance as `fian_pipeline.registry.instances`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import registry as R
-from pipeline.render import check, load_plan, render_dvc, rendered_files
+from fian_pipeline import registry as R
+from fian_pipeline.render import check, load_plan, render_dvc, rendered_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -157,8 +157,8 @@ def test_multi_gpu_training_runs_under_torchrun_in_both_tools(tmp_path: Path) ->
     plan = load_plan(conf, ROOT)
     reg = _registry_jobs(plan)
     train = reg["train@synthetic-fian"][0]
-    assert train.startswith("torchrun --standalone --nproc_per_node 4 -m pipeline.train "), train
-    assert reg["evaluate@synthetic-fian-test"][0].startswith("python -m pipeline.evaluate ")
+    assert train.startswith("torchrun --standalone --nproc_per_node 4 -m fian_pipeline.train "), train
+    assert reg["evaluate@synthetic-fian-test"][0].startswith("python -m fian_pipeline.evaluate ")
     assert R.resources(R.stage("train"), plan)["gpu"] == 4
     assert R.resources(R.stage("evaluate"), plan)["gpu"] == 1
     (tmp_path / "smk").mkdir()

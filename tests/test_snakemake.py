@@ -81,7 +81,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     demo = subprocess.run(
-        [sys.executable, "-m", "pipeline.demo", "--cores", "1"],
+        [sys.executable, "-m", "fian_pipeline.demo", "--cores", "1"],
         cwd=proj,
         env=env,
         capture_output=True,
@@ -92,7 +92,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert demo.returncode == 0, out[-3000:]
     assert "Nothing to do: every output is up to date" in out
     assert "synthetic/fian" in out and "synthetic/prior (baseline)" in out and "%" in out
-    from pipeline.demo import loud_warnings
+    from fian_pipeline.demo import loud_warnings
 
     warnings = "\n".join(loud_warnings(proj / "logs", since=0))
     assert "SYNTHETIC" in warnings and "FALLBACK" in warnings  # the stages' loud reports, found again
@@ -101,7 +101,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     shutil.copy(ROOT / ".gitignore", proj / ".gitignore")
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=proj, check=True, env=env)
-    from pipeline.demo import record_in_dvc
+    from fian_pipeline.demo import record_in_dvc
 
     cwd = os.getcwd()
     try:

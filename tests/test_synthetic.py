@@ -141,8 +141,8 @@ def test_written_in_public_layouts(ds, tmp_path: Path) -> None:
 
 
 def test_generate_stage(tmp_path: Path, repo_root: Path) -> None:
-    from pipeline.common import StageError
-    from pipeline.generate import main
+    from fian_pipeline.common import StageError
+    from fian_pipeline.generate import main
 
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(

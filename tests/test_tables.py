@@ -10,7 +10,7 @@ import pytest
 
 from fian.reports.paper_results import load_paper_results
 from fian.reports.tables import read_metrics, render_all
-from pipeline.tables import main as tables_main
+from fian_pipeline.tables import main as tables_main
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "fian-mm2020.txt"
 
@@ -126,7 +126,7 @@ def test_bad_metrics_file_is_a_clear_error_and_nothing_is_written(
     with pytest.raises(ValueError, match=re.escape(str(bad))) as e:
         read_metrics(bad)
     assert needle in str(e.value)
-    from pipeline.common import run_stage
+    from fian_pipeline.common import run_stage
 
     code = run_stage(
         tables_main, ["--results", str(tmp_path / "results"), "--out", str(tmp_path / "reports")]

@@ -114,7 +114,7 @@ def _annotations(tmp_path: Path) -> Path:
 
 
 def test_text_stage_with_glove_file(tmp_path: Path) -> None:
-    from pipeline.text import main
+    from fian_pipeline.text import main
 
     ann = _annotations(tmp_path)
     g = glove_file(tmp_path / "g.txt", {w: [i + 1.0] * 300 for i, w in enumerate(["the", "man", "opens", "door", "dog"])})

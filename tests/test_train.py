@@ -187,7 +187,7 @@ def tiny_files(tmp_path_factory):
 
 
 def test_train_evaluate_baseline_stages(tiny_files) -> None:
-    from pipeline import baseline, evaluate, train
+    from fian_pipeline import baseline, evaluate, train
 
     tmp, params, data, text = tiny_files
     out = tmp / "results"
@@ -222,8 +222,8 @@ def test_train_evaluate_baseline_stages(tiny_files) -> None:
 
 
 def test_train_stage_bad_inputs(tiny_files, tmp_path, capsys) -> None:
-    from pipeline import evaluate, train
-    from pipeline.common import run_stage
+    from fian_pipeline import evaluate, train
+    from fian_pipeline.common import run_stage
 
     tmp, params, data, text = tiny_files
     out = tmp_path / "out"
@@ -263,7 +263,7 @@ def test_summary_line_and_history_fields(caplog) -> None:
 
 def test_train_stage_is_seeded(tiny_files, tmp_path) -> None:
     """Two runs of the stage with the same params give the same weights (initialisation included)."""
-    from pipeline import train
+    from fian_pipeline import train
 
     _, params, data, text = tiny_files
     states = []

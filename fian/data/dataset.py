@@ -1,6 +1,6 @@
 """The preloaded loader: one prepared split (features + tokens) held in tensors.
 
-A split file (``data/processed/<dataset>/<split>.h5``, written by ``pipeline.prepare``) holds
+A split file (``data/processed/<dataset>/<split>.h5``, written by ``fian_pipeline.prepare``) holds
 
     video        [n_videos, T, D] float32   downsampled features (Section 4.3)
     video_mask   [n_videos, T]    bool      True on real steps (all True with features.shorter=repeat)

@@ -1,0 +1,414 @@
+"""Typed, frozen configuration loaded from the layered YAML files in ``params/``.
+
+Layers (later wins, dictionaries merge key by key):
+
+    params/base.yaml                 shared defaults
+    params/datasets/<dataset>.yaml   per-dataset values of Section 4.3
+    params/variants/<variant>.yaml   the ablations of Tables 4-6
+
+Only factory functions (``build_*``) and stage commands read a :class:`Config`; the modules of
+``fian/`` take explicit constructor arguments.  Every key is validated: an unknown key, a wrong
+type or an out-of-range value raises :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file is malformed: the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to download: where from, its pinned checksum and its name on disk."""
+
+    name: str
+    url: str
+    sha256: str | None = None  # None: not pinned upstream; the download stage warns and records it
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What to do with each kind of invalid annotation (Section 4.1 counts depend on it)."""
+
+    start_ge_end: Literal["drop", "fail"] = "drop"
+    past_end: Literal["clip", "drop", "fail"] = "clip"
+    missing_duration: Literal["drop", "fail"] = "fail"
+    empty_sentence: Literal["drop", "fail"] = "drop"
+    missing_features: Literal["drop", "fail"] = "fail"
+    all_oov: Literal["drop", "fail"] = "drop"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where a dataset comes from and how its files are laid out."""
+
+    name: str = "synthetic"
+    # annotation parser: activitynet (JSON duration/timestamps/sentences), tacos (JSON frames+fps),
+    # charades (txt 'vid s e##sentence' + Charades_v1 csv)
+    format: Literal["activitynet", "tacos", "charades"] = "activitynet"
+    # split name -> annotation file names (relative to the raw annotation folder)
+    splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    annotation_sources: tuple[Source, ...] = ()
+    # feature file layout: activitynet_c3d (<vid>/c3d_features), tacos_c3d (<vid> -> array),
+    # i3d_npy (one <vid>.npy per video), i3d_hdf5 (<vid> -> array), store (our own HDF5 store)
+    feature_layout: Literal["activitynet_c3d", "tacos_c3d", "i3d_npy", "i3d_hdf5", "store"] = "store"
+    feature_sources: tuple[Source, ...] = ()
+    feature_dim: int = 500
+    backbone: str = "c3d"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # synthetic generator (only for name == synthetic / offline runs)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Tokenization and word vectors (Section 3.2: GloVe)."""
+
+    word_dim: int = 300
+    max_query_len: int = 30
+    lowercase: bool = True
+    glove: Source | None = None
+    # 'zero' or 'random' vector for words GloVe does not have ('<unk>' keeps its own row)
+    oov: Literal["zero", "random", "unk"] = "unk"
+    # offline fallback: train GloVe vectors on the dataset's own sentences.  Never silent.
+    fallback_train_glove: bool = False
+    glove_epochs: int = 25
+    glove_window: int = 5
+    glove_x_max: float = 10.0  # fallback GloVe: f(X) = min(1, (X / x_max)^0.75)
+    glove_lr: float = 0.05  # fallback GloVe: AdaGrad learning rate
+    glove_batch_size: int = 2048  # fallback GloVe: co-occurrence entries per update
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Downsampling of feature sequences (Section 4.3)."""
+
+    num_steps: int = 200
+    # longer videos: mean-pool equal segments; shorter: repeat (nearest index) so that every step
+    # covers duration / num_steps seconds
+    shorter: Literal["repeat", "pad"] = "repeat"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The FIAN network of Section 3 and the ablations of Section 5."""
+
+    hidden: int = 512
+    heads: int = 8
+    self_attn_heads: int = 8
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    attention: Literal["cga", "cma", "soft"] = "cga"
+    branches: tuple[Literal["qv", "vq"], ...] = ("qv", "vq")
+    iterate: bool = True
+    fusion: Literal["gate", "concat", "matrix", "none"] = "gate"
+    head: Literal["content", "tgn", "cmin"] = "content"
+    window_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    stride_ratio: float = 0.125
+    stride_steps: int | None = None
+    freeze_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Eq. 15-18."""
+
+    tau: float = 0.55
+    alpha: float = 0.005
+    offset_unit: Literal["steps", "window"] = "steps"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Section 4.3 optimisation, plus what the paper leaves open."""
+
+    lr: float = 4e-4
+    batch_size: int = 64
+    epochs: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    num_workers: int = 0
+    amp: Literal["off", "bf16"] = "bf16"
+    compile: bool = False
+    fused_optimizer: bool = True
+    sync_every: int = 50
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Section 4.2: R@n, IoU=m and mIoU."""
+
+    top_n: tuple[int, ...] = (1, 5)
+    iou_thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    nms_threshold: float = 0.5
+    batch_size: int = 256
+    max_predictions: int = 10
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow observes the runs."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Video feature extraction from raw videos (issue 4; S4.3 names C3D and I3D features)."""
+
+    backbone: Literal["c3d", "i3d"] = "c3d"
+    fps: float | None = None  # decode at this frame rate (resampled by timestamps); None = source fps
+    clip_len: int = 16  # frames per clip fed to the backbone
+    stride_frames: int = 8  # frames between the starts of consecutive clips (= frames per feature)
+    layer: Literal["fc6", "fc7"] = "fc7"  # C3D layer whose (post-ReLU) activations are the feature
+    c3d_mean_rgb: tuple[float, ...] = (101.41, 97.66, 90.25)  # Sports-1M per-channel mean, R,G,B
+    c3d_bgr: bool = True  # feed C3D channels in BGR order (the Caffe model's order)
+    batch_size: int = 32  # clips per forward pass
+    num_workers: int = 2  # decoding processes (0 = decode in the main process)
+    allow_random_weights: bool = False  # OFFLINE FALLBACK for synthetic data only: never silent
+    amp: Literal["off", "bf16"] = "bf16"  # autocast dtype on CUDA; the CPU always runs fp32
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"extract.fps: must be > 0 or null, got {self.fps}")
+        for key in ("clip_len", "stride_frames", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"extract.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"extract.num_workers: must be >= 0, got {self.num_workers}")
+        if len(self.c3d_mean_rgb) != 3:
+            raise ConfigError(f"extract.c3d_mean_rgb: need 3 values (R, G, B), got {self.c3d_mean_rgb}")
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    variant: str = "fian"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = obj
+
+        walk("", self.to_dict())
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_range(cfg: Config) -> None:
+    m, tr, lo, fe, te = cfg.model, cfg.train, cfg.loss, cfg.features, cfg.text
+    problems: list[tuple[str, str]] = []
+    if m.hidden % m.heads:
+        problems.append(("model.heads", f"hidden={m.hidden} is not divisible by heads={m.heads}"))
+    if m.hidden % m.self_attn_heads:
+        problems.append(("model.self_attn_heads", f"hidden={m.hidden} not divisible by {m.self_attn_heads}"))
+    if m.hidden % 2:
+        problems.append(("model.hidden", "must be even (two GRU directions)"))
+    if not m.window_sizes or any(k < 1 for k in m.window_sizes):
+        problems.append(("model.window_sizes", f"need positive sizes, got {m.window_sizes}"))
+    elif max(m.window_sizes) > fe.num_steps:
+        problems.append(("model.window_sizes", f"{max(m.window_sizes)} > features.num_steps={fe.num_steps}"))
+    if not 0 < m.stride_ratio <= 1:
+        problems.append(("model.stride_ratio", f"must be in (0, 1], got {m.stride_ratio}"))
+    if m.stride_steps is not None and m.stride_steps < 1:
+        problems.append(("model.stride_steps", "must be >= 1"))
+    if not m.branches or len(set(m.branches)) != len(m.branches):
+        problems.append(("model.branches", f"one or both of qv, vq, got {m.branches}"))
+    if m.fusion in ("concat", "matrix") and len(m.branches) != 2:
+        problems.append(("model.fusion", f"{m.fusion} needs both branches"))
+    if m.fusion == "gate" and not m.iterate:
+        problems.append(("model.fusion", "gate needs iterate: true (it uses Q(1)/Q(2))"))
+    if not 0 < m.dropout < 1 and m.dropout != 0:
+        problems.append(("model.dropout", "must be in [0, 1)"))
+    if not 0 < lo.tau < 1:
+        problems.append(("loss.tau", f"must be in (0, 1), got {lo.tau}"))
+    if lo.alpha < 0:
+        problems.append(("loss.alpha", "must be >= 0"))
+    if tr.lr <= 0 or tr.batch_size < 1 or tr.epochs < 0:
+        problems.append(("train", "lr > 0, batch_size >= 1, epochs >= 0"))
+    if tr.sync_every < 1:
+        problems.append(("train.sync_every", "must be >= 1"))
+    if fe.num_steps < 1:
+        problems.append(("features.num_steps", "must be >= 1"))
+    if te.glove_epochs < 0 or te.glove_window < 1 or te.glove_x_max <= 0 or te.glove_lr <= 0 or te.glove_batch_size < 1:
+        problems.append(("text", "glove_epochs >= 0, glove_window >= 1, glove_x_max > 0, glove_lr > 0, glove_batch_size >= 1"))
+    if te.max_query_len < 1:
+        problems.append(("text.max_query_len", "must be >= 1"))
+    if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):
+        problems.append(("eval.iou_thresholds", "each in (0, 1)"))
+    if problems:
+        raise ConfigError("; ".join(f"{k}: {v}" for k, v in problems))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], where: str = "") -> Config:
+    cfg = _build(Config, data, where)
+    _check_range(cfg)
+    return cfg
+
+
+def load_config(*files: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Merge the YAML ``files`` in order (base, dataset, variant) and validate.
+
+    Each file is checked on its own for unknown keys and types, so that an error names the
+    file that introduced it; the merged result is then range-checked.
+    """
+    merged: dict[str, Any] = {}
+    for f in files:
+        data = read_yaml(f)
+        try:
+            _build(Config, data, "")
+        except ConfigError as e:
+            raise ConfigError(f"{f}: {e}") from None
+        merged = _merge(merged, data)
+    if overrides:
+        merged = _merge(merged, overrides)
+    try:
+        return config_from_dict(merged)
+    except ConfigError as e:
+        names = ", ".join(str(f) for f in files)
+        raise ConfigError(f"{names}: {e}") from None
+
+
+def params_files(params_dir: str | Path, dataset: str, variant: str) -> list[Path]:
+    """The three layers for (dataset, variant)."""
+    d = Path(params_dir)
+    return [d / "base.yaml", d / "datasets" / f"{dataset}.yaml", d / "variants" / f"{variant}.yaml"]
+
+
+def load_params(params_dir: str | Path, dataset: str, variant: str) -> Config:
+    files = params_files(params_dir, dataset, variant)
+    cfg = load_config(*files)
+    return dataclasses.replace(cfg, variant=variant)
+
+
+def stride_for(window: int, ratio: float, steps: int | None) -> int:
+    """theta_s for a window of size theta_k (Section 3.4, Table 6)."""
+    if steps is not None:
+        return steps
+    return max(1, int(round(window * ratio)))

@@ -1,0 +1,1 @@
+"""Datasets: annotation parsers, feature stores, text, synthetic data and the preloaded loader."""

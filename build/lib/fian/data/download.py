@@ -1,0 +1,285 @@
+"""Verified, resumable downloads of the released files (annotations, features, GloVe).
+
+One file (:func:`fetch`):
+
+* the bytes go to ``<name>.part`` beside the target; on a network failure (connection error,
+  truncated body, HTTP 5xx / 429) the next attempt resumes with an HTTP ``Range`` request, after a
+  backoff of ``backoff * 2**attempt`` seconds.  A ``.part`` is the documented resume mechanism: it
+  may remain after a failed run (never the target itself) and the next run continues it.
+* the target appears only by renaming the ``.part`` once its sha256 matches; a mismatch deletes
+  the ``.part`` and raises :class:`ChecksumError`.  An HTTP 4xx (except 416 / 429), or an HTML
+  page where a data file was expected (a share page, not a file), deletes it and raises at once.
+* an already-present target whose sha256 is known and matches is skipped.
+
+Several files (:func:`download_sources`): sources whose sha256 is ``None`` are downloaded and their
+computed hash is recorded in ``<out>/SHA256SUMS`` (``<sha256>  <name>`` lines) so that later runs
+verify against it; the caller warns loudly.  Parts named ``<stem>.part-NN`` are concatenated in
+order into ``<stem>.zip``; ``.zip`` / ``.tar.gz`` / ``.tgz`` archives are extracted after
+verification into ``<out>`` (members that would land outside it are refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fian.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+SUMS = "SHA256SUMS"
+_PART = re.compile(r"^(?P<stem>.+)\.part-(?P<index>\d+)$")
+
+
+class DownloadError(OSError):
+    """A download failed: the message names the URL and the file (an OSError: stages exit 1 with it)."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded bytes do not have the pinned sha256 (the partial file is deleted)."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What :func:`fetch` did for one file."""
+
+    name: str
+    path: Path
+    sha256: str
+    pinned: bool  # True when the sha256 came from params (or SHA256SUMS), False when just computed
+    skipped: bool  # already present and verified
+
+
+
+
+class _Retry(Exception):
+    """A transient failure: try again (resuming)."""
+
+
+def _attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """One HTTP request that appends to ``part`` (resuming from its size); raises _Retry or DownloadError."""
+    from tqdm import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "fian-download/1"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to send: the .part is complete
+            return
+        if e.code >= 500 or e.code == 429:
+            raise _Retry(f"HTTP {e.code} {e.reason}") from None
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+    with resp:
+        ctype = resp.headers.get("Content-Type", "")
+        if ctype.startswith("text/html") and not part.name.removesuffix(".part").endswith((".html", ".htm")):
+            raise DownloadError(f"{url}: the server sent an HTML page, not the file (a share page or a login?); "
+                                f"download it by hand and put it at {part.with_suffix('')}")
+        if have and resp.status != 206:  # the server ignored Range: start again
+            log.info("%s: server does not resume; restarting", url)
+            have = 0
+        length = resp.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        got = have
+        mode = "ab" if have else "wb"
+        with open(part, mode) as f, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
+                                         desc=part.name.removesuffix(".part"), disable=not progress,
+                                         leave=False) as bar:
+            try:
+                while chunk := resp.read(CHUNK):
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+            except (http.client.IncompleteRead, OSError) as e:
+                raise _Retry(f"connection lost after {got} bytes ({type(e).__name__})") from None
+        if expected is not None and got < expected:
+            raise _Retry(f"truncated: got {got} of {expected} bytes")
+
+
+def fetch(url: str, dest: str | Path, sha256: str | None = None, *, retries: int = 4, backoff: float = 2.0,
+          timeout: float = 60.0, progress: bool = True) -> Fetched:
+    """Download ``url`` to ``dest`` (see the module docstring); return the verified sha256."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sha256 = sha256.lower() if sha256 else None
+    if dest.exists() and sha256 is not None:
+        if sha256_file(dest) == sha256:
+            log.info("%s: present, sha256 verified; skipped", dest)
+            return Fetched(dest.name, dest, sha256, True, True)
+        log.warning("%s: present but its sha256 differs from the pinned one; downloading again", dest)
+    part = dest.with_name(dest.name + ".part")
+    last = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            wait = backoff * 2 ** (attempt - 1)
+            log.warning("%s: %s; retry %d/%d in %.1f s", url, last, attempt, retries, wait)
+            time.sleep(wait)
+        try:
+            _attempt(url, part, timeout, progress)
+            break
+        except _Retry as e:
+            last = str(e)
+        except DownloadError:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
+    else:
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
+        kept = f"; {part} kept: the next run resumes it" if part.exists() else ""
+        raise DownloadError(f"{url}: failed after {retries + 1} attempts ({last}){kept}")
+    digest = sha256_file(part)
+    if sha256 is not None and digest != sha256:
+        part.unlink()
+        raise ChecksumError(f"{url}: sha256 mismatch for {dest.name}: expected {sha256}, got {digest} "
+                            f"(partial file deleted)")
+    os.replace(part, dest)
+    return Fetched(dest.name, dest, digest, sha256 is not None, False)
+
+
+def read_sums(path: str | Path) -> dict[str, str]:
+    """``name -> sha256`` from a SHA256SUMS file (missing file: empty)."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            raise DownloadError(f"{path}:{n}: expected '<sha256>  <name>', got {line!r}")
+        out[name] = digest
+    return out
+
+
+def write_sums(path: str | Path, sums: dict[str, str]) -> None:
+    from fian.io import write_text
+
+    write_text(path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+
+
+def _safe_target(root: Path, name: str, archive: Path) -> Path:
+    target = (root / name).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DownloadError(f"{archive}: member {name!r} would be written outside {root}; refused")
+    return target
+
+
+def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
+    """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members)."""
+    archive, out_dir = Path(archive), Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=out_dir))
+    try:
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as z:
+                names = [m for m in z.namelist() if not m.endswith("/")]
+                for m in names:
+                    _safe_target(out_dir, m, archive)
+                z.extractall(tmp)
+        elif archive.name.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as t:
+                members = [m for m in t.getmembers() if m.isfile()]
+                names = [m.name for m in members]
+                for m in names:
+                    _safe_target(out_dir, m, archive)
+                t.extractall(tmp, members=members, filter="data")
+        else:
+            raise DownloadError(f"{archive}: not an archive this stage extracts (.zip, .tar.gz, .tgz)")
+        out = []
+        for m in names:
+            target = _safe_target(out_dir, m, archive)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / m, target)
+            out.append(target)
+        return out
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        raise DownloadError(f"{archive}: corrupt archive ({e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def join_parts(parts: list[Path], target: Path) -> Path:
+    """Concatenate ``parts`` (in the given order) into ``target``, atomically."""
+    from fian.io import atomic_path
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out, CHUNK)
+    return target
+
+
+def _archives(fetched: list[Fetched], out_dir: Path) -> list[Path]:
+    """The archives to extract: every .zip/.tar.gz fetched, and each joined ``<stem>.part-NN`` group."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    out = []
+    for f in fetched:
+        m = _PART.match(f.name)
+        if m:
+            groups.setdefault(m["stem"], []).append((int(m["index"]), f.path))
+        elif f.name.endswith((".zip", ".tar.gz", ".tgz")):
+            out.append(f.path)
+    for stem, parts in groups.items():
+        target = out_dir / f"{stem}.zip"
+        paths = [p for _, p in sorted(parts)]
+        if not target.exists() or any(p.stat().st_mtime > target.stat().st_mtime for p in paths):
+            join_parts(paths, target)
+        out.append(target)
+    return out
+
+
+def download_sources(sources: Iterable[Any], out_dir: str | Path, *, retries: int = 4, backoff: float = 2.0,
+                     timeout: float = 60.0, progress: bool = True, extract_archives: bool = True) -> list[Fetched]:
+    """Fetch every source (objects with ``name``, ``url``, ``sha256``) into ``out_dir``.
+
+    Unpinned sources are verified against ``<out>/SHA256SUMS`` when a previous run recorded them;
+    otherwise their computed hash is recorded there.  Returns one :class:`Fetched` per source.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sums_path = out_dir / SUMS
+    sums = read_sums(sums_path)
+    done: list[Fetched] = []
+    for src in sources:
+        if "/" in src.name or src.name in ("", ".", ".."):
+            raise DownloadError(f"source {src.name!r}: a name must be a plain file name")
+        expected = src.sha256 or sums.get(src.name)
+        f = fetch(src.url, out_dir / src.name, expected, retries=retries, backoff=backoff, timeout=timeout,
+                  progress=progress)
+        pinned = src.sha256 is not None
+        if not pinned:
+            sums[src.name] = f.sha256
+            write_sums(sums_path, sums)
+        done.append(Fetched(f.name, f.path, f.sha256, pinned, f.skipped))
+    if extract_archives:
+        for archive in _archives(done, out_dir):
+            marker = archive.with_name(archive.name + ".extracted")
+            digest = sha256_file(archive)
+            if marker.exists() and marker.read_text().strip() == digest:
+                continue
+            names = extract(archive, out_dir)
+            log.info("%s: extracted %d file(s)", archive, len(names))
+            from fian.io import write_text
+
+            write_text(marker, digest + "\n")
+    return done

@@ -1,0 +1,1 @@
+"""LaTeX tables in the paper's layout and figures."""

@@ -1,0 +1,104 @@
+"""Figures: a Figure-6-like timeline (ground truth vs top-1 prediction) and training curves.
+
+matplotlib with the Agg backend (no display); imported lazily so that ``import fian`` stays light.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fian.io import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pick_queries(frame: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """A few queries to show, deterministically: evenly spaced over the split (by row order)."""
+    if frame.empty:
+        raise ValueError("no predictions to plot")
+    idx = np.unique(np.linspace(0, len(frame) - 1, num=min(n, len(frame))).round().astype(int))
+    return frame.iloc[idx]
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0
+
+
+def timeline(frame: pd.DataFrame, out: str | Path, *, n: int = 4, title: str = "") -> Path:
+    """Figure 6 of the paper: for ``n`` queries, the ground-truth moment and the top-1 prediction
+    as bars over the video's duration, the sentence as each panel's title.
+
+    ``frame``: predictions as read by ``fian.evaluate.read_predictions`` (sentence, gt_start,
+    gt_end, duration, segments ranked best first, in seconds).
+    """
+    plt = _pyplot()
+    rows = pick_queries(frame, n)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.7 * len(rows) + 0.4), squeeze=False)
+    for ax, (_, r) in zip(axes[:, 0], rows.iterrows(), strict=True):
+        gt = (float(r["gt_start"]), float(r["gt_end"]))
+        segs = list(r["segments"])
+        ax.broken_barh([(gt[0], gt[1] - gt[0])], (1.1, 0.8), color="tab:green")
+        ax.text(gt[1], 1.5, f" {gt[0]:.1f}-{gt[1]:.1f}s", va="center", fontsize=8)
+        if segs:
+            p = (float(segs[0][0]), float(segs[0][1]))
+            ax.broken_barh([(p[0], p[1] - p[0])], (0.1, 0.8), color="tab:blue")
+            ax.text(p[1], 0.5, f" {p[0]:.1f}-{p[1]:.1f}s  IoU {_iou(gt, p):.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, float(r["duration"]))
+        ax.set_ylim(0, 2)
+        ax.set_yticks([0.5, 1.5], ["FIAN top-1", "GT"])
+        ax.set_title("\n".join(textwrap.wrap(str(r["sentence"]), 90)), fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def training_curves(history: pd.DataFrame, out: str | Path, *, title: str = "") -> Path:
+    """Loss terms (left) and validation metrics (right) per epoch, from ``history.csv``."""
+    if "epoch" not in history.columns or history.empty:
+        raise ValueError("history has no 'epoch' column or no rows")
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for col in ("loss", "align", "boundary"):
+        if col in history.columns:
+            left.plot(history["epoch"], history[col], marker="o", ms=3, label=col)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    left.legend(fontsize=8)
+    val_cols = [c for c in history.columns if c.startswith("val/")]
+    for col in val_cols:
+        right.plot(history["epoch"], 100 * history[col], marker="o", ms=3, label=col.removeprefix("val/"))
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation (%)")
+    if val_cols:
+        right.legend(fontsize=7, ncol=3, loc="best")
+    else:
+        right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+    _pyplot().close(fig)
+    return out

@@ -1,0 +1,421 @@
+"""The training loop: Adam (Section 4.3), AMP, DDP, atomic checkpoints, exact resume.
+
+One epoch:
+
+1. every rank draws the same permutation of the training split from a generator seeded with
+   ``seed`` and ``epoch`` (so a resumed run draws the same order) and cuts it into global batches
+   of ``train.batch_size``; each rank keeps its shard (:func:`fian.distributed.shard_epoch`);
+2. each batch is gathered from the preloaded split by tensor indexing on the device
+   (``GroundingSplit.subset(order).batches(...)``, no per-item Python); the model
+   runs under bf16 autocast on CUDA (``train.amp``), the loss in fp32; gradients are clipped to
+   ``train.grad_clip`` and Adam (fused on CUDA) steps;
+3. loss sums stay on the device; the host reads them every ``train.sync_every`` steps (progress
+   bar, non-finite check) and once at the end of the epoch, so the step itself never waits;
+4. validation (:func:`fian.evaluate.evaluate`), one summary line, a checkpoint (rank 0, atomic)
+   and ``on_epoch(record)``.
+
+The best epoch on validation by ``R@1,IoU=0.5`` (:data:`fian.evaluate.PRIMARY_METRIC`, ties
+broken by mIoU) is kept; without a validation split the last epoch is the best.  At the end the model holds the best
+weights.  A non-finite loss raises :class:`NonFiniteLossError` naming the epoch, step, loss term,
+split rows and video ids of the batch that produced it.
+
+Checkpoint (``torch.save`` dict, see :func:`save_checkpoint`): ``config`` (the resolved
+``Config.to_dict()``), ``model`` (last weights), ``best_model``, ``optimizer``, ``epoch`` (epochs
+done), ``rng`` (python / numpy / torch / cuda states), ``best_metric``, ``best_epoch``,
+``history``.  ``load_checkpoint`` + ``fian.config.config_from_dict`` rebuild the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fian.distributed import DistInfo, reduce_mean, reduce_sum, shard_epoch
+from fian.evaluate import PRIMARY_METRIC, autocast_ctx, predict, score_predictions
+from fian.io import atomic_path
+
+if TYPE_CHECKING:
+    from fian.config import Config, EvalConfig, TrainConfig
+    from fian.data.dataset import GroundingSplit
+
+log = logging.getLogger("fian.train")
+
+CHECKPOINT_FORMAT = 1
+TERMS = ("loss", "align", "boundary")  # the loss terms summed per epoch (FIANLoss keys)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the batch that caused it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and RNG state
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch`` (same on every rank and after a resume)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; a bad file raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        # weights_only=False: our own file, it carries numpy/python RNG states
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a fian checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    missing = [k for k in ("config", "model", "best_model", "epoch") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}")
+    return ckpt
+
+
+def build_model_from_checkpoint(
+    ckpt: dict[str, Any],
+    embeddings: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    *,
+    best: bool = True,
+    check_inputs: bool = True,
+) -> tuple[torch.nn.Module, Config]:
+    """Rebuild the model a checkpoint was trained with (its stored config) and load its weights.
+
+    ``best``: the best-on-validation weights (default) or the last epoch's.  ``embeddings`` /
+    ``vocab_size`` as for :func:`fian.model.build.build_model` (the weights overwrite them).
+    """
+    from fian.config import config_from_dict
+    from fian.model.build import build_model
+
+    if ckpt.get("config") is None:
+        raise ValueError("checkpoint carries no config: cannot rebuild its model")
+    cfg = config_from_dict(ckpt["config"], where="checkpoint config")
+    model = build_model(cfg, embeddings, vocab_size, check_inputs=check_inputs)
+    model.load_state_dict(ckpt["best_model" if best else "model"])
+    return model, cfg
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: torch.nn.Module, train_cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam over the trainable parameters (Section 4.3); fused on CUDA when ``train.fused_optimizer``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type == "cuda" and train_cfg.fused_optimizer
+    return torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=fused or None)
+
+
+def _describe_batch(split: GroundingSplit, rows: torch.Tensor, limit: int = 20) -> str:
+    rows_l = rows.tolist()
+    vids = split.records["video_id"].iloc[rows_l[:limit]].astype(str).tolist()
+    more = f" (+{len(rows_l) - limit} more)" if len(rows_l) > limit else ""
+    return f"split rows {rows_l[:limit]}{more}, video ids {vids}{more}"
+
+
+def _nonfinite_terms(values: torch.Tensor) -> list[str]:
+    return [t for t, v in zip(TERMS, values.tolist(), strict=True) if not math.isfinite(v)]
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    train: GroundingSplit,
+    val: GroundingSplit | None,
+    *,
+    train_cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    num_steps: int,
+    checkpoint: str | Path | None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    config: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    dist_info: DistInfo | None = None,
+    progress: bool = True,
+    offset_unit: str | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``train_cfg.epochs`` epochs; return the history (one dict per epoch).
+
+    ``checkpoint``: where to write after every epoch (rank 0; None: nowhere).  ``resume``: start
+    from it when it exists (its ``config`` must equal ``config``).  ``config``: the resolved
+    ``Config.to_dict()`` stored in the checkpoint.  ``device``: default CUDA when available.
+    ``dist_info``: this rank under DDP (the process group must be initialised), default one
+    process.  ``on_epoch(record)`` runs on rank 0 after each epoch's checkpoint.  ``offset_unit``
+    (for decoding on validation): default ``loss_fn.offset_unit``.
+    """
+    info = dist_info or DistInfo()
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    main = info.is_main
+    offset_unit = offset_unit or getattr(loss_fn, "offset_unit", "steps")
+    seed_everything(train_cfg.seed + info.rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    model.to(device)
+    train = train.to(device)  # the whole split preloaded; batches are gathered on the device
+    val = val.to(device) if val is not None else None
+    optimizer = build_optimizer(model, train_cfg, device)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_epoch = 0, 0
+    best_metric: tuple[float, float] = (-math.inf, -math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        if config is not None:
+            diff = _config_diff(ckpt["config"], config)
+            if diff:
+                raise ValueError(f"{ckpt_path}: cannot resume, the config changed: {'; '.join(diff[:10])}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        best_metric, best_epoch = tuple(ckpt["best_metric"]), int(ckpt["best_epoch"])
+        best_state = {k: v.to(device) for k, v in ckpt["best_model"].items()}
+        if main:
+            log.info("resumed from %s after epoch %d (best epoch %d)", ckpt_path, start_epoch, best_epoch)
+    elif resume and main:
+        log.info("no checkpoint at %s: starting from epoch 0", ckpt_path)
+
+    step_model: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if train_cfg.compile:
+        step_model = torch.compile(step_model)
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        t0 = time.perf_counter()
+        sums = _train_epoch(
+            step_model, loss_fn, optimizer, train, model=model, train_cfg=train_cfg, num_steps=num_steps,
+            epoch=epoch, device=device, info=info, progress=progress and main,
+        )  # fmt: skip
+        sums = reduce_sum(sums, info).tolist()  # one host sync per epoch
+        n = max(sums[-1], 1.0)
+        record: dict[str, Any] = {"epoch": epoch + 1, **{t: sums[i] / n for i, t in enumerate(TERMS)}}
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        if val is not None:
+            metrics = _validate(
+                model, val, eval_cfg=eval_cfg, num_steps=num_steps, device=device, info=info, amp=train_cfg.amp,
+                offset_unit=offset_unit,
+            )  # fmt: skip
+            record.update({f"val/{k}": v for k, v in metrics.items()})
+            score = (metrics[PRIMARY_METRIC], metrics.get("mIoU", 0.0))  # ties broken by mIoU
+        else:
+            score = (float(epoch + 1), 0.0)  # no validation: the last epoch is the best
+        if score > best_metric:
+            best_metric, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record["time_s"] = time.perf_counter() - t0
+        record["best_epoch"] = best_epoch
+        history.append(record)
+        if main:
+            log.info(_summary(record, train_cfg.epochs))
+            if ckpt_path is not None:
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "config": config,
+                        "model": model.state_dict(),
+                        "best_model": best_state,
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "rng": rng_state(),
+                        "best_metric": best_metric,
+                        "best_epoch": best_epoch,
+                        "best_by": f"{PRIMARY_METRIC}, then mIoU" if val is not None else "last epoch",
+                        "history": history,
+                    },
+                )
+            if on_epoch is not None:
+                on_epoch(record)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def _train_epoch(
+    step_model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: GroundingSplit,
+    *,
+    model: torch.nn.Module,
+    train_cfg: TrainConfig,
+    num_steps: int,
+    epoch: int,
+    device: torch.device,
+    info: DistInfo,
+    progress: bool,
+) -> torch.Tensor:
+    """One pass; returns ``[loss*n, align*n, boundary*n, n]`` summed over this rank, on the device."""
+    from tqdm import tqdm
+
+    step_model.train()
+    perm = epoch_permutation(len(train), train_cfg.seed, epoch)  # [Q], same on every rank
+    order, local_bs, global_sizes = shard_epoch(perm, train_cfg.batch_size, info)
+    n_steps = len(global_sizes)
+    part = train.subset(order)  # this rank's queries in epoch order; videos shared, not copied
+    sums = torch.zeros(len(TERMS) + 1, device=device, dtype=torch.float64)
+    step_terms = torch.zeros(n_steps, len(TERMS), device=device)  # per-step terms, read at sync points
+    params = [p for p in model.parameters() if p.requires_grad]
+    # in a log file (Snakemake, SLURM) the bar refreshes every 10 s instead of filling the log
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    checked = 0  # steps whose terms were checked for finiteness
+
+    def rows_of(step: int) -> torch.Tensor:
+        return order[step * local_bs : (step + 1) * local_bs]  # host copy: rows of train
+
+    def check(upto: int) -> None:
+        nonlocal checked
+        if upto <= checked:
+            return
+        vals = step_terms[checked:upto].cpu()  # the host sync
+        bad = (~torch.isfinite(vals)).any(dim=1).nonzero()
+        if len(bad):
+            s = checked + int(bad[0])
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {s + 1}/{n_steps} "
+                f"(term {', '.join(_nonfinite_terms(vals[s - checked]))}): {_describe_batch(train, rows_of(s))}"
+            )
+        checked = upto
+        bar.set_postfix(loss=f"{vals[-1, 0].item():.4f}")
+
+    for step, batch in enumerate(part.batches(local_bs, shuffle=False)):  # gathered on the device
+        with autocast_ctx(device, train_cfg.amp):
+            out = step_model(batch.video, batch.video_mask, batch.words, batch.word_mask)
+        gt_steps = batch.gt / batch.duration[:, None] * num_steps  # [B, 2] seconds -> steps
+        try:
+            terms = loss_fn(_fp32(out), gt_steps)
+        except FloatingPointError as e:
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1}/{n_steps} ({e}): "
+                f"{_describe_batch(train, rows_of(step))}"
+            ) from None
+        n_local = len(batch)
+        # DDP averages gradients over ranks: weight this shard by its share of the global batch
+        weight = n_local * info.world_size / global_sizes[step]
+        optimizer.zero_grad(set_to_none=True)
+        (terms["loss"] * weight).backward()
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip, foreach=True)
+        optimizer.step()
+        detached = torch.stack([terms[t].detach().float() for t in TERMS])  # [3]
+        step_terms[step] = detached
+        sums[:-1] += detached.double() * n_local
+        sums[-1] += n_local
+        bar.update(1)
+        if (step + 1) % train_cfg.sync_every == 0:
+            check(step + 1)
+    check(n_steps)
+    bar.close()
+    return sums
+
+
+def _fp32(out: Any) -> Any:
+    from fian.evaluate import _float_output
+
+    return _float_output(out)
+
+
+def _validate(
+    model: torch.nn.Module,
+    val: GroundingSplit,
+    *,
+    eval_cfg: EvalConfig,
+    num_steps: int,
+    device: torch.device,
+    info: DistInfo,
+    amp: str,
+    offset_unit: str,
+) -> dict[str, float]:
+    """Metrics on ``val``: each rank scores a contiguous shard, means weighted by query count."""
+    part = val
+    if info.enabled:
+        bounds = np.linspace(0, len(val), info.world_size + 1).round().astype(int)
+        part = val.subset(torch.arange(bounds[info.rank], bounds[info.rank + 1]))
+    # predict + score, without the predictions table that evaluate() also builds
+    _, segs, _ = predict(
+        model, part, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit
+    )
+    gt = part.gt.detach().cpu().numpy()  # [Q, 2] seconds, split order as the predictions
+    metrics = score_predictions(segs.numpy(), gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds)
+    return reduce_mean(metrics, len(part), info, device)
+
+
+def _summary(r: dict[str, Any], epochs: int) -> str:
+    line = f"epoch {r['epoch']:>3}/{epochs} | loss {r['loss']:.4f} align {r['align']:.4f} boundary {r['boundary']:.4f}"
+    shown = [k for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "mIoU") if f"val/{k}" in r]
+    if shown:
+        line += " | val " + " ".join(f"{k} {100 * r[f'val/{k}']:.2f}%" for k in shown)
+    return line + f" | {r['time_s']:.1f}s"

@@ -1,0 +1,147 @@
+"""The demo job (`make demo`): the whole pipeline on the synthetic dataset, offline, on CPU.
+
+    python -m fian_pipeline.demo [--cores N] [--configfile workflow/config/default.yaml] [-- SNAKEMAKE ARGS]
+
+Runs ``snakemake --profile workflow/profiles/local`` on the default config (generate -> annotations
+-> features -> text (GloVe fallback, loudly reported) -> prepare -> train -> evaluate -> baseline ->
+tables, plots), then prints where the tables, the figures and the MLflow store are and the headline
+metrics (each variant vs the moment prior).  A second run with nothing changed does no work and
+says so.  The finished run is recorded in dvc.lock (``dvc commit``) so that ``dvc repro`` agrees.  The stages' loud warnings (synthetic data, fallback word vectors) are repeated at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fian_pipeline.common import command_parser
+from fian_pipeline.render import DEFAULT_CONFIG, check, load_plan, rendered_files
+
+HEADLINE = ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "R@5,IoU=0.7", "mIoU")
+
+
+def loud_warnings(logs: Path, since: float) -> list[str]:
+    """The framed `!! ...` lines (fian_pipeline.common.warn_loud) of the logs written since ``since``."""
+    seen: list[str] = []
+    for log in sorted(logs.rglob("*.log")) if logs.exists() else []:
+        if log.stat().st_mtime < since:
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("!! ") and line not in seen:
+                seen.append(line)
+    return seen
+
+
+def headline(results: Path, dataset: str, variants: Sequence[str], split: str) -> list[str]:
+    """A small text table: one row per run (variants, then the moment prior), percentages."""
+    rows = [f"{'run':<30}" + "".join(f"{k:>13}" for k in HEADLINE)]
+    for v, label in [*((v, f"{dataset}/{v}") for v in variants), ("prior", f"{dataset}/prior (baseline)")]:
+        path = results / dataset / v / f"metrics_{split}.json"
+        if not path.exists():
+            rows.append(f"{label:<30}  (not run: {path} missing)")
+            continue
+        m = json.loads(path.read_text())
+        rows.append(
+            f"{label:<30}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
+        )
+    return rows
+
+
+def record_in_dvc(env: dict[str, str]) -> str:
+    """Record the finished run in dvc.lock (`dvc commit`): dvc.yaml runs the same commands (rendered
+    from the same registry, tests/test_render_drift.py), so `dvc repro` then has nothing to do."""
+    exe = Path(sys.executable).parent / "dvc"
+    if not exe.exists() or not Path(".dvc").is_dir():
+        return "DVC: not recorded (no dvc executable or no .dvc/ here)"
+    proc = subprocess.run([str(exe), "commit", "--force", "--quiet"], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"DVC: `dvc commit` failed (dvc repro would rerun the stages): {(proc.stderr + proc.stdout).strip()[-500:]}"
+    return "DVC: this run is recorded in dvc.lock (`dvc repro` has nothing to do; `dvc metrics show`)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = command_parser("demo", __doc__)
+    p.add_argument("--cores", default="all", help="cores for snakemake (default: all)")
+    p.add_argument(
+        "--configfile", default=DEFAULT_CONFIG, help="workflow config (default: the synthetic demo)"
+    )
+    p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments (after --)")
+    args = p.parse_args(argv)
+    root = Path.cwd()
+
+    diffs = check(rendered_files(DEFAULT_CONFIG, root), root)
+    if diffs:
+        print(
+            "warning: workflow/rules/*.smk or dvc.yaml differ from fian_pipeline/registry.py; run `fian render`",
+            file=sys.stderr,
+        )
+    plan = load_plan(args.configfile, root)  # schema + every params layer, before anything runs
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv
+    cmd = ["snakemake", "--profile", "workflow/profiles/local", "--cores", str(args.cores)]
+    if args.configfile != DEFAULT_CONFIG:
+        cmd += ["--configfile", args.configfile]
+    cmd += args.snakemake_args
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    nothing = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        nothing |= "Nothing to be done" in line
+    code = proc.wait()
+    elapsed = time.time() - t0
+    if code != 0:
+        print(
+            f"\ndemo FAILED after {elapsed:.0f} s (snakemake exit {code}); see the log named above under logs/",
+            file=sys.stderr,
+        )
+        return code
+
+    print("\n" + "=" * 78)
+    if nothing:
+        print(
+            f"Nothing to do: every output is up to date ({elapsed:.1f} s). Change a params file to rerun what reads it."
+        )
+    else:
+        print(f"demo finished in {elapsed / 60:.1f} min")
+    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
+    if args.configfile == DEFAULT_CONFIG and not dry:
+        print(record_in_dvc(env))
+        # `dvc commit` re-links the outputs from its cache (new mtimes): restore Snakemake's order
+        touch = subprocess.run([*cmd, "--touch", "--quiet"], env=env, capture_output=True, text=True)
+        if touch.returncode != 0:
+            print(f"warning: `snakemake --touch` failed: {touch.stderr.strip()[-500:]}", file=sys.stderr)
+    warnings = loud_warnings(root / "logs", t0)
+    if warnings:
+        print("\nwarnings from the stages of this run:")
+        for w in warnings:
+            print("  " + w)
+    print("\nwhere things are:")
+    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs)")
+    print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png")
+    print(
+        "  results  results/<dataset>/<variant>/metrics_<split>.json, predictions_<split>.jsonl, history.csv"
+    )
+    print("  MLflow   sqlite:///mlflow.db  ->  mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    print("  logs     logs/<stage>/<wildcards>.log")
+    for d in plan.datasets:
+        print(f"\nheadline ({d.name}, {plan.eval_split} split; a hit is IoU >= m):")
+        for row in headline(root / "results", d.name, d.variants, plan.eval_split):
+            print("  " + row)
+    return 0
+
+
+if __name__ == "__main__":
+    from fian_pipeline.common import command_parser, run_stage
+
+    sys.exit(run_stage(main))

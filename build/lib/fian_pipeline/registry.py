@@ -1,0 +1,610 @@
+"""The ONE definition of the pipeline's DAG.
+
+Every stage is a :class:`Stage` record: the module it runs, the params layers and keys it reads,
+its path arguments (inputs and outputs, as templates over the wildcards ``dataset``, ``variant``
+and ``split``), the files it declares, its metrics and plots, and its resources.  Paths are pure
+functions of (stage, dataset, variant, split) and follow docs/ARCHITECTURE.md "Data artifacts".
+
+``fian_pipeline.render`` turns this list into the Snakemake rules (workflow/rules/*.smk) and dvc.yaml;
+the Snakefile imports this module to resolve the run :class:`Plan` from its config.
+tests/test_render_drift.py checks that both renderings agree with :func:`instances`.
+
+Which of two alternative stages builds a dataset's artifact is decided per dataset
+(:class:`DatasetPlan`): ``generate`` or ``download`` for raw data (config ``source``), ``features``
+(import the released files) or ``extract`` (from raw videos) for the store (config ``features``),
+``text`` (GloVe) or ``text_fallback`` (GloVe trained on the dataset's own sentences: params
+``text.fallback_train_glove``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fian.config import ConfigError, load_config, load_params
+
+Phase = Literal["data", "features", "model", "reports"]
+Layer = Literal["base", "dataset", "variant"]
+# which alternative a stage is; a dataset uses a stage only when its plan selects it
+When = Literal["always", "download", "generate", "import", "extract", "glove", "fallback"]
+
+WILDCARDS = ("dataset", "variant", "split")
+NAME_RE = re.compile(r"^[a-z0-9_]+$")
+
+# fixed artifact locations (docs/ARCHITECTURE.md "Data artifacts")
+GLOVE_DIR = "data/raw/glove"
+GLOVE_FILE = f"{GLOVE_DIR}/glove.840B.300d.txt"
+BASELINE = "prior"  # results/<dataset>/prior/: the moment-prior baseline (not a params variant)
+TABLES = tuple(f"reports/table{k}.tex" for k in range(1, 7))
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One path argument of a stage command: ``flag path``.
+
+    ``role`` says what the path is to the DAG: ``in`` (a dependency), ``out`` (declared in
+    ``Stage.outputs`` as itself or as files under it) or ``value`` (neither, e.g. a split name).
+    """
+
+    flag: str
+    path: str
+    role: Literal["in", "out", "value"] = "in"
+
+
+@dataclass(frozen=True)
+class Out:
+    """A declared output: a file, or a directory the stage fills (Snakemake ``directory()``)."""
+
+    path: str
+    kind: Literal["file", "dir"] = "file"
+    metric: bool = False  # DVC `metrics:` (JSON)
+    plot: bool = False  # DVC `plots:` (CSV)
+    plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline (a Snakemake rule, a DVC stage)."""
+
+    name: str
+    module: str  # runs `python -m fian_pipeline.<module>`
+    phase: Phase  # which workflow/rules/<phase>.smk holds its rule
+    doc: str
+    wildcards: tuple[str, ...]  # subset of WILDCARDS, in that order
+    layers: tuple[Layer, ...]  # --params layers, in order
+    keys: tuple[str, ...]  # params keys it reads (DVC per-stage params; dotted)
+    args: tuple[Arg, ...]
+    outputs: tuple[Out, ...]
+    fixed: tuple[str, ...] = ()  # literal arguments, e.g. ("--kind", "annotations")
+    when: When = "always"
+    threads: int = 1
+    mem_mb: int = 2000
+    runtime: int = 30  # minutes (SLURM time limit)
+    gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
+    distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
+    package: str = "pipeline"  # the command runs `python -m <package>.<module>`
+
+    @property
+    def log(self) -> str:
+        tail = "-".join("{" + w + "}" for w in self.wildcards) or self.name
+        return f"logs/{self.name}/{tail}.log"
+
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(a.path for a in self.args if a.role == "in")
+
+    def params_files(self) -> tuple[str, ...]:
+        return tuple(LAYER_PATHS[layer] for layer in self.layers)
+
+    def command(self, launcher: str = "python -m") -> str:
+        """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{split}``.
+
+        ``launcher`` runs the module: ``python -m``, or ``torchrun ... -m`` for DDP (see :func:`launcher`).
+        """
+        parts = [f"{launcher} {self.package}.{self.module}"]
+        if self.layers:
+            parts.append("--params " + " ".join(self.params_files()))
+        parts.extend(self.fixed)
+        parts.extend(f"{a.flag} {a.path}" for a in self.args)
+        return " ".join(parts)
+
+
+LAYER_PATHS: dict[str, str] = {
+    "base": "params/base.yaml",
+    "dataset": "params/datasets/{dataset}.yaml",
+    "variant": "params/variants/{variant}.yaml",
+}
+
+# --------------------------------------------------------------------------------------------
+# The stages
+# --------------------------------------------------------------------------------------------
+
+_D = ("dataset",)
+_DV = ("dataset", "variant")
+_DVS = ("dataset", "variant", "split")
+_DS = ("dataset", "split")
+_BD: tuple[Layer, ...] = ("base", "dataset")
+_BDV: tuple[Layer, ...] = ("base", "dataset", "variant")
+
+RAW_ANN = "data/raw/{dataset}/annotations"
+RAW_FEAT = "data/raw/{dataset}/features"
+RAW_VIDEOS = "data/raw/{dataset}/videos"
+BACKBONE_WEIGHTS = "data/raw/{dataset}/backbone.pt"
+ANN = "data/interim/{dataset}/annotations"
+STORE = "data/interim/{dataset}/features.h5"
+TEXT = "data/interim/{dataset}/text"
+PROCESSED = "data/processed/{dataset}"
+RUN = "results/{dataset}/{variant}"
+PRIOR = f"results/{{dataset}}/{BASELINE}"
+FIGURES = "reports/figures/{dataset}/{variant}"
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="download_annotations",
+        module="download",
+        phase="data",
+        doc="Fetch the annotation files named in params (dataset.annotation_sources), sha256-checked.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset",),
+        fixed=("--kind", "annotations"),
+        args=(Arg("--out", RAW_ANN, "out"),),
+        outputs=(Out(RAW_ANN, "dir"),),
+        when="download",
+        runtime=60,
+    ),
+    Stage(
+        name="download_features",
+        module="download",
+        phase="data",
+        doc="Fetch the released feature files (dataset.feature_sources).",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset",),
+        fixed=("--kind", "features"),
+        args=(Arg("--out", RAW_FEAT, "out"),),
+        outputs=(Out(RAW_FEAT, "dir"),),
+        when="download",
+        runtime=600,
+    ),
+    Stage(
+        name="download_glove",
+        module="download",
+        phase="data",
+        doc="Fetch and unpack GloVe 840B.300d (text.glove).",
+        wildcards=(),
+        layers=("base",),
+        keys=("text.glove",),
+        fixed=("--kind", "glove"),
+        args=(Arg("--out", GLOVE_DIR, "value"),),
+        outputs=(Out(GLOVE_FILE),),
+        when="glove",  # a stage without wildcards runs when any dataset uses it
+        runtime=240,
+    ),
+    Stage(
+        name="generate",
+        module="generate",
+        phase="data",
+        doc="Write the synthetic dataset (ActivityNet-style JSON + C3D-layout HDF5) from dataset.synthetic.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset",),
+        args=(Arg("--annotations-out", RAW_ANN, "out"), Arg("--features-out", RAW_FEAT, "out")),
+        outputs=(Out(RAW_ANN, "dir"), Out(RAW_FEAT, "dir")),
+        when="generate",
+        mem_mb=4000,
+    ),
+    Stage(
+        name="annotations",
+        module="annotations",
+        phase="data",
+        doc="Parse, validate and normalize the annotations: <split>.parquet and counts.json.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset",),
+        args=(Arg("--raw", RAW_ANN), Arg("--out", ANN, "out")),
+        outputs=(Out(ANN, "dir"),),
+        mem_mb=4000,
+    ),
+    Stage(
+        name="features",
+        module="features",
+        phase="features",
+        doc="Import the released feature files into the feature store (videos the annotations use).",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset", "features"),
+        args=(Arg("--raw", RAW_FEAT), Arg("--annotations", ANN), Arg("--out", STORE, "out")),
+        outputs=(Out(STORE),),
+        when="import",
+        mem_mb=16000,
+        runtime=120,
+    ),
+    Stage(
+        name="extract",
+        module="extract",
+        phase="features",
+        doc="Extract C3D/I3D features from raw videos into the feature store (config features: extract).",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset", "extract"),
+        args=(Arg("--videos", RAW_VIDEOS), Arg("--weights", BACKBONE_WEIGHTS), Arg("--out", STORE, "out")),
+        outputs=(Out(STORE),),
+        when="extract",
+        threads=8,
+        mem_mb=32000,
+        runtime=24 * 60,
+        gpus=1,
+    ),
+    Stage(
+        name="text",
+        module="text",
+        phase="features",
+        doc="Vocabulary (train split) and GloVe vectors: vocab.json, embeddings.npy, coverage.json.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("text", "dataset.policy"),
+        args=(Arg("--annotations", ANN), Arg("--glove", GLOVE_FILE), Arg("--out", TEXT, "out")),
+        outputs=(Out(TEXT, "dir"),),
+        when="glove",
+        mem_mb=8000,
+        runtime=60,
+    ),
+    Stage(
+        name="text_fallback",
+        module="text",
+        phase="features",
+        doc="OFFLINE FALLBACK: as text, with GloVe vectors trained on the dataset's own sentences.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("text", "dataset.policy"),
+        args=(Arg("--annotations", ANN), Arg("--out", TEXT, "out")),
+        outputs=(Out(TEXT, "dir"),),
+        when="fallback",
+        runtime=60,
+    ),
+    Stage(
+        name="prepare",
+        module="prepare",
+        phase="features",
+        doc="Downsample every video to features.num_steps and encode the queries: <split>.h5.",
+        wildcards=_D,
+        layers=_BD,
+        keys=("features", "text.max_query_len", "text.lowercase", "dataset.policy"),
+        args=(
+            Arg("--annotations", ANN),
+            Arg("--features", STORE),
+            Arg("--text", TEXT),
+            Arg("--out", PROCESSED, "out"),
+        ),
+        outputs=(Out(PROCESSED, "dir"),),
+        mem_mb=16000,
+        runtime=60,
+    ),
+    Stage(
+        name="train",
+        module="train",
+        phase="model",
+        doc="Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow.",
+        wildcards=_DV,
+        layers=_BDV,
+        keys=("features", "model", "loss", "train", "eval"),  # tracking.* only observes
+        args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value")),
+        outputs=(
+            Out(f"{RUN}/checkpoint.pt"),
+            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss")),
+            Out(f"{RUN}/train_metrics.json", metric=True),
+        ),
+        threads=4,
+        mem_mb=32000,
+        runtime=12 * 60,
+        gpus=1,
+        distributed=True,
+    ),
+    Stage(
+        name="evaluate",
+        module="evaluate",
+        phase="model",
+        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU).",
+        wildcards=_DVS,
+        layers=_BDV,
+        keys=("features", "model", "eval"),
+        args=(
+            Arg("--data", PROCESSED),
+            Arg("--text", TEXT),
+            Arg("--checkpoint", f"{RUN}/checkpoint.pt"),
+            Arg("--split", "{split}", "value"),
+            Arg("--out", RUN, "value"),
+        ),
+        outputs=(
+            Out(f"{RUN}/predictions_{{split}}.jsonl"),
+            Out(f"{RUN}/metrics_{{split}}.json", metric=True),
+        ),
+        threads=4,
+        mem_mb=16000,
+        runtime=60,
+        gpus=1,
+    ),
+    Stage(
+        name="baseline",
+        module="baseline",
+        phase="model",
+        doc="The moment-prior baseline (query-independent) on a split, with the same metrics.",
+        wildcards=_DS,
+        layers=_BD,
+        keys=("features", "eval"),
+        args=(Arg("--data", PROCESSED), Arg("--split", "{split}", "value"), Arg("--out", PRIOR, "value")),
+        outputs=(
+            Out(f"{PRIOR}/predictions_{{split}}.jsonl"),
+            Out(f"{PRIOR}/metrics_{{split}}.json", metric=True),
+        ),
+        mem_mb=8000,
+    ),
+    Stage(
+        name="plots",
+        module="plots",
+        phase="reports",
+        doc="Figure-6-like timelines (ground truth vs top-1) and training curves.",
+        wildcards=_DVS,
+        layers=(),
+        keys=(),
+        args=(
+            Arg("--predictions", f"{RUN}/predictions_{{split}}.jsonl"),
+            Arg("--history", f"{RUN}/history.csv"),
+            Arg("--split", "{split}", "value"),
+            Arg("--out", FIGURES, "value"),
+        ),
+        outputs=(Out(f"{FIGURES}/timeline_{{split}}.png"), Out(f"{FIGURES}/training_curves_{{split}}.png")),
+    ),
+    Stage(
+        name="tables",
+        module="tables",
+        phase="reports",
+        doc="LaTeX Tables 1-6: the paper's numbers (kept as data) beside ours.",
+        wildcards=(),
+        layers=(),
+        keys=(),
+        args=(Arg("--results", "results", "value"), Arg("--out", "reports", "value")),
+        outputs=tuple(Out(t) for t in TABLES),
+    ),
+)
+
+STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+PHASES: tuple[Phase, ...] = ("data", "features", "model", "reports")
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGE_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {sorted(STAGE_BY_NAME)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: which datasets, variants and alternatives a config asks for
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    name: str
+    variants: tuple[str, ...]
+    source: Literal["download", "generate"] = "download"
+    features: Literal["import", "extract"] = "import"
+    baseline: bool = True
+    plots: bool = True
+    glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
+
+    def uses(self, when: When) -> bool:
+        return {
+            "always": True,
+            "download": self.source == "download",
+            "generate": self.source == "generate",
+            "import": self.features == "import",
+            "extract": self.features == "extract",
+            "glove": self.glove,
+            "fallback": not self.glove,
+        }[when]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a config (workflow/config/*.yaml, validated by workflow/schemas/config.schema.json) runs."""
+
+    datasets: tuple[DatasetPlan, ...]
+    eval_split: str = "test"
+    gpus: int = 0  # GPUs per training job (0: none requested; N > 1: DDP via torchrun); SLURM `gpu` resource
+    tables_from: str | None = None  # take the "ours" rows of every table from this dataset (demo)
+    params_dir: str = "params"
+
+    def dataset(self, name: str) -> DatasetPlan:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(
+            f"dataset {name!r} is not in the config; configured: {[d.name for d in self.datasets]}"
+        )
+
+
+def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
+    """Resolve a (schema-validated) config; load every params layer it uses (clear errors)."""
+    root = Path(root)
+    params_dir = str(config.get("params_dir", "params"))
+    if "datasets" not in config or not config["datasets"]:
+        raise ConfigError("workflow config: 'datasets' must name at least one dataset")
+    plans = []
+    for name, spec in config["datasets"].items():
+        spec = spec or {}
+        if not NAME_RE.match(str(name)):
+            raise ConfigError(f"workflow config: dataset name {name!r} must match {NAME_RE.pattern}")
+        variants = tuple(spec.get("variants", ("fian",)))
+        for v in variants:
+            if not NAME_RE.match(v) or v == BASELINE:
+                raise ConfigError(f"workflow config: datasets.{name}.variants: bad variant name {v!r}")
+        base = root / params_dir / "base.yaml"
+        dfile = root / params_dir / "datasets" / f"{name}.yaml"
+        if not dfile.exists():
+            raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
+        cfg = load_config(base, dfile)  # raises ConfigError naming file and key
+        for v in variants:
+            vfile = root / params_dir / "variants" / f"{v}.yaml"
+            if not vfile.exists():
+                raise ConfigError(f"workflow config: datasets.{name}.variants: no params file {vfile}")
+            load_params(root / params_dir, name, v)
+        plans.append(
+            DatasetPlan(
+                name=str(name),
+                variants=variants,
+                source=spec.get("source", "download"),
+                features=spec.get("features", "import"),
+                baseline=bool(spec.get("baseline", True)),
+                plots=bool(spec.get("plots", True)),
+                glove=not cfg.text.fallback_train_glove,
+            )
+        )
+    tables_from = config.get("tables_from")
+    if tables_from is not None and tables_from not in {p.name for p in plans}:
+        raise ConfigError(
+            f"workflow config: tables_from={tables_from!r} is not one of the configured datasets"
+        )
+    return Plan(
+        datasets=tuple(plans),
+        eval_split=str(config.get("eval_split", "test")),
+        gpus=int(config.get("gpus", 0)),  # true -> 1, false -> 0
+        tables_from=tables_from,
+        params_dir=params_dir,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Stage instances: what actually runs for a plan (both renderings must agree with this)
+# --------------------------------------------------------------------------------------------
+
+
+def fill(template: str, wildcards: Mapping[str, str]) -> str:
+    out = template
+    for k, v in wildcards.items():
+        out = out.replace("{" + k + "}", v)
+    return out
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One concrete job: a stage with its wildcards filled in."""
+
+    stage: Stage
+    wildcards: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        """DVC's foreach key (``train@<key>``), "" for stages without wildcards."""
+        return "-".join(self.wildcards[w] for w in self.stage.wildcards)
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage.name}@{self.key}" if self.key else self.stage.name
+
+    def command(self, plan: Plan | None = None) -> str:
+        cmd = fill(self.stage.command(launcher(self.stage, plan) if plan else "python -m"), self.wildcards)
+        if plan is not None:
+            cmd = " ".join([cmd, *plan_args(self.stage, plan)])
+        return cmd
+
+    def deps(self, plan: Plan) -> list[str]:
+        files = [fill(p, self.wildcards) for p in self.stage.params_files()]
+        files += [fill(p, self.wildcards) for p in self.stage.inputs()]
+        files += plan_inputs(self.stage, plan)
+        return files
+
+    def outs(self) -> list[str]:
+        return [fill(o.path, self.wildcards) for o in self.stage.outputs]
+
+
+def plan_args(stage_: Stage, plan: Plan) -> list[str]:
+    """Arguments that depend on the whole plan rather than on wildcards."""
+    if stage_.name != "tables":
+        return []
+    args = ["--split", plan.eval_split]
+    if plan.tables_from:
+        args += ["--ours-from", plan.tables_from]
+    return args
+
+
+def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
+    """Dependencies that depend on the whole plan (the tables read every metrics file)."""
+    if stage_.name != "tables":
+        return []
+    files = []
+    for d in plan.datasets:
+        for v in d.variants:
+            files.append(f"results/{d.name}/{v}/metrics_{plan.eval_split}.json")
+        if d.baseline:
+            files.append(f"results/{d.name}/{BASELINE}/metrics_{plan.eval_split}.json")
+    return files
+
+
+def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
+    """Every job the plan needs, in stage order."""
+    out: list[Instance] = []
+    split = plan.eval_split
+    for s in stages:
+        if not s.wildcards:
+            if s.when == "always" or any(d.uses(s.when) for d in plan.datasets):
+                out.append(Instance(s, {}))
+            continue
+        for d in plan.datasets:
+            if not d.uses(s.when):
+                continue
+            if s.name == "baseline" and not d.baseline:
+                continue
+            if s.name == "plots" and not d.plots:
+                continue
+            variants = d.variants if "variant" in s.wildcards else (None,)
+            for v in variants:
+                wc = {"dataset": d.name}
+                if v is not None:
+                    wc["variant"] = v
+                if "split" in s.wildcards:
+                    wc["split"] = split
+                out.append(Instance(s, wc))
+    return out
+
+
+def targets(plan: Plan) -> list[str]:
+    """The final files of a plan: tables, figures, every metrics file (Snakemake's `all`)."""
+    files: list[str] = []
+    for inst in instances(plan):
+        if inst.stage.name in ("tables", "plots", "evaluate", "baseline", "train"):
+            files.extend(inst.outs())
+    return files
+
+
+def dataset_regex(plan: Plan, when: When) -> str:
+    """A wildcard constraint matching exactly the datasets whose plan uses a stage alternative."""
+    names = [re.escape(d.name) for d in plan.datasets if d.uses(when)]
+    return "|".join(names) if names else "(?!x)x"
+
+
+def variant_regex(plan: Plan) -> str:
+    names = sorted({re.escape(v) for d in plan.datasets for v in d.variants})
+    return "|".join(names) if names else "(?!x)x"
+
+
+def resources(stage_: Stage, plan: Plan) -> dict[str, int]:
+    res = {"mem_mb": stage_.mem_mb, "runtime": stage_.runtime}
+    if stage_.gpus and plan.gpus:
+        res["gpu"] = plan.gpus if stage_.distributed else stage_.gpus
+    return res
+
+
+def launcher(stage_: Stage, plan: Plan) -> str:
+    """How a stage's module is started: one process, or one DDP process per GPU through torchrun.
+
+    The training stage reads torchrun's environment (fian.distributed) and shards each global
+    batch over the processes; SLURM gives the job ``--gpus=N`` from the ``gpu`` resource.
+    """
+    if stage_.distributed and plan.gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {plan.gpus} -m"
+    return "python -m"

@@ -1,0 +1,90 @@
+"""Stage ``evaluate``: score a trained checkpoint on one split (R@n, IoU=m and mIoU, Section 4.2).
+
+    python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/<d>.yaml params/variants/<v>.yaml \
+        --data data/processed/<d> --text data/interim/<d>/text \
+        --checkpoint results/<d>/<v>/checkpoint.pt --split test --out results/<d>/<v>
+
+The model is rebuilt from the config stored in the checkpoint (its best-on-validation weights);
+the evaluation settings (``eval.*``) come from ``--params``.  Writes ``predictions_<split>.jsonl``
+(one query per line, ranked moments in seconds) and ``metrics_<split>.json`` (fractions,
+``"unit": "fraction"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fian_pipeline.common import StageError, load, parser, run_stage
+
+log = logging.getLogger("fian.evaluate")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p: argparse.ArgumentParser = parser("evaluate", __doc__)
+    p.add_argument("--data", type=Path, required=True, help="folder of the prepared splits (<split>.h5)")
+    p.add_argument("--text", type=Path, required=True, help="folder of vocab.json and embeddings.npy")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of the train stage")
+    p.add_argument("--split", required=True, help="split name: reads <data>/<split>.h5")
+    p.add_argument("--out", type=Path, required=True, help="output folder (predictions_<split>.jsonl, metrics_<split>.json)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    args = p.parse_args(argv)
+    cfg = load(args)
+
+    from fian.data.dataset import GroundingSplit, load_embeddings
+    from fian.distributed import init_from_env, shutdown
+    from fian.evaluate import evaluate, write_metrics, write_predictions
+    from fian.tracking import build_tracker
+    from fian.train import build_model_from_checkpoint, load_checkpoint
+
+    info, device = init_from_env(args.device)
+    try:
+        if not info.is_main:
+            return 0
+        split_path = args.data / f"{args.split}.h5"
+        split = GroundingSplit.load(split_path)
+        embeddings, _ = load_embeddings(args.text)
+        ckpt = load_checkpoint(args.checkpoint)
+        try:
+            model, trained_cfg = build_model_from_checkpoint(ckpt, embeddings, check_inputs=device.type != "cuda")
+        except (ValueError, RuntimeError) as e:
+            raise StageError(f"{args.checkpoint}: cannot rebuild the model: {e}") from None
+        if trained_cfg.model != cfg.model or trained_cfg.dataset.name != cfg.dataset.name:
+            raise StageError(
+                f"{args.checkpoint}: trained as {trained_cfg.dataset.name}/{trained_cfg.variant}, "
+                f"but --params describe {cfg.dataset.name}/{cfg.variant} (model section differs)"
+            )
+        if split.num_steps != trained_cfg.features.num_steps:
+            raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
+        model.to(device)
+        tracker = build_tracker(
+            cfg, stage="evaluate", inputs=[split_path, args.checkpoint],
+            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch"))},
+        )  # fmt: skip
+        with tracker:
+            tracker.log_params(cfg.flat())
+            frame, metrics = evaluate(
+                model, split.to(device), eval_cfg=cfg.eval, num_steps=trained_cfg.features.num_steps,
+                device=device, amp=cfg.train.amp, offset_unit=trained_cfg.loss.offset_unit,
+            )  # fmt: skip
+            pred_path = args.out / f"predictions_{args.split}.jsonl"
+            metrics_path = args.out / f"metrics_{args.split}.json"
+            write_predictions(pred_path, frame)
+            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), best_epoch=ckpt.get("best_epoch"))
+            tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
+            tracker.log_artifact(pred_path)
+            tracker.log_artifact(metrics_path)
+        log.info(
+            "%s/%s %s: %s", cfg.dataset.name, cfg.variant, args.split,
+            ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()),
+        )  # fmt: skip
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

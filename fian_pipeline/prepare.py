@@ -1,0 +1,181 @@
+"""Stage ``prepare``: downsampled features + encoded queries, one ``<split>.h5`` per split.
+
+    python -m fian_pipeline.prepare --params params/base.yaml params/datasets/<d>.yaml \
+        --annotations data/interim/<d>/annotations --features data/interim/<d>/features.h5 \
+        --text data/interim/<d>/text --out data/processed/<d>
+
+For every ``<split>.parquet`` of the annotations folder: every referenced video is downsampled to
+``features.num_steps`` steps (fian.data.features.downsample), every sentence tokenized and encoded
+with the vocabulary of the text stage (``text.max_query_len`` words kept), and the split written
+as a :class:`fian.data.dataset.GroundingSplit` file.  Queries whose video has no features, or whose
+sentence is empty / all out-of-vocabulary, follow ``dataset.policy`` (missing_features,
+empty_sentence, all_oov).  All checks run before anything is written; counts go to
+``<out>/counts.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fian_pipeline.common import StageError, load, log, parser, run_stage
+
+RECORD_COLUMNS = ("video_id", "sentence", "start", "end", "duration", "source")
+
+
+def _drop_missing_features(df, store_ids: set[str], policy: str, table: Path, store_path: Path):
+    """Queries whose video is not in the store: fail naming the first record, or drop and count."""
+    bad = ~df["video_id"].isin(store_ids).to_numpy()
+    n = int(bad.sum())
+    if n and policy == "fail":
+        row = df[bad].iloc[0]
+        raise StageError(
+            f"{table}: {n} quer(ies) whose video has no features in {store_path}; first: "
+            f"{row.get('source', '?')} (video {row['video_id']!r}) (dataset.policy.missing_features: fail)"
+        )
+    if n:
+        log.warning(
+            "%s: dropped %d quer(ies) without features (dataset.policy.missing_features: drop)", table, n
+        )
+    return df[~bad].reset_index(drop=True), n
+
+
+def plan_split(
+    table: Path, store_ids: set[str], vocab: Any, known: np.ndarray, cfg: Any, store_path: Path
+) -> tuple[Any, tuple, dict]:
+    """Read, check and encode one split: (kept rows, (words [Q, n_q], word_len [Q]), counts).
+
+    ``all_oov``: no word of the sentence has a word vector (``known [V]`` bool: in the training
+    vocabulary and not among coverage.json's ``oov_words``).
+    """
+    import pandas as pd
+
+    from fian.data.text import TextError, encode_sentences, filter_sentences, tokenize
+
+    try:
+        df = pd.read_parquet(table)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise StageError(f"{table}: not a readable parquet table: {e}") from None
+    missing_cols = set(RECORD_COLUMNS) - {"source"} - set(df.columns)
+    if missing_cols:
+        raise StageError(f"{table}: columns {sorted(missing_cols)} missing")
+    pol, max_len, lower = cfg.dataset.policy, cfg.text.max_query_len, cfg.text.lowercase
+    counts: dict[str, Any] = {"queries_in": len(df)}
+    df, counts["dropped_missing_features"] = _drop_missing_features(
+        df.reset_index(drop=True), store_ids, pol.missing_features, table, store_path
+    )
+    sentences = [str(s) for s in df["sentence"]]
+    sources = [str(s) for s in df["source"]] if "source" in df else None
+    try:
+        keep, dropped = filter_sentences(
+            sentences, vocab, known, empty_sentence=pol.empty_sentence, all_oov=pol.all_oov,
+            lowercase=lower, sources=sources,
+        )  # fmt: skip
+    except TextError as e:
+        raise StageError(f"{table}: {e}") from None
+    for case, n in dropped.items():
+        counts[f"dropped_{case}"] = n
+        if n:
+            log.warning("%s: dropped %d quer(ies) with %s (dataset.policy.%s: drop)", table, n, case, case)
+    df = df[keep].reset_index(drop=True)
+    kept = [s for s, k in zip(sentences, keep, strict=True) if k]
+    counts["truncated_to_max_query_len"] = sum(len(tokenize(s, lower)) > max_len for s in kept)
+    counts["queries_out"] = len(df)
+    counts["videos"] = int(df["video_id"].nunique())
+    if not len(df):
+        raise StageError(f"{table}: no queries left after the policies ({counts})")
+    return df, encode_sentences(kept, vocab, max_len, lower), counts
+
+
+def build_split(df: Any, encoded: tuple[np.ndarray, np.ndarray], store: Any, cfg: Any) -> Any:
+    """The :class:`GroundingSplit` of one planned split (downsampling every referenced video)."""
+    from fian.data.dataset import GroundingSplit
+    from fian.data.features import downsample
+
+    T = cfg.features.num_steps
+    words, word_len = encoded  # [Q, n_q] 0-padded, [Q]
+    video_ids = sorted(df["video_id"].unique())
+    row_of = {v: i for i, v in enumerate(video_ids)}
+    video = np.empty((len(video_ids), T, store.feature_dim), dtype=np.float32)  # [n_videos, T, D]
+    video_mask = np.empty((len(video_ids), T), dtype=bool)  # [n_videos, T]
+    for i, vid in enumerate(video_ids):
+        video[i], video_mask[i] = downsample(store.get(vid), T, cfg.features.shorter)
+    records = df[[c for c in RECORD_COLUMNS if c in df.columns]].copy()
+    if "source" not in records:
+        records["source"] = ""
+    attrs = {
+        "dataset": cfg.dataset.name,
+        "backbone": str(store.attrs.get("backbone", "")),
+        "random_weights": bool(store.attrs.get("random_weights", False)),
+        "synthetic": bool(store.attrs.get("synthetic", False)),
+        "feature_source": str(store.attrs.get("source", "")),
+        "max_query_len": cfg.text.max_query_len,
+    }
+    return GroundingSplit.from_arrays(
+        video, df["video_id"].map(row_of).to_numpy(), words, word_len,
+        df[["start", "end"]].to_numpy(np.float32), df["duration"].to_numpy(np.float32),
+        records=records, num_steps=T, video_mask=video_mask, video_ids=video_ids, attrs=attrs,
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("prepare", __doc__)
+    p.add_argument("--annotations", type=Path, required=True, help="folder of <split>.parquet tables")
+    p.add_argument("--features", type=Path, required=True, help="feature store (.h5)")
+    p.add_argument("--text", type=Path, required=True, help="folder with vocab.json (text stage)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <split>.h5 and counts.json")
+    args = p.parse_args(argv)
+    cfg = load(args)
+    from fian.data.features import FeatureStore
+    from fian.data.text import Vocab, known_mask
+    from fian.io import write_json
+
+    tables = sorted(args.annotations.glob("*.parquet"))
+    if not tables:
+        raise FileNotFoundError(
+            f"{args.annotations}: no <split>.parquet annotation tables (run the annotations stage)"
+        )
+    vocab_path, coverage_path = args.text / "vocab.json", args.text / "coverage.json"
+    for path in (vocab_path, coverage_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run the text stage)")
+    vocab = Vocab.load(vocab_path)
+    try:
+        oov_words = json.loads(coverage_path.read_text())["oov_words"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise StageError(f"{coverage_path}: expected a JSON object with 'oov_words': {e}") from None
+    known = known_mask(vocab, oov_words)  # [V] bool: words with a word vector
+    with FeatureStore(args.features) as store:
+        if store.feature_dim != cfg.dataset.feature_dim:
+            raise StageError(
+                f"{args.features}: feature_dim {store.feature_dim} != dataset.feature_dim {cfg.dataset.feature_dim}"
+            )
+        ids = set(store.ids())
+        plans = {t.stem: plan_split(t, ids, vocab, known, cfg, args.features) for t in tables}  # checks first
+        counts: dict[str, Any] = {
+            "num_steps": cfg.features.num_steps,
+            "policy": vars(cfg.dataset.policy),
+            "splits": {},
+        }
+        for name, (df, tok, c) in plans.items():
+            split = build_split(df, tok, store, cfg)
+            split.save(args.out / f"{name}.h5")
+            counts["splits"][name] = c
+            log.info(
+                "%s: %d queries, %d videos -> %s",
+                name,
+                c["queries_out"],
+                c["videos"],
+                args.out / f"{name}.h5",
+            )
+    write_json(args.out / "counts.json", counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))

@@ -1,1 +1,0 @@
-"""Stage commands (``python -m pipeline.<stage> ...``) and the one stage registry."""
