@@ -1,1 +1,0 @@
-"""Datasets: annotation parsers, feature stores, text, synthetic data and the preloaded loader."""

@@ -1,1 +1,0 @@
-"""LaTeX tables in the paper's layout and figures."""

@@ -1,1 +1,0 @@
-"""Stage commands (``python -m fian_pipeline.<stage> ...``) and the one stage registry."""
