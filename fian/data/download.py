@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -188,7 +187,12 @@ def _safe_target(root: Path, name: str, archive: Path) -> Path:
 def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
     """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members)."""
     archive, out_dir = Path(archive), Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=out_dir))
+    from fian.io import remove_stale_temps, temp_name
+
+    staging = out_dir / f"{archive.name}.extracting"  # never created: names the temp folders
+    remove_stale_temps(staging, ".d")  # a killed extraction's members
+    tmp = out_dir / temp_name(staging, ".d")
+    tmp.mkdir()
     try:
         if archive.suffix == ".zip":
             with zipfile.ZipFile(archive) as z:
