@@ -51,3 +51,37 @@ def test_diverged_fallback_glove_is_an_error_not_a_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"glove_fallback\.txt: fallback GloVe diverged \(non-finite vectors"):
         train_fallback([["a", "b", "c"], ["b", "c", "d"]], out, dim=4, epochs=3, window=2, x_max=10.0, lr=1e38, seed=0)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- params range checks
+
+
+def test_range_errors_name_the_file_the_key_and_the_value(tmp_path: Path, repo_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from fian_pipeline.annotations import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -3\n  batch_size: 0\n")
+    out = tmp_path / "out"
+    argv = ["--params", str(repo_root / "params/base.yaml"), str(repo_root / "params/datasets/synthetic.yaml"),
+            str(bad), "--raw", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert run_stage(main, argv) == 1
+    err = capsys.readouterr().err
+    assert f"train.epochs = -3 (in {bad}): must be >= 0" in err, err
+    assert f"train.batch_size = 0 (in {bad}): must be >= 1" in err, err
+    assert not out.exists()
+
+
+def test_a_rule_over_two_keys_names_both_files(tmp_path: Path, repo_root: Path) -> None:
+    from fian.config import ConfigError, load_config
+
+    steps = tmp_path / "steps.yaml"
+    steps.write_text("features:\n  num_steps: 4\ntext:\n  glove_lr: 0\n")
+    base = repo_root / "params/base.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(base, steps)
+    msg = str(e.value)
+    assert f"model.window_sizes = [8, 16, 32, 64] (in {base}), features.num_steps = 4 (in {steps}):" in msg, msg
+    assert f"text.glove_lr = 0.0 (in {steps}): must be > 0" in msg, msg
+    with pytest.raises(ConfigError, match=r"train\.epochs = -1 \(in overrides\): must be >= 0"):
+        load_config(base, overrides={"train": {"epochs": -1}})
