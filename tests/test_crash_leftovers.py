@@ -180,3 +180,26 @@ def test_killed_stages_leave_nothing_that_is_read_or_kept(tmp_path: Path) -> Non
     assert sorted(p.name for p in out.iterdir()) == ["counts.json", "test.h5", "train.h5", "val.h5"]
     assert sorted(json.loads((out / "counts.json").read_text())["splits"]) == ["test", "train", "val"]
     assert temps(text) == [] and temps(tmp_path) == []
+
+
+def test_killed_extraction_folder_is_removed_and_never_read(tmp_path: Path) -> None:
+    import zipfile
+
+    from fian.data.download import extract
+    from fian.data.features import find_feature_file
+
+    name = "sub_activitynet_v1-3.c3d.hdf5"  # the release's own name (activitynet_c3d)
+    archive = tmp_path / "feats.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(name, b"whole")
+    host = temp_name(tmp_path / "x", "").split(TEMP_MARK)[1].split(".")[0]
+    # folders of killed extractions holding a half member: one of this host, whose pid is ours but
+    # whose start time is not (a reused pid: dead), and one of another host (cannot be checked: kept)
+    dead = tmp_path / f".feats.zip.extracting{TEMP_MARK}{host}.{os.getpid()}-1.0123abcd.d"
+    elsewhere = tmp_path / f".feats.zip.extracting{TEMP_MARK}not-{host}.1-1.0123abcd.d"
+    for d in (dead, elsewhere):
+        d.mkdir()
+        (d / name).write_bytes(b"ha")
+    assert extract(archive, tmp_path) == [tmp_path / name]
+    assert not dead.exists() and temps(tmp_path) == [elsewhere.name]
+    assert find_feature_file(tmp_path, "activitynet_c3d") == tmp_path / name  # not the half one
