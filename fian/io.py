@@ -40,7 +40,7 @@ def _host() -> str:
 
 
 def _start_time(pid: int) -> int | None:
-    """Start time of process ``pid`` (clock ticks since boot); None: no such process; 0: unknown."""
+    """Start time of process ``pid`` (clock ticks since boot); None: no such (live) process; 0: unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -49,7 +49,10 @@ def _start_time(pid: int) -> int | None:
         return 0 if _pid_alive(pid) else None  # no /proc (macOS): the pid alone
     except OSError:
         return 0
-    return int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22; the name in () may hold spaces
+    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 on; the name in () may hold spaces
+    if fields[0] in ("Z", "X"):  # a zombie (killed, not yet reaped) writes nothing any more
+        return None
+    return int(fields[19])  # field 22: starttime
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -203,3 +204,28 @@ def test_killed_extraction_folder_is_removed_and_never_read(tmp_path: Path) -> N
     assert extract(archive, tmp_path) == [tmp_path / name]
     assert not dead.exists() and temps(tmp_path) == [elsewhere.name]
     assert find_feature_file(tmp_path, "activitynet_c3d") == tmp_path / name  # not the half one
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_killed_writer_not_yet_reaped_counts_as_dead(tmp_path: Path) -> None:
+    """A zombie (SIGKILLed, its parent has not waited yet) still has /proc/<pid>: it is dead all the same."""
+    target = tmp_path / "z.h5"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        from fian.io import _start_time
+
+        start = _start_time(proc.pid)
+        assert start
+        host = temp_name(target, ".h5").split(TEMP_MARK)[1].split(".")[0]
+        stale = tmp_path / f".z.h5{TEMP_MARK}{host}.{proc.pid}-{start}.0123abcd.h5"  # that process's temp
+        stale.write_text("half")
+        assert remove_stale_temps(target) == [] and stale.exists()  # alive: kept
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] != "Z":  # not reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert remove_stale_temps(target) == [stale]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
