@@ -159,6 +159,10 @@ class EvalConfig:
     nms_threshold: float = 0.5
     batch_size: int = 256
     max_predictions: int = 10
+    # protocol (fian/metrics.py): gt = hit is IoU > m (S4.2 wording), ge = IoU >= m (CMIN's code);
+    # fixed = NMS at nms_threshold for every m, per_level = NMS at m - 0.05 (CMIN's criteria.py)
+    iou_rule: Literal["gt", "ge"] = "gt"
+    nms: Literal["fixed", "per_level"] = "per_level"
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,8 @@ def _check_range(cfg: Config) -> None:
         problems.append(("text.max_query_len", "must be >= 1"))
     if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
+    elif cfg.eval.nms == "per_level" and any(t < 0.05 for t in cfg.eval.iou_thresholds):
+        problems.append(("eval.nms", "per_level suppresses at m - 0.05: every eval.iou_thresholds m must be >= 0.05"))
     if problems:
         raise ConfigError("; ".join(f"{k}: {v}" for k, v in problems))
 
