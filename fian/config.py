@@ -85,6 +85,8 @@ class TextConfig:
     glove: Source | None = None
     # 'zero' or 'random' vector for words GloVe does not have ('<unk>' keeps its own row)
     oov: Literal["zero", "random", "unk"] = "unk"
+    # vocabulary: train words only, or also the val/test words GloVe covers (no label used; ours, issue 11)
+    vocab_from: Literal["train", "all_splits"] = "all_splits"
     # offline fallback: train GloVe vectors on the dataset's own sentences.  Never silent.
     fallback_train_glove: bool = False
     glove_epochs: int = 25
