@@ -160,3 +160,15 @@ def test_moment_prior_bad_input() -> None:
         MomentPrior.fit(np.array([[np.nan, 0.5]]), k=1)
     with pytest.raises(ValueError, match=r"non-empty \[Q, 2\]"):
         MomentPrior.fit(np.zeros((0, 2)), k=3)
+
+
+def test_train_metrics_file_states_the_protocol(tmp_path) -> None:
+    from fian_pipeline.train import write_outputs
+
+    history = [{"epoch": 1, "best_epoch": 1, "loss": 1.0, "time_s": 2.0, "val/R@5,IoU=0.7": 0.25}]
+    proto = protocol_info(EvalConfig(iou_rule="ge", nms="fixed", nms_threshold=0.4))
+    summary = write_outputs(tmp_path, history, has_val=True, vocab_size=12, protocol=proto)
+    tm = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert tm["val/R@5,IoU=0.7"] == 0.25 and tm["protocol"] == proto
+    assert tm["protocol"]["text"] == "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+    assert "protocol" not in summary  # the summary's numbers go to MLflow; the protocol is text
