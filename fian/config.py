@@ -85,6 +85,8 @@ class TextConfig:
     glove: Source | None = None
     # 'zero' or 'random' vector for words GloVe does not have ('<unk>' keeps its own row)
     oov: Literal["zero", "random", "unk"] = "unk"
+    # vocabulary: train words only, or also the val/test words GloVe covers (no label used; ours, issue 11)
+    vocab_from: Literal["train", "all_splits"] = "all_splits"
     # offline fallback: train GloVe vectors on the dataset's own sentences.  Never silent.
     fallback_train_glove: bool = False
     glove_epochs: int = 25
@@ -159,6 +161,10 @@ class EvalConfig:
     nms_threshold: float = 0.5
     batch_size: int = 256
     max_predictions: int = 10
+    # protocol (fian/metrics.py): gt = hit is IoU > m (S4.2 wording), ge = IoU >= m (CMIN's code);
+    # fixed = NMS at nms_threshold for every m, per_level = NMS at m - 0.05 (CMIN's criteria.py)
+    iou_rule: Literal["gt", "ge"] = "gt"
+    nms: Literal["fixed", "per_level"] = "per_level"
 
 
 @dataclass(frozen=True)
@@ -279,13 +285,16 @@ def _check_range(cfg: Config) -> None:
         problems.append(("text.max_query_len", "must be >= 1"))
     if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
+    elif cfg.eval.nms == "per_level" and any(t < 0.05 for t in cfg.eval.iou_thresholds):
+        problems.append(("eval.nms", "per_level suppresses at m - 0.05: every eval.iou_thresholds m must be >= 0.05"))
     if problems:
         raise RangeError(problems, cfg)
 
 
 # the other keys a range rule depends on: named (with their values and files) in its message
 RELATED = {"model.heads": ("model.hidden",), "model.self_attn_heads": ("model.hidden",),
-           "model.window_sizes": ("features.num_steps",), "model.fusion": ("model.branches", "model.iterate")}
+           "model.window_sizes": ("features.num_steps",), "model.fusion": ("model.branches", "model.iterate"),
+           "eval.nms": ("eval.iou_thresholds",)}
 
 
 class RangeError(ConfigError):

@@ -4,6 +4,13 @@
 batch on the device (:func:`fian.inference.decode`: candidates -> seconds, NMS, top k), keeps the
 ranked moments on the device and copies them to the host once at the end.
 
+The protocol (``eval.iou_rule``: a hit is IoU > m or >= m; ``eval.nms``: NMS at
+``eval.nms_threshold`` for every m, or per IoU level at m - 0.05; see :mod:`fian.metrics`) is
+applied here and written, as text, under the ``"protocol"`` key of every metrics file
+(:func:`protocol_info`).  Under ``per_level`` each IoU level is scored on its own ranked list;
+``predictions_<split>.jsonl`` holds the list at ``eval.nms_threshold`` (what a user of the model
+gets), so its R@n (n > 1) can differ from the metrics file's.
+
 Metrics are **fractions in [0, 1]** everywhere in code, in ``metrics_<split>.json`` (which says
 ``"unit": "fraction"``) and in MLflow; only the LaTeX tables print percentages.
 
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,36 +62,99 @@ def predict(
     amp: str = "off",
     offset_unit: str = "steps",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ranked moments for every query of ``split``.
+    """Ranked moments for every query of ``split``, NMS at ``eval.nms_threshold``.
 
     Returns ``(index [Q] long, segments [Q, K, 2] seconds, scores [Q, K])`` on the host, in the
     order of the split (``index`` = ``Batch.index``, the split's ``rows``), with ``K = max(eval.max_predictions, max(eval.top_n))``; rows that
     kept fewer than K moments after NMS are padded with NaN segments and -inf scores.
     """
+    thr = float(eval_cfg.nms_threshold)
+    index, ranked = predict_at(
+        model, split, eval_cfg=eval_cfg, thresholds=[thr], num_steps=num_steps, device=device, amp=amp,
+        offset_unit=offset_unit,
+    )  # fmt: skip
+    return index, *ranked[thr]
+
+
+@torch.no_grad()
+def predict_at(
+    model: torch.nn.Module,
+    split: GroundingSplit,
+    *,
+    eval_cfg: EvalConfig,
+    thresholds: Sequence[float],
+    num_steps: int,
+    device: torch.device | str,
+    amp: str = "off",
+    offset_unit: str = "steps",
+) -> tuple[torch.Tensor, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """As :func:`predict`, one forward pass per batch decoded at each NMS threshold of ``thresholds``:
+    ``(index [Q], {threshold: (segments [Q, K, 2], scores [Q, K])})`` on the host."""
     from fian.inference import decode
 
     device = torch.device(device)
     top_k = max(eval_cfg.max_predictions, max(eval_cfg.top_n))
+    thrs = sorted({float(t) for t in thresholds})
     was_training = model.training
     model.eval()
-    idx_parts, seg_parts, score_parts = [], [], []
+    idx_parts: list[torch.Tensor] = []
+    parts: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {t: ([], []) for t in thrs}
     try:
         for batch in split.batches(eval_cfg.batch_size, shuffle=False):
             batch = batch.to(device, non_blocking=True)
             with autocast_ctx(device, amp):
                 out = model(batch.video, batch.video_mask, batch.words, batch.word_mask)
-            segs, scores = decode(
-                _float_output(out), batch.duration, num_steps, eval_cfg.nms_threshold, top_k, offset_unit
-            )  # [B, K, 2] seconds, [B, K]
+            out = _float_output(out)
             idx_parts.append(batch.index)
-            seg_parts.append(segs.float())
-            score_parts.append(scores.float())
+            for t in thrs:
+                segs, scores = decode(out, batch.duration, num_steps, t, top_k, offset_unit)  # [B, K, 2] s, [B, K]
+                parts[t][0].append(segs.float())
+                parts[t][1].append(scores.float())
     finally:
         model.train(was_training)
     if not idx_parts:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, top_k, 2), torch.zeros(0, top_k)
-    # one device -> host copy for the whole split
-    return torch.cat(idx_parts).cpu(), torch.cat(seg_parts).cpu(), torch.cat(score_parts).cpu()
+        empty = (torch.zeros(0, top_k, 2), torch.zeros(0, top_k))
+        return torch.zeros(0, dtype=torch.long), {t: empty for t in thrs}
+    # one device -> host copy per threshold for the whole split
+    return torch.cat(idx_parts).cpu(), {t: (torch.cat(s).cpu(), torch.cat(c).cpu()) for t, (s, c) in parts.items()}
+
+
+def level_thresholds(eval_cfg: EvalConfig) -> dict[float, float]:
+    """IoU level m -> NMS threshold of the list scored at m, under ``eval.nms``."""
+    from fian.metrics import nms_thresholds
+
+    return nms_thresholds(eval_cfg.iou_thresholds, eval_cfg.nms, eval_cfg.nms_threshold)
+
+
+def protocol_info(eval_cfg: EvalConfig) -> dict[str, str]:
+    """The protocol in words, for the ``"protocol"`` key of metrics files (text only)."""
+    from fian.metrics import protocol
+
+    return protocol(eval_cfg.iou_rule, eval_cfg.nms, eval_cfg.nms_threshold, eval_cfg.iou_thresholds)
+
+
+def predict_and_score(
+    model: torch.nn.Module,
+    split: GroundingSplit,
+    *,
+    eval_cfg: EvalConfig,
+    num_steps: int,
+    device: torch.device | str,
+    amp: str = "off",
+    offset_unit: str = "steps",
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], dict[str, float]]:
+    """Ranked moments at ``eval.nms_threshold`` and the metrics under the protocol of ``eval_cfg``:
+    ``(index [Q], (segments [Q, K, 2], scores [Q, K]), metrics)``."""
+    levels = level_thresholds(eval_cfg)
+    fixed = float(eval_cfg.nms_threshold)
+    index, ranked = predict_at(
+        model, split, eval_cfg=eval_cfg, thresholds=[fixed, *levels.values()], num_steps=num_steps,
+        device=device, amp=amp, offset_unit=offset_unit,
+    )  # fmt: skip
+    gt = split.gt.detach().cpu().numpy()  # [Q, 2] seconds, in split order as the predictions
+    by_level = {m: ranked[t][0].numpy() for m, t in levels.items()}
+    metrics = score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule)
+    return index, ranked[fixed], metrics
 
 
 def _float_output(out: Any) -> Any:
@@ -102,15 +172,30 @@ def _float_output(out: Any) -> Any:
 
 
 def score_predictions(
-    segments: np.ndarray, gt: np.ndarray, *, top_n: Sequence[int], ious: Sequence[float]
+    segments: np.ndarray | Mapping[float, np.ndarray],
+    gt: np.ndarray,
+    *,
+    top_n: Sequence[int],
+    ious: Sequence[float],
+    iou_rule: str,
 ) -> dict[str, float]:
-    """R@n, IoU=m and mIoU (fractions) of ranked ``segments [Q, K, 2]`` against ``gt [Q, 2]``."""
+    """R@n, IoU=m and mIoU (fractions) of ranked ``segments [Q, K, 2]`` (or ``{m: [Q, K, 2]}``, one
+    ranked list per IoU level) against ``gt [Q, 2]``; a hit is IoU > m (``"gt"``) or >= m (``"ge"``)."""
     from fian.metrics import evaluate_predictions
 
     if len(gt) == 0:
         raise ValueError("no queries to evaluate")
-    metrics = evaluate_predictions(segments, gt, tuple(top_n), tuple(ious))
+    metrics = evaluate_predictions(segments, gt, tuple(top_n), tuple(ious), iou_rule)
     return {k: float(v) for k, v in metrics.items()}
+
+
+def score_ranked(segments: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, eval_cfg: EvalConfig) -> dict[str, float]:
+    """Metrics of lists ranked elsewhere (the moment prior: ``segments [Q, K, 2]``, ``scores [Q, K]``)
+    under the protocol of ``eval_cfg``: each level's list is the host-side NMS of the given one."""
+    from fian.metrics import rank_with_nms
+
+    by_level = {m: rank_with_nms(segments, scores, t)[0] for m, t in level_thresholds(eval_cfg).items()}
+    return score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule)
 
 
 def predictions_frame(
@@ -155,15 +240,14 @@ def evaluate(
     amp: str = "off",
     offset_unit: str = "steps",
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Predictions (one record per query) and metrics (fractions) of ``model`` on ``split``.
+    """Predictions (one record per query, NMS at ``eval.nms_threshold``) and metrics (fractions,
+    under ``eval.iou_rule`` / ``eval.nms``) of ``model`` on ``split``.
 
     ``amp``: ``train.amp`` (bf16 autocast on CUDA); ``offset_unit``: ``loss.offset_unit`` of the run.
     """
-    index, segs, scores = predict(
+    index, (segs, scores), metrics = predict_and_score(
         model, split, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit
     )
-    gt = split.gt.detach().cpu().numpy()  # [Q, 2] seconds, in split order as the predictions
-    metrics = score_predictions(segs.numpy(), gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds)
     frame = predictions_frame(split.records, index.numpy(), segs.numpy(), scores.numpy())
     return frame, metrics
 
@@ -217,6 +301,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_metrics(path: str | Path, metrics: dict[str, float], *, split: str, n_queries: int, **extra: Any) -> None:
-    """``metrics_<split>.json``: flat, fractions, with ``"unit": "fraction"`` said explicitly."""
-    write_json(path, {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), **extra})
+def write_metrics(
+    path: str | Path, metrics: dict[str, float], *, split: str, n_queries: int,
+    protocol: dict[str, str], **extra: Any,
+) -> None:  # fmt: skip
+    """``metrics_<split>.json``: flat, fractions, with ``"unit": "fraction"`` said explicitly, and the
+    protocol (:func:`protocol_info`, text only) under the one key ``"protocol"``."""
+    write_json(
+        path, {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), "protocol": protocol, **extra}
+    )

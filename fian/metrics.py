@@ -1,18 +1,33 @@
 """Temporal IoU, greedy 1-D NMS and the metrics of Section 4.2: "R@n, IoU=m" and mIoU.
 
-Intervals are (start, end) pairs on closed-open spans.  A prediction hits at threshold ``m``
-when ``IoU >= m`` (as MMN and lighthouse; 2D-TAN uses ``>``).  Predictions are ``[Q, K, 2]``
-seconds, best first, padded with NaN rows; a NaN prediction never hits (IoU is NaN, counted 0).
-Recalls are fractions in [0, 1].
+Intervals are (start, end) pairs on closed-open spans.  Predictions are ``[Q, K, 2]`` seconds,
+best first, padded with NaN rows; a NaN prediction never hits (IoU is NaN, counted 0).  Recalls
+are fractions in [0, 1].
+
+The evaluation protocol has two choices the sources answer differently (``eval.iou_rule``,
+``eval.nms`` in params):
+
+* **hit rule** ``iou_rule``: ``"gt"`` = IoU > m, as Section 4.2 words it ("IoU with ground-truth
+  moment is larger than m"); ``"ge"`` = IoU >= m, as CMIN's released evaluation
+  (ikuinen/CMIN_moment_retrieval, criteria.py ``compute_IoU_recall_top_n``: ``iou >= IoU_thresh``).
+* **NMS** ``nms``: ``"fixed"`` = one ranked list, NMS at one threshold, scored at every m;
+  ``"per_level"`` = for each m its own ranked list, NMS at ``m - 0.05`` (CMIN criteria.py
+  ``compute_IoU_recall``: ``nms_temporal(..., IoU_thresh - 0.05)``; that NMS, like ours, suppresses
+  a moment whose IoU with a kept one is > the threshold).  The top-1 moment is the same under every
+  NMS threshold, so R@1 and mIoU do not depend on ``nms``; R@n for n > 1 does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+IOU_RULES = ("gt", "ge")
+NMS_MODES = ("fixed", "per_level")
+PER_LEVEL_MARGIN = 0.05  # CMIN criteria.py: NMS at IoU_thresh - 0.05 for the recall at IoU_thresh
 
 
 def temporal_iou(a: Any, b: Any) -> Any:
@@ -89,21 +104,52 @@ def metric_name(n: int, m: float) -> str:
     return f"R@{n},IoU={m:g}"
 
 
-def recall_at(
-    pred: Any, gt: Any, ns: Sequence[int] = (1, 5), ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7)
-) -> dict[str, float]:
-    """Recall "R@n, IoU=m": the fraction of queries with at least one of the top-n predictions at ``IoU >= m``.
+def is_hit(iou: np.ndarray, m: float, iou_rule: str) -> np.ndarray:
+    """``iou > m`` (``"gt"``, S4.2's wording) or ``iou >= m`` (``"ge"``, CMIN's code); NaN never hits."""
+    if iou_rule == "gt":
+        return iou > m
+    if iou_rule == "ge":
+        return iou >= m
+    raise ValueError(f"iou_rule must be one of {IOU_RULES}, got {iou_rule!r}")
 
-    pred ``[Q, K, 2]`` seconds (best first, NaN rows = no prediction), gt ``[Q, 2]`` seconds.
-    Fewer than n predictions count as what there is; all-NaN rows are misses.
+
+def nms_thresholds(ms: Sequence[float], nms: str, fixed: float) -> dict[float, float]:
+    """IoU level m -> the NMS threshold of the ranked list scored at m (see the module docstring)."""
+    if nms == "fixed":
+        return {float(m): float(fixed) for m in ms}
+    if nms == "per_level":
+        return {float(m): round(float(m) - PER_LEVEL_MARGIN, 10) for m in ms}
+    raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+
+
+def recall_at(
+    pred: Any,
+    gt: Any,
+    ns: Sequence[int] = (1, 5),
+    ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    iou_rule: str = "gt",
+) -> dict[str, float]:
+    """Recall "R@n, IoU=m": the fraction of queries with at least one of the top-n predictions hitting at m.
+
+    pred ``[Q, K, 2]`` seconds (best first, NaN rows = no prediction), or a mapping ``{m: [Q, K, 2]}``
+    giving each IoU level its own ranked list (per-level NMS); gt ``[Q, 2]`` seconds.  A hit is
+    :func:`is_hit` under ``iou_rule``.  Fewer than n predictions count as what there is; all-NaN
+    rows are misses.
     """
+    if isinstance(pred, Mapping):
+        missing = [m for m in ms if float(m) not in {float(k) for k in pred}]
+        if missing:
+            raise ValueError(f"no ranked list for IoU level(s) {missing}; have {sorted(pred)}")
+        by_level = {float(k): v for k, v in pred.items()}
+        per_m = {float(m): recall_at(by_level[float(m)], gt, ns, (m,), iou_rule) for m in ms}
+        return {metric_name(n, m): per_m[float(m)][metric_name(n, m)] for n in ns for m in ms}
     p, g = _pred_gt(pred, gt)
     iou = np.nan_to_num(temporal_iou(p, g[:, None, :]), nan=0.0)  # [Q, K]
     out = {}
     for n in ns:
         best = iou[:, :n].max(axis=1) if p.shape[1] else np.zeros(len(g))  # [Q]
         for m in ms:
-            out[metric_name(n, m)] = float(np.mean(best >= m))
+            out[metric_name(n, m)] = float(np.mean(is_hit(best, m, iou_rule)))
     return out
 
 
@@ -115,10 +161,67 @@ def mean_iou(pred_top1: Any, gt: Any) -> float:
 
 
 def evaluate_predictions(
-    pred: Any, gt: Any, ns: Sequence[int] = (1, 5), ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7)
+    pred: Any,
+    gt: Any,
+    ns: Sequence[int] = (1, 5),
+    ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    iou_rule: str = "gt",
 ) -> dict[str, float]:
-    """All of :func:`recall_at` plus ``"mIoU"`` (top-1), fractions in [0, 1]."""
+    """All of :func:`recall_at` plus ``"mIoU"`` (top-1), fractions in [0, 1].
+
+    ``pred`` as in :func:`recall_at` (an array, or ``{m: array}`` per IoU level: mIoU then takes the
+    top-1 of the first level's list; NMS never changes the top-1).
+    """
+    if isinstance(pred, Mapping):
+        out = recall_at(pred, gt, ns, ms, iou_rule)
+        first = next(iter(pred.values()))
+        p, g = _pred_gt(first, gt)
+        out["mIoU"] = mean_iou(p[:, 0], g) if p.shape[1] else 0.0
+        return out
     p, g = _pred_gt(pred, gt)
-    out = recall_at(p, g, ns, ms)
+    out = recall_at(p, g, ns, ms, iou_rule)
     out["mIoU"] = mean_iou(p[:, 0], g) if p.shape[1] else 0.0
     return out
+
+
+def rank_with_nms(segments: Any, scores: Any, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side NMS of already ranked lists: ``segments [Q, K, 2]``, ``scores [Q, K]`` ->
+    the same shapes, each row the survivors of :func:`nms_1d` at ``threshold``, NaN / -inf padded."""
+    seg = np.asarray(segments, dtype=np.float64)
+    sc = np.asarray(scores, dtype=np.float64)
+    out_seg = np.full_like(seg, np.nan)
+    out_sc = np.full_like(sc, -np.inf)
+    for q in range(seg.shape[0]):
+        ok = ~np.isnan(seg[q, :, 0])
+        sq = np.where(ok, sc[q], -np.inf)
+        keep = nms_1d(np.nan_to_num(seg[q]), sq, threshold)
+        out_seg[q, : len(keep)] = seg[q, keep]
+        out_sc[q, : len(keep)] = sc[q, keep]
+    return out_seg, out_sc
+
+
+def protocol(iou_rule: str, nms: str, nms_threshold: float, ms: Sequence[float]) -> dict[str, str]:
+    """The evaluation protocol in words (text only: metrics files keep it beside the numbers).
+
+    Keys: ``iou_rule``, ``hit`` ("IoU > m"), ``nms``, ``nms_threshold`` (the fixed one), ``nms_at``
+    (the threshold per level) and ``text``, one sentence with the sources.  Values are strings.
+    """
+    hit = {"gt": "IoU > m", "ge": "IoU >= m"}[iou_rule] if iou_rule in IOU_RULES else None
+    if hit is None:
+        raise ValueError(f"iou_rule must be one of {IOU_RULES}, got {iou_rule!r}")
+    levels = nms_thresholds(ms, nms, nms_threshold)
+    if nms == "fixed":
+        nms_at = f"{nms_threshold:g} at every m"
+        nms_text = f"one ranked list, NMS at IoU {nms_threshold:g} for every m"
+    else:
+        nms_at = "m - 0.05 (" + ", ".join(f"m={m:g}: {t:g}" for m, t in levels.items()) + ")"
+        nms_text = "one ranked list per m, NMS at m - 0.05 (CMIN's evaluation, criteria.py)"
+    source = "S4.2 wording" if iou_rule == "gt" else "CMIN's evaluation code"
+    return {
+        "iou_rule": iou_rule,
+        "hit": hit,
+        "nms": nms,
+        "nms_threshold": f"{nms_threshold:g}",
+        "nms_at": nms_at,
+        "text": f"hit: {hit} ({source}); {nms_text}",
+    }

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from fian.distributed import DistInfo, reduce_mean, reduce_sum, shard_epoch
-from fian.evaluate import PRIMARY_METRIC, autocast_ctx, predict, score_predictions
+from fian.evaluate import PRIMARY_METRIC, autocast_ctx, predict_and_score
 from fian.io import atomic_path
 
 if TYPE_CHECKING:
@@ -404,12 +404,10 @@ def _validate(
     if info.enabled:
         bounds = np.linspace(0, len(val), info.world_size + 1).round().astype(int)
         part = val.subset(torch.arange(bounds[info.rank], bounds[info.rank + 1]))
-    # predict + score, without the predictions table that evaluate() also builds
-    _, segs, _ = predict(
+    # predict + score (eval.iou_rule / eval.nms), without the predictions table that evaluate() also builds
+    *_, metrics = predict_and_score(
         model, part, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit
     )
-    gt = part.gt.detach().cpu().numpy()  # [Q, 2] seconds, split order as the predictions
-    metrics = score_predictions(segs.numpy(), gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds)
     return reduce_mean(metrics, len(part), info, device)
 
 

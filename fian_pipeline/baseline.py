@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fian.baselines import MomentPrior, normalized_moments
     from fian.data.dataset import GroundingSplit
-    from fian.evaluate import predictions_frame, score_predictions, write_metrics, write_predictions
+    from fian.evaluate import predictions_frame, protocol_info, score_ranked, write_metrics, write_predictions
     from fian.tracking import build_tracker
 
     train_path, split_path = args.data / "train.h5", args.data / f"{args.split}.h5"
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"{train_path}: {e}") from None
     prior = MomentPrior.fit(moments, cfg.eval.max_predictions, seed=cfg.train.seed)
     segs, scores = prior.predict(split.duration.numpy())  # [Q, K, 2] seconds, [Q, K]
-    metrics = score_predictions(segs, split.gt.numpy(), top_n=cfg.eval.top_n, ious=cfg.eval.iou_thresholds)
+    metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval)  # NMS and hit rule of eval.*
     frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
 
     with build_tracker(cfg, stage="baseline", inputs=[train_path, split_path], tags={"split": args.split}) as tracker:
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pred_path = args.out / f"predictions_{args.split}.jsonl"
         metrics_path = args.out / f"metrics_{args.split}.json"
         write_predictions(pred_path, frame)
-        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), baseline=VARIANT)
+        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
+                      baseline=VARIANT)  # fmt: skip
         tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
         tracker.log_artifact(metrics_path)
     log.info("moment prior: centres (start, end) / duration %s, weights %s",

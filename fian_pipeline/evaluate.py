@@ -7,7 +7,7 @@
 The model is rebuilt from the config stored in the checkpoint (its best-on-validation weights);
 the evaluation settings (``eval.*``) come from ``--params``.  Writes ``predictions_<split>.jsonl``
 (one query per line, ranked moments in seconds) and ``metrics_<split>.json`` (fractions,
-``"unit": "fraction"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
+``"unit": "fraction"``, the protocol of ``eval.iou_rule`` / ``eval.nms`` in words under ``"protocol"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fian.data.dataset import GroundingSplit, load_embeddings
     from fian.distributed import init_from_env, shutdown
-    from fian.evaluate import evaluate, write_metrics, write_predictions
+    from fian.evaluate import evaluate, protocol_info, write_metrics, write_predictions
     from fian.tracking import build_tracker
     from fian.train import build_model_from_checkpoint, load_checkpoint
 
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pred_path = args.out / f"predictions_{args.split}.jsonl"
             metrics_path = args.out / f"metrics_{args.split}.json"
             write_predictions(pred_path, frame)
-            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), best_epoch=ckpt.get("best_epoch"))
+            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
+                          best_epoch=ckpt.get("best_epoch"))  # fmt: skip
             tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
             tracker.log_artifact(pred_path)
             tracker.log_artifact(metrics_path)

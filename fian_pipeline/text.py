@@ -5,8 +5,11 @@
         --out data/interim/<d>/text
 
 Writes ``vocab.json`` (JSON list, 0 = <pad>, 1 = <unk>), ``embeddings.npy`` ([V, text.word_dim]
-float32, row 0 zeros) and ``coverage.json``.  The vocabulary is built from the TRAIN split only
-(every word seen there, min count 1): words first met in val/test map to <unk>, as at test time.
+float32, row 0 zeros) and ``coverage.json``.  The vocabulary holds every word of the TRAIN split
+(min count 1) and, with ``text.vocab_from: all_splits``, then the val/test words the GloVe file
+covers (no label is read: frozen GloVe vectors are what the model would see for them anyway);
+val/test words GloVe lacks map to <unk>.  ``coverage.json`` reports, per split, the words absent
+from train and how many of them got a vector (``unseen_in_train``).
 
 Without ``--glove``, ``text.fallback_train_glove: true`` trains GloVe vectors on the training
 sentences (written to ``<out>/glove_fallback.txt`` + sidecar), with a loud warning and
@@ -33,6 +36,8 @@ from fian.data.text import (
     near_duplicates,
     read_glove,
     tokenize,
+    unseen_report,
+    vocab_with_glove,
 )
 from fian.io import atomic_path, write_json
 from fian_pipeline.common import StageError, load, parser, run_stage, warn_loud
@@ -59,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"{args.annotations / f'{s}.parquet'}: table of split {s!r} not found")
         splits[s] = pd.read_parquet(args.annotations / f"{s}.parquet")
     tokens = {s: [tokenize(x, tc.lowercase) for x in df["sentence"]] for s, df in splits.items()}
-    vocab = Vocab.build(tokens["train"], min_count=1)
+    vocab = train_vocab = Vocab.build(tokens["train"], min_count=1)  # all_splits adds val/test words below
 
     is_fallback = False
     if args.glove is not None:
@@ -85,14 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn_loud(f"OFFLINE FALLBACK: {glove_path} is a fallback GloVe file trained on the dataset's sentences "
                   f"(see {glove_path}{fallback.SIDECAR_SUFFIX}), not glove.840B.300d.")
 
-    hits = read_glove(glove_path, vocab, dim=tc.word_dim)
-    if not hits.vectors:
-        raise StageError(f"{glove_path}: none of the {len(vocab) - 2} training words has a vector (wrong file?)")
-    emb = build_embeddings(vocab, hits, tc.oov, seed=cfg.train.seed)  # [V, word_dim]
+    added: list[str] = []
+    if tc.vocab_from == "all_splits":
+        others = [t for s, toks in tokens.items() if s != "train" for t in toks]
+        vocab, hits, added = vocab_with_glove(train_vocab, others, glove_path, dim=tc.word_dim)
+    else:
+        hits = read_glove(glove_path, vocab, dim=tc.word_dim)
+    if not any(i < len(train_vocab) for i in hits.vectors):
+        raise StageError(f"{glove_path}: none of the {len(train_vocab) - 2} training words has a vector (wrong file?)")
+    emb = build_embeddings(vocab, hits, tc.oov, seed=cfg.train.seed, stats_rows=len(train_vocab))  # [V, word_dim]
 
     report = {"glove": str(glove_path), "fallback": is_fallback, "dim": tc.word_dim, "glove_lines": hits.lines,
-              "oov_policy": tc.oov, "vocab_from": "train", "vocab_size": len(vocab),
-              **coverage(vocab, hits, tokens["train"]), "splits": {},
+              "oov_policy": tc.oov, "vocab_from": tc.vocab_from, "vocab_size": len(vocab),
+              "vocab_train_words": len(train_vocab) - 2, "vocab_added_words": len(added), "added_words": added[:50],
+              **coverage(vocab, hits, tokens["train"], types_upto=len(train_vocab)), "splits": {},
               "oov_words": sorted(w for i, w in enumerate(vocab.itos) if i >= 2 and i not in hits.vectors)}
     dups = near_duplicates(vocab, hits, threshold=NEAR_DUPLICATE_COS)
     report["near_duplicate_vectors"] = {"threshold": NEAR_DUPLICATE_COS, "pairs": len(dups),
@@ -107,10 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      empty_sentence=policy.empty_sentence, all_oov=policy.all_oov,
                                      lowercase=tc.lowercase, sources=df["source"].tolist())
         cov = coverage(vocab, hits, tokens[split])
+        unseen = unseen_report(train_vocab, vocab, tokens[split])
         report["splits"][split] = {"queries": len(df), "tokens": cov["tokens"], **counts,
-                                   "policy": {"empty_sentence": policy.empty_sentence, "all_oov": policy.all_oov}}
-        log.info("%s: token coverage %.2f%%; empty %d, all-OOV %d (%s)", split, 100 * cov["tokens"]["fraction"],
-                 counts["empty_sentence"], counts["all_oov"], policy.all_oov)
+                                   "policy": {"empty_sentence": policy.empty_sentence, "all_oov": policy.all_oov},
+                                   "unseen_in_train": unseen}
+        log.info("%s: token coverage %.2f%%; empty %d, all-OOV %d (%s); %d queries hold a word absent from train, "
+                 "%d of them got its GloVe vector", split, 100 * cov["tokens"]["fraction"], counts["empty_sentence"],
+                 counts["all_oov"], policy.all_oov, unseen["queries"], unseen["queries_with_vector"])
     log.info("vocab %d words; GloVe covers %.2f%% of types, %.2f%% of train tokens%s", len(vocab) - 2,
              100 * report["types"]["fraction"], 100 * report["tokens"]["fraction"], " (FALLBACK)" * is_fallback)
 

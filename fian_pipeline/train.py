@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fian.data.dataset import GroundingSplit, load_embeddings
     from fian.distributed import init_from_env, shutdown
+    from fian.evaluate import protocol_info
     from fian.losses import build_loss
     from fian.model.build import build_model
     from fian.tracking import build_tracker
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except NonFiniteLossError as e:
                 raise StageError(f"{train_path}: {e}") from e
             if info.is_main:
-                summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab))
+                summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab),
+                                        protocol=protocol_info(cfg.eval))  # fmt: skip
                 tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
                 with tempfile.TemporaryDirectory() as tmp:
                     cfg_file = Path(tmp) / "config.yaml"
@@ -114,7 +116,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int) -> dict:
+def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int, protocol: dict[str, str]) -> dict:
     """``history.csv`` and ``train_metrics.json`` (best epoch; fractions) from the fit history."""
     if not history:
         raise StageError(f"{out}: no epoch was trained (train.epochs is 0?)")
@@ -133,7 +135,7 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
         "vocab_size": vocab_size,
         "unit": "fraction",
     }
-    write_json(out / "train_metrics.json", summary)
+    write_json(out / "train_metrics.json", {**summary, "protocol": protocol})  # the val/ metrics' protocol, text
     return summary
 
 

@@ -138,3 +138,20 @@ def test_every_key_is_commented() -> None:
             if ":" in s and not s.endswith(":") and "#" not in s:
                 missing.append(f"{f.relative_to(PARAMS)}:{i}: {s}")
     assert not missing, "params keys without a comment:\n" + "\n".join(missing)
+
+
+def test_eval_protocol_keys(tmp_path: Path) -> None:
+    """eval.iou_rule / eval.nms: the paper tables' defaults, typed choices, and the per-level range."""
+    base = load_config(PARAMS / "base.yaml")
+    assert (base.eval.iou_rule, base.eval.nms) == ("gt", "per_level")  # S4.2 "larger than m"; CMIN's NMS
+    ge = load_config(PARAMS / "base.yaml", _write(tmp_path, "ge.yaml", "eval:\n  iou_rule: ge\n  nms: fixed\n"))
+    assert (ge.eval.iou_rule, ge.eval.nms) == ("ge", "fixed")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*eval\.iou_rule.*'>=' is not one of \['gt', 'ge'\]"):
+        load_config(PARAMS / "base.yaml", _write(tmp_path, "bad.yaml", "eval:\n  iou_rule: '>='\n"))
+    with pytest.raises(ConfigError, match=r"eval\.nms.*not one of \['fixed', 'per_level'\]"):
+        load_config(PARAMS / "base.yaml", _write(tmp_path, "bad2.yaml", "eval:\n  nms: cmin\n"))
+    low = _write(tmp_path, "low.yaml", "eval:\n  iou_thresholds: [0.01, 0.5]\n")
+    with pytest.raises(ConfigError, match=r"eval\.nms = 'per_level' \(in .*base\.yaml\), eval\.iou_thresholds = \[0\.01, 0\.5\] \(in .*low\.yaml\): per_level suppresses at m - 0\.05"):
+        load_config(PARAMS / "base.yaml", low)
+    fixed_low = _write(tmp_path, "fixed_low.yaml", "eval:\n  iou_thresholds: [0.01, 0.5]\n  nms: fixed\n")
+    assert load_config(PARAMS / "base.yaml", fixed_low).eval.iou_thresholds == (0.01, 0.5)

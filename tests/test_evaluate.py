@@ -11,7 +11,14 @@ from train_helpers import marked_split
 
 from fian.baselines import MomentPrior, normalized_moments
 from fian.config import EvalConfig
-from fian.evaluate import evaluate, read_predictions, write_metrics, write_predictions
+from fian.evaluate import (
+    evaluate,
+    protocol_info,
+    read_predictions,
+    score_ranked,
+    write_metrics,
+    write_predictions,
+)
 from fian.model.localization import ModelOutput
 
 T = 32  # marked_split: 32 steps over 64 s (2 s per step)
@@ -65,10 +72,11 @@ def test_evaluate_hand_made_output() -> None:
 
     top1 = [frame["segments"][q][0] for q in range(Q)]
     ious = [iou(top1[q], gt[q]) for q in range(Q)]
-    assert metrics["R@1,IoU=0.5"] == pytest.approx(np.mean([x >= 0.5 for x in ious]))
+    # default protocol: a hit is IoU > m (S4.2's wording; until issue 11 this test counted >=)
+    assert metrics["R@1,IoU=0.5"] == pytest.approx(np.mean([x > 0.5 for x in ious]))
     assert metrics["mIoU"] == pytest.approx(np.mean(ious))
     best5 = [max(iou(s, gt[q]) for s in frame["segments"][q]) for q in range(Q)]
-    assert metrics["R@5,IoU=0.7"] == pytest.approx(np.mean([x >= 0.7 for x in best5]))
+    assert metrics["R@5,IoU=0.7"] == pytest.approx(np.mean([x > 0.7 for x in best5]))
     assert ious[0] == pytest.approx(1.0)
 
 
@@ -84,13 +92,53 @@ def test_predictions_and_metrics_files(tmp_path) -> None:
     back = read_predictions(path)
     assert back["segments"].tolist() == frame["segments"].tolist()
     assert back["video_id"].tolist() == frame["video_id"].tolist()
-    write_metrics(tmp_path / "metrics_test.json", metrics, split="test", n_queries=len(frame))
+    write_metrics(tmp_path / "metrics_test.json", metrics, split="test", n_queries=len(frame), protocol=protocol_info(cfg))
     m = json.loads((tmp_path / "metrics_test.json").read_text())
     assert m["unit"] == "fraction" and m["split"] == "test" and m["n_queries"] == 4
+    assert m["protocol"]["hit"] == "IoU > m" and m["protocol"]["nms"] == "per_level"  # the defaults, in words
 
     path.write_text(path.read_text() + "{not json}\n")
     with pytest.raises(ValueError, match=r"predictions_test.jsonl: line 5: not a predictions record"):
         read_predictions(path)
+
+
+# The protocol by hand (fian/metrics.py).  Every query's moment is [8, 16) steps = [16, 32) s.
+# Queries 0, 1: A [11.2, 19.2] (IoU with GT 4.8/11.2 = 0.43) best, B [8.8, 16.8] (IoU 7.2/8.8 = 0.82)
+# second, C [24, 32] (IoU 0) last; IoU(A, B) = 5.6/10.4 = 0.54, so NMS at 0.5 (and at 0.45, the
+# m = 0.5 level) drops B while NMS at 0.65 (the m = 0.7 level) keeps it.
+# Queries 2, 3: D [8, 12] (IoU exactly 0.5) best, C last.
+PROTOCOL_CASES = {
+    ("gt", "fixed"): {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": 0.0, "R@1,IoU=0.7": 0.0,
+                      "R@5,IoU=0.3": 1.0, "R@5,IoU=0.5": 0.0, "R@5,IoU=0.7": 0.0},
+    ("ge", "fixed"): {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": 0.5, "R@1,IoU=0.7": 0.0,
+                      "R@5,IoU=0.3": 1.0, "R@5,IoU=0.5": 0.5, "R@5,IoU=0.7": 0.0},
+    ("gt", "per_level"): {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": 0.0, "R@1,IoU=0.7": 0.0,
+                          "R@5,IoU=0.3": 1.0, "R@5,IoU=0.5": 0.0, "R@5,IoU=0.7": 0.5},
+    ("ge", "per_level"): {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": 0.5, "R@1,IoU=0.7": 0.0,
+                          "R@5,IoU=0.3": 1.0, "R@5,IoU=0.5": 0.5, "R@5,IoU=0.7": 0.5},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rule,nms", sorted(PROTOCOL_CASES))
+def test_protocol_by_hand(rule: str, nms: str) -> None:
+    split = marked_split(n_videos=2, same_moment=True)  # 4 queries, GT [16, 32) s
+    assert split.gt.tolist() == [[16.0, 32.0]] * 4
+    cand = torch.tensor([[11.2, 19.2], [8.8, 16.8], [24, 32], [8, 12]], dtype=torch.float32)  # A B C D, steps
+    ninf = float("-inf")  # a -inf logit is never ranked (decode keeps finite keys only)
+    logits = torch.tensor([[3.0, 2.0, 1.0, ninf]] * 2 + [[ninf, ninf, 1.0, 3.0]] * 2)
+    model = HandMade(cand, logits, torch.zeros(4, 4, 2))
+    cfg = EvalConfig(top_n=(1, 5), iou_thresholds=(0.3, 0.5, 0.7), nms_threshold=0.5, batch_size=3,
+                     max_predictions=5, iou_rule=rule, nms=nms)  # fmt: skip
+    frame, metrics = evaluate(model, split, eval_cfg=cfg, num_steps=T, device="cpu")
+    assert metrics == {**PROTOCOL_CASES[rule, nms], "mIoU": pytest.approx((2 * 4.8 / 11.2 + 2 * 0.5) / 4)}
+    # the predictions file holds the list at eval.nms_threshold whatever eval.nms is: B dropped
+    expect = [[[22.4, 38.4], [48.0, 64.0]]] * 2 + [[[16.0, 24.0], [48.0, 64.0]]] * 2  # A C / D C, seconds
+    np.testing.assert_allclose(np.array(frame["segments"].tolist()), expect, rtol=1e-6)
+    # the same protocol on lists ranked elsewhere (the moment-prior path): host-side NMS per level
+    segs = torch.stack([cand[[0, 1, 2]], cand[[0, 1, 2]], cand[[3, 2, 0]], cand[[3, 2, 0]]]).numpy() * 2.0
+    scores = np.tile([3.0, 2.0, 1.0], (4, 1))
+    ranked = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg)
+    assert ranked == {**PROTOCOL_CASES[rule, nms], "mIoU": pytest.approx((2 * 4.8 / 11.2 + 2 * 0.5) / 4)}
 
 
 def test_moment_prior_recovers_clusters() -> None:
@@ -112,3 +160,15 @@ def test_moment_prior_bad_input() -> None:
         MomentPrior.fit(np.array([[np.nan, 0.5]]), k=1)
     with pytest.raises(ValueError, match=r"non-empty \[Q, 2\]"):
         MomentPrior.fit(np.zeros((0, 2)), k=3)
+
+
+def test_train_metrics_file_states_the_protocol(tmp_path) -> None:
+    from fian_pipeline.train import write_outputs
+
+    history = [{"epoch": 1, "best_epoch": 1, "loss": 1.0, "time_s": 2.0, "val/R@5,IoU=0.7": 0.25}]
+    proto = protocol_info(EvalConfig(iou_rule="ge", nms="fixed", nms_threshold=0.4))
+    summary = write_outputs(tmp_path, history, has_val=True, vocab_size=12, protocol=proto)
+    tm = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert tm["val/R@5,IoU=0.7"] == 0.25 and tm["protocol"] == proto
+    assert tm["protocol"]["text"] == "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+    assert "protocol" not in summary  # the summary's numbers go to MLflow; the protocol is text

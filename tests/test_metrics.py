@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
+from fian.metrics import (
+    evaluate_predictions,
+    is_hit,
+    mean_iou,
+    nms_1d,
+    nms_thresholds,
+    protocol,
+    rank_with_nms,
+    recall_at,
+    temporal_iou,
+)
 
 NAN = float("nan")
 
@@ -66,19 +76,87 @@ PRED = np.array(
 
 
 def test_recall_at_by_hand_with_exact_threshold_and_empty_rows():
+    # default rule "gt" (S4.2: "larger than m"): IoU exactly 0.5 is NOT a hit at m = 0.5.
+    # (Until issue 11 the code counted IoU >= m; this test then expected 2/3 at R@1,IoU=0.5.)
     r = recall_at(PRED, GT, ns=(1, 2, 5), ms=(0.5, 0.7))
     assert r == {
-        "R@1,IoU=0.5": pytest.approx(2 / 3),  # IoU >= m: 0.5 counts at m = 0.5
+        "R@1,IoU=0.5": 0.0,  # queries 0 and 1 have top-1 IoU exactly 0.5
+        "R@1,IoU=0.7": 0.0,
+        "R@2,IoU=0.5": pytest.approx(1 / 3),  # query 0's second moment, IoU 1.0
+        "R@2,IoU=0.7": pytest.approx(1 / 3),
+        "R@5,IoU=0.5": pytest.approx(1 / 3),  # fewer than 5 predictions: what there is
+        "R@5,IoU=0.7": pytest.approx(1 / 3),
+    }
+    # rule "ge" (CMIN's code): IoU exactly 0.5 counts at m = 0.5
+    ge = recall_at(PRED, GT, ns=(1, 2, 5), ms=(0.5, 0.7), iou_rule="ge")
+    assert ge == {
+        "R@1,IoU=0.5": pytest.approx(2 / 3),
         "R@1,IoU=0.7": 0.0,
         "R@2,IoU=0.5": pytest.approx(2 / 3),
         "R@2,IoU=0.7": pytest.approx(1 / 3),
-        "R@5,IoU=0.5": pytest.approx(2 / 3),  # fewer than 5 predictions: what there is
+        "R@5,IoU=0.5": pytest.approx(2 / 3),
         "R@5,IoU=0.7": pytest.approx(1 / 3),
     }
     assert all(0 <= v <= 1 for v in r.values())
-    assert recall_at(torch.tensor(PRED), torch.tensor(GT), ns=(1,), ms=(0.5,)) == {
+    assert recall_at(torch.tensor(PRED), torch.tensor(GT), ns=(1,), ms=(0.5,), iou_rule="ge") == {
         "R@1,IoU=0.5": pytest.approx(2 / 3)
     }
+    with pytest.raises(ValueError, match="iou_rule must be one of"):
+        recall_at(PRED, GT, iou_rule=">=")
+
+
+def test_is_hit_at_exactly_m_and_nan():
+    iou = np.array([0.3, 0.5, 0.7, np.nan])
+    assert is_hit(iou, 0.5, "gt").tolist() == [False, False, True, False]
+    assert is_hit(iou, 0.5, "ge").tolist() == [False, True, True, False]
+    # exact IoU from intervals: [0, 4] vs [0, 8] is 0.5 exactly; [0, 7] vs [0, 10] is 0.7 exactly
+    assert recall_at([[[0, 4]], [[0, 7]]], [[0, 8], [0, 10]], ns=(1,), ms=(0.5, 0.7)) == {
+        "R@1,IoU=0.5": 0.5, "R@1,IoU=0.7": 0.0,
+    }  # fmt: skip
+    assert recall_at([[[0, 4]], [[0, 7]]], [[0, 8], [0, 10]], ns=(1,), ms=(0.5, 0.7), iou_rule="ge") == {
+        "R@1,IoU=0.5": 1.0, "R@1,IoU=0.7": 0.5,
+    }  # fmt: skip
+
+
+# per-level NMS, by hand.  GT [0, 10].  A [4, 14] (IoU with GT 6/14 = 0.43) scores best,
+# B [1, 11] (IoU 9/11 = 0.82) second, C [20, 30] (IoU 0) last.  IoU(A, B) = 7/13 = 0.54.
+SEG3 = np.array([[[4, 14], [1, 11], [20, 30]]], float)
+SC3 = np.array([[0.9, 0.8, 0.1]])
+GT3 = np.array([[0, 10]], float)
+
+
+def test_nms_thresholds_fixed_and_per_level():
+    assert nms_thresholds((0.1, 0.3, 0.5, 0.7), "fixed", 0.5) == {0.1: 0.5, 0.3: 0.5, 0.5: 0.5, 0.7: 0.5}
+    assert nms_thresholds((0.1, 0.3, 0.5, 0.7), "per_level", 0.5) == {0.1: 0.05, 0.3: 0.25, 0.5: 0.45, 0.7: 0.65}
+    with pytest.raises(ValueError, match="nms must be one of"):
+        nms_thresholds((0.5,), "cmin", 0.5)
+
+
+def test_per_level_nms_differs_from_fixed_by_hand():
+    # fixed at 0.5: B overlaps A by 0.54 > 0.5 -> dropped: top-5 = [A, C] at every m
+    fixed_seg, fixed_sc = rank_with_nms(SEG3, SC3, 0.5)
+    np.testing.assert_array_equal(fixed_seg[0, :2], [[4, 14], [20, 30]])
+    assert np.isnan(fixed_seg[0, 2]).all() and fixed_sc[0, 2] == -np.inf
+    # per level: m = 0.7 suppresses only above 0.65 -> B survives; m = 0.5 suppresses above 0.45 -> B dropped
+    lists = {m: rank_with_nms(SEG3, SC3, t)[0] for m, t in nms_thresholds((0.3, 0.5, 0.7), "per_level", 0.5).items()}
+    np.testing.assert_array_equal(lists[0.7][0], [[4, 14], [1, 11], [20, 30]])
+    np.testing.assert_array_equal(lists[0.5][0, :2], [[4, 14], [20, 30]])
+    fixed = evaluate_predictions(fixed_seg, GT3, ns=(1, 5), ms=(0.3, 0.5, 0.7))
+    per = evaluate_predictions(lists, GT3, ns=(1, 5), ms=(0.3, 0.5, 0.7))
+    assert fixed == {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": 0.0, "R@1,IoU=0.7": 0.0,
+                     "R@5,IoU=0.3": 1.0, "R@5,IoU=0.5": 0.0, "R@5,IoU=0.7": 0.0, "mIoU": pytest.approx(6 / 14)}  # fmt: skip
+    assert per == {**fixed, "R@5,IoU=0.7": 1.0}  # R@5 at 0.7 above R@5 at 0.5: per-level NMS is not monotone
+    with pytest.raises(ValueError, match=r"no ranked list for IoU level\(s\) \[0.3\]"):
+        recall_at({0.5: fixed_seg}, GT3, ms=(0.3, 0.5))
+
+
+def test_protocol_words():
+    p = protocol("gt", "per_level", 0.5, (0.1, 0.5))
+    assert p["hit"] == "IoU > m" and p["nms"] == "per_level" and "m=0.1: 0.05" in p["nms_at"]
+    assert all(isinstance(v, str) for v in p.values())  # text only: DVC never reads it as a metric
+    assert protocol("ge", "fixed", 0.4, (0.5,))["text"] == (
+        "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+    )
 
 
 def test_mean_iou_and_evaluate_predictions():

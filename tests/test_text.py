@@ -18,6 +18,8 @@ from fian.data.text import (
     known_mask,
     read_glove,
     tokenize,
+    unseen_report,
+    vocab_with_glove,
 )
 
 DIM = 4
@@ -89,6 +91,33 @@ def test_oov_policies(tmp_path: Path) -> None:
     assert not np.array_equal(r1, build_embeddings(vocab, hits, "random", seed=4))
 
 
+def test_vocab_with_glove_adds_only_covered_unseen_words(tmp_path: Path) -> None:
+    train = Vocab.build([["a", "man", "walks"], ["a", "man"]])  # a, man, walks
+    others = [["a", "woman", "walks"], ["the", "woman", "runs"], ["zzz", "runs"], ["Sign"]]
+    f = glove_file(tmp_path / "g.txt", {"a": [1, 1, 1, 1], "woman": [6, 6, 6, 6], "Runs": [3, 3, 3, 3],
+                                        "walks": [4, 4, 4, 4], "sign": [6, 6, 6, 6], "unused": [5, 5, 5, 5]})
+    vocab, hits, added = vocab_with_glove(train, others, f, dim=DIM)
+    # training words keep their ids; then unseen words GloVe covers, most frequent first, ties alphabetical;
+    # "the" and "zzz" (GloVe lacks them) are not added: they stay <unk>; "runs" takes its cased variant
+    assert vocab.itos[: len(train)] == train.itos
+    assert added == ["runs", "woman"] and vocab.itos[len(train):] == ["runs", "woman"]
+    assert "Sign" not in vocab  # a cased token matches only itself (a lowercase token also takes a cased row)
+    assert {vocab.itos[i]: v.tolist() for i, v in hits.vectors.items()} == {
+        "a": [1, 1, 1, 1], "walks": [4, 4, 4, 4], "runs": [3, 3, 3, 3], "woman": [6, 6, 6, 6]}
+    assert vocab.encode(["the", "woman", "runs"]) == [1, vocab.stoi["woman"], vocab.stoi["runs"]]
+    # <unk> = the mean of the TRAINING words' vectors only: adding words moves no other row
+    emb = build_embeddings(vocab, hits, "unk", stats_rows=len(train))
+    assert emb[1].tolist() == [2.5] * DIM and emb[vocab.stoi["man"]].tolist() == [2.5] * DIM  # mean of a, walks
+    assert build_embeddings(vocab, hits, "unk")[1].tolist() == [3.5] * DIM  # without stats_rows: all four
+    hits2 = read_glove(f, train, dim=DIM)
+    np.testing.assert_array_equal(build_embeddings(train, hits2, "random", seed=1),
+                                  build_embeddings(vocab, hits, "random", seed=1, stats_rows=len(train))[: len(train)])
+    report = unseen_report(train, vocab, others)
+    # woman | the woman runs | zzz runs | Sign: 7 unseen tokens, 4 of them (woman x2, runs x2) with a vector
+    assert report == {"types": 5, "tokens": 7, "queries": 4, "types_with_vector": 2, "tokens_with_vector": 4,
+                      "queries_with_vector": 3}
+
+
 def test_sentence_policies_count_drop_and_fail() -> None:
     vocab = Vocab(["a", "b", "c"])
     known = known_mask(vocab, ["c"])  # c has no vector
@@ -119,18 +148,38 @@ def test_text_stage_with_glove_file(tmp_path: Path) -> None:
     ann = _annotations(tmp_path)
     g = glove_file(tmp_path / "g.txt", {w: [i + 1.0] * 300 for i, w in enumerate(["the", "man", "opens", "door", "dog"])})
     params = tmp_path / "p.yaml"
+    # train-only vocabulary (text.vocab_from: train; the only behaviour before issue 11)
+    params.write_text("text:\n  oov: zero\n  vocab_from: train\ndataset:\n  splits: {train: [t.json], test: [t.json]}\n")
+    assert main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "tr")]) == 0
+    vocab = Vocab.load(tmp_path / "tr" / "vocab.json")
+    assert "dog" not in vocab and vocab.itos[2:5] == ["a", "man", "the"]  # train only; most frequent first
+    cov = json.loads((tmp_path / "tr" / "coverage.json").read_text())
+    assert cov["vocab_from"] == "train" and cov["vocab_added_words"] == 0
+    assert cov["splits"]["test"]["all_oov"] == 1  # "dog" is not a train word: <unk>
+    assert cov["splits"]["test"]["unseen_in_train"] == {"types": 1, "tokens": 2, "queries": 2, "types_with_vector": 0,
+                                                        "tokens_with_vector": 0, "queries_with_vector": 0}
+    train_only_emb = np.load(tmp_path / "tr" / "embeddings.npy")
+
+    # the default: val/test words GloVe covers join the vocabulary after the training words
     params.write_text("text:\n  oov: zero\ndataset:\n  splits: {train: [t.json], test: [t.json]}\n")
     assert main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "out")]) == 0
     vocab = Vocab.load(tmp_path / "out" / "vocab.json")
-    assert "dog" not in vocab and vocab.itos[2:5] == ["a", "man", "the"]  # train only; most frequent first
+    assert vocab.itos[2:5] == ["a", "man", "the"] and vocab.itos[-1] == "dog" and len(vocab) == 2 + 8 + 1
     emb = np.load(tmp_path / "out" / "embeddings.npy")
     assert emb.shape == (len(vocab), 300) and emb.dtype == np.float32 and not emb[0].any()
+    assert (emb[vocab.stoi["dog"]] == 5.0).all()  # its GloVe row ("dog" is the 5th word of g.txt)
+    assert np.array_equal(emb[:-1], train_only_emb)  # the training words' rows do not move
     cov = json.loads((tmp_path / "out" / "coverage.json").read_text())
-    assert cov["fallback"] is False and cov["vocab_from"] == "train"
-    assert cov["types"] == {"total": 8, "found": 4, "fraction": 0.5}
+    assert cov["fallback"] is False and cov["vocab_from"] == "all_splits"
+    assert cov["vocab_train_words"] == 8 and cov["vocab_added_words"] == 1 and cov["added_words"] == ["dog"]
+    assert cov["types"] == {"total": 8, "found": 4, "fraction": 0.5}  # of the training words
     assert cov["tokens"]["total"] == 11 and cov["tokens"]["found"] == 6
     assert cov["splits"]["train"]["all_oov"] == 1  # "a cat purrs"
-    assert cov["splits"]["test"]["all_oov"] == 1  # "dog" is not a train word: <unk>
+    assert cov["splits"]["test"]["all_oov"] == 0  # "dog!!" now has its vector
+    assert cov["splits"]["test"]["tokens"] == {"total": 6, "found": 5, "fraction": 5 / 6}  # "a" lacks one
+    assert cov["splits"]["test"]["unseen_in_train"] == {"types": 1, "tokens": 2, "queries": 2, "types_with_vector": 1,
+                                                        "tokens_with_vector": 2, "queries_with_vector": 2}
+    assert cov["splits"]["train"]["unseen_in_train"]["types"] == 0
     assert sorted(cov["oov_words"]) == ["a", "cat", "purrs", "sits"]
     # bad inputs: no GloVe and no fallback, a missing file, a file that covers nothing
     with pytest.raises(Exception, match="glove.840B.300d.zip.*fallback_train_glove"):
@@ -140,8 +189,12 @@ def test_text_stage_with_glove_file(tmp_path: Path) -> None:
     glove_file(tmp_path / "x.txt", {"zebra": [0.0] * 300})
     with pytest.raises(Exception, match="none of the 8 training words"):
         main(["--params", str(params), "--annotations", str(ann), "--glove", str(tmp_path / "x.txt"), "--out", str(tmp_path / "o2")])
-    params.write_text("text:\n  oov: zero\ndataset:\n  splits: {test: [t.json], train: [t.json]}\n"  # test checked first
+    params.write_text("text:\n  oov: zero\n  vocab_from: train\ndataset:\n  splits: {test: [t.json], train: [t.json]}\n"  # test checked first
                       "  policy:\n    all_oov: fail\n")
     with pytest.raises(TextError, match=r"all_oov and policy 'fail': test\.json:v\[1\] \('dog!!'\)"):
+        main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "o2")])
+    params.write_text("text:\n  oov: zero\ndataset:\n  splits: {test: [t.json], train: [t.json]}\n"
+                      "  policy:\n    all_oov: fail\n")  # "dog!!" has a vector now
+    with pytest.raises(TextError, match=r"all_oov and policy 'fail': train\.json:v\[2\] \('a cat purrs'\)"):
         main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()

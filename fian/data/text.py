@@ -8,6 +8,9 @@
 * :func:`read_glove` -- streams a GloVe text file (``word v1 ... v300`` per line; in
   glove.840B.300d some "words" contain spaces, so the LAST ``dim`` fields are the vector), keeping
   only the vocabulary's rows; the whole file is never loaded.
+* :func:`vocab_with_glove` -- the training words, then the words met only in val/test that GloVe
+  covers (issue 11.4: with frozen GloVe vectors giving them their vectors uses no label; words
+  GloVe lacks stay ``<unk>`` there).  The training words keep their ids (a prefix).
 * :func:`build_embeddings` -- the ``[V, dim]`` float32 matrix with the OOV policy, row 0 zeros.
 * :func:`filter_sentences` -- the ``empty_sentence`` / ``all_oov`` policies on encoded queries.
 """
@@ -181,12 +184,39 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
     return hits
 
 
-def build_embeddings(vocab: Vocab, hits: GloveHits, oov: str, seed: int = 0) -> np.ndarray:
+def unseen_words(vocab: Vocab, sentences: Iterable[Sequence[str]]) -> list[str]:
+    """Words of ``sentences`` that ``vocab`` lacks, most frequent first (ties alphabetical)."""
+    counts = Counter(t for s in sentences for t in s if t not in vocab.stoi)
+    return sorted(counts, key=lambda w: (-counts[w], w))
+
+
+def vocab_with_glove(train: Vocab, others: Iterable[Sequence[str]], glove: str | Path,
+                     dim: int = 300) -> tuple[Vocab, GloveHits, list[str]]:
+    """``(vocab, hits, added)``: ``train``'s words (same ids), then the words of ``others`` (the
+    tokenized val/test sentences) that ``train`` lacks and the GloVe file ``glove`` covers, most
+    frequent first.  ``hits`` holds the vectors by the new ids; ``added`` the words added.  The
+    file is streamed once (:func:`read_glove`).
+    """
+    extra = unseen_words(train, others)
+    candidates = Vocab([*train.itos, *extra])
+    found = read_glove(glove, candidates, dim=dim)
+    added = [w for w in extra if candidates.stoi[w] in found.vectors]
+    vocab = Vocab([*train.itos, *added])
+    hits = GloveHits(dim, {vocab.stoi[candidates.itos[i]]: v for i, v in found.vectors.items()}, found.lines)
+    return vocab, hits, added
+
+
+def build_embeddings(vocab: Vocab, hits: GloveHits, oov: str, seed: int = 0,
+                     stats_rows: int | None = None) -> np.ndarray:
     """``[len(vocab), dim]`` float32.  Row 0 (``<pad>``) zeros; words GloVe lacks and ``<unk>``:
 
     * ``zero``: zeros;
     * ``unk``: one shared vector, the mean of the found vectors (what ``<unk>`` means);
     * ``random``: each its own draw of N(0, s^2), s = std of the found vectors, seeded.
+
+    ``stats_rows``: only the found vectors among the first ``stats_rows`` rows (the training words
+    of :func:`vocab_with_glove`) define that mean and std, so adding val/test words changes no
+    other row.
     """
     dim = hits.dim
     emb = np.zeros((len(vocab), dim), dtype=np.float32)
@@ -196,7 +226,7 @@ def build_embeddings(vocab: Vocab, hits: GloveHits, oov: str, seed: int = 0) -> 
         found[i] = True
     missing = ~found
     missing[0] = False
-    known = emb[found]
+    known = emb[: len(vocab) if stats_rows is None else stats_rows][found[:stats_rows]]
     if oov == "unk":
         emb[missing] = known.mean(0) if len(known) else 0.0
     elif oov == "random":
@@ -208,10 +238,13 @@ def build_embeddings(vocab: Vocab, hits: GloveHits, oov: str, seed: int = 0) -> 
     return emb
 
 
-def coverage(vocab: Vocab, hits: GloveHits, sentences: Iterable[Sequence[str]]) -> dict[str, Any]:
-    """Share of vocabulary types and of running tokens that GloVe covers."""
-    words = len(vocab) - len(SPECIALS)
-    found_types = sum(1 for i in hits.vectors if i >= len(SPECIALS))
+def coverage(vocab: Vocab, hits: GloveHits, sentences: Iterable[Sequence[str]],
+             types_upto: int | None = None) -> dict[str, Any]:
+    """Share of vocabulary types (the first ``types_upto`` entries: the training words) and of
+    running tokens that GloVe covers."""
+    upto = len(vocab) if types_upto is None else types_upto
+    words = upto - len(SPECIALS)
+    found_types = sum(1 for i in hits.vectors if len(SPECIALS) <= i < upto)
     total = found = 0
     for toks in sentences:
         for t in toks:
@@ -221,6 +254,26 @@ def coverage(vocab: Vocab, hits: GloveHits, sentences: Iterable[Sequence[str]]) 
         "types": {"total": words, "found": found_types, "fraction": found_types / words if words else 0.0},
         "tokens": {"total": total, "found": found, "fraction": found / total if total else 0.0},
     }
+
+
+def unseen_report(train: Vocab, vocab: Vocab, sentences: Sequence[Sequence[str]]) -> dict[str, int]:
+    """Words of one split that the training split lacks: types, tokens and queries, all of them and
+    those that ``vocab`` (:func:`vocab_with_glove`) gave a vector (they would be ``<unk>`` with a
+    train-only vocabulary)."""
+    types: set[str] = set()
+    gained: set[str] = set()
+    tokens = tokens_gained = queries = queries_gained = 0
+    for toks in sentences:
+        new = [t for t in toks if t not in train.stoi]
+        got = [t for t in new if t in vocab.stoi]
+        types.update(new)
+        gained.update(got)
+        tokens += len(new)
+        tokens_gained += len(got)
+        queries += bool(new)
+        queries_gained += bool(got)
+    return {"types": len(types), "tokens": tokens, "queries": queries, "types_with_vector": len(gained),
+            "tokens_with_vector": tokens_gained, "queries_with_vector": queries_gained}
 
 
 def near_duplicates(vocab: Vocab, hits: GloveHits, threshold: float = 0.99,

@@ -8,7 +8,8 @@ data) and adds one "(ours)" row per run of ours that belongs to it, read from
 Bold marks the best value of each column.  When our rows come from the table's own dataset they
 compete with the paper's rows; when they come from a stand-in dataset (the synthetic demo) the
 two blocks are not comparable and each block gets its own bold.  Captions say which dataset our
-numbers come from and that a hit is IoU >= m.
+numbers come from and the evaluation protocol of our rows (hit rule and NMS, read from the
+``"protocol"`` key of each metrics file, as the evaluate stage wrote it; see fian/metrics.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class OurRow:
     variant: str
     path: Path  # the metrics file it comes from (may not exist)
     values: tuple[float | None, ...] | None  # percentages per column; None = not run
+    protocol: dict[str, str] | None = None  # the metrics file's "protocol" (fian.metrics.protocol)
 
 
 def tex_escape(text: str) -> str:
@@ -73,6 +75,31 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     return out
 
 
+def read_protocol(path: str | Path) -> dict[str, str] | None:
+    """The ``"protocol"`` entry of a metrics file (top level, or one level down under a text key);
+    None when the file does not record one."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict):
+        for d in (data, *(v for v in data.values() if isinstance(v, dict))):
+            if isinstance(d.get("protocol"), dict):
+                return {str(k): str(v) for k, v in d["protocol"].items()}
+    return None
+
+
+def protocol_tex(p: dict[str, str] | None) -> str:
+    """One protocol in LaTeX words: "hit: IoU $> m$; NMS at IoU $m - 0.05$ per level (CMIN's evaluation)"."""
+    if p is None:
+        return "not recorded in its metrics file"
+    hit = {"gt": r"IoU $> m$", "ge": r"IoU $\geq m$"}.get(p.get("iou_rule", ""), tex_escape(p.get("hit", "?")))
+    if p.get("nms") == "per_level":
+        nms = r"NMS at IoU $m - 0.05$, one ranked list per $m$ (CMIN's evaluation)"
+    elif p.get("nms") == "fixed":
+        nms = rf"NMS at IoU {tex_escape(p.get('nms_threshold', '?'))} for every $m$"
+    else:
+        nms = "NMS " + tex_escape(p.get("nms", "?"))
+    return f"hit: {hit}; {nms}"
+
+
 def collect_ours(spec: TableSpec, results: Path, dataset: str, split: str) -> list[OurRow]:
     rows = []
     for label, variant in spec.ours:
@@ -82,7 +109,7 @@ def collect_ours(spec: TableSpec, results: Path, dataset: str, split: str) -> li
             continue
         metrics = read_metrics(path)
         values = tuple(100.0 * metrics[c] if c in metrics else None for c in spec.columns)
-        rows.append(OurRow(label, variant, path, values))
+        rows.append(OurRow(label, variant, path, values, read_protocol(path)))
     return rows
 
 
@@ -113,13 +140,14 @@ def _header(spec: TableSpec) -> list[str]:
 
 
 def caption(spec: TableSpec, source: str, split: str, ours: Sequence[OurRow]) -> str:
-    """The paper's caption, then where our rows come from and the metric convention."""
+    """The paper's caption, then where our rows come from and the evaluation protocol of each block."""
     name = DATASET_NAMES.get(source, source)
     text = [
         spec.caption,
-        r"R@$n$, IoU=$m$: percentage of queries with at least one of the top-$n$ moments at "
-        r"IoU $\geq m$ with the ground truth.",
-        f"Rows without ``(ours)'': as reported by the paper ({NOT_REPORTED}: not reported).",
+        r"R@$n$, IoU=$m$: percentage of queries with at least one of the top-$n$ moments hitting "
+        r"the ground truth at IoU level $m$.",
+        f"Rows without ``(ours)'': as reported by the paper ({NOT_REPORTED}: not reported), whose "
+        r"Section 4.2 counts a hit when the IoU is larger than $m$ (NMS threshold not given).",
     ]
     where = tex_escape(f"results/{source}/<variant>/metrics_{split}.json")
     if source == spec.dataset:
@@ -135,6 +163,15 @@ def caption(spec: TableSpec, source: str, split: str, ours: Sequence[OurRow]) ->
             rf"are not comparable with the paper's numbers; {NOT_RUN}: not run. "
             "Bold: best of each column within the paper's rows and within ours."
         )
+    run = [r for r in ours if r.values is not None]
+    protocols = {protocol_tex(r.protocol) for r in run}
+    if len(protocols) == 1:
+        text.append(f"Protocol of our rows: {protocols.pop()}.")
+    elif not protocols:
+        text.append(f"Protocol of our rows: none run ({NOT_RUN}).")
+    else:
+        text.append(r"\textbf{Our rows use different protocols:} "
+                    + "; ".join(f"{r.label}: {protocol_tex(r.protocol)}" for r in run) + ".")
     if any(r.variant == "prior" for r in ours):
         text.append("Moment prior: a query-independent baseline (the most frequent training moments).")
     return " ".join(text)
