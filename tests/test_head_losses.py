@@ -67,6 +67,10 @@ def test_tgn_scale_weights_by_hand():
     # a scale without any positive keeps one (ours): A alone, width 1 -> 1 / 4, not 0
     w_pos, w_neg = tgn_scale_weights(gt[:1], torch.tensor([4]), 4, [1, 3], pos_iou=0.5)
     torch.testing.assert_close(w_neg, torch.tensor([1 / 4, 1 / 2]))
+    # only anchors inside the moment's video count: [3, 5] in a 5-step video of T = 6, width 3:
+    #   [0,3] [1,4] [2,5] have IoUs 0, 1/4, 2/3 -> 1 positive of 3 ([3,6], IoU 2/3, lies past the end)
+    _, w_neg = tgn_scale_weights(torch.tensor([[3.0, 5.0]]), torch.tensor([5]), 6, [3], pos_iou=0.5)
+    torch.testing.assert_close(w_neg, torch.tensor([1 / 3]))
 
 
 def test_tgn_weighted_bce_by_hand():
@@ -129,6 +133,9 @@ def test_cmin_soft_labels_by_hand():
     # ratio 0.5: 1/4 < 0.375 is dropped, 2/5 >= 0.375 kept
     labels = cmin_labels(candidate_iou(cands, gt), valid, 0.5)
     torch.testing.assert_close(labels[0], torch.tensor([0, 8 / 9, 1, 0, 8 / 15, 0]))
+    # CMIN zeroes IoU < ratio x best: a label exactly at the ratio stays (gt [1, 2]: IoUs 0, 1, 1/2, 0, 1/5, 0)
+    labels = cmin_labels(candidate_iou(cands, torch.tensor([[1.0, 2.0]])), valid, 0.5)
+    torch.testing.assert_close(labels[0], torch.tensor([0, 1, 0.5, 0, 0, 0]))
     # an invalid anchor has IoU 0 and cannot be the best: best becomes 2/3 among the rest
     valid[0, 2] = False
     labels = cmin_labels(candidate_iou(cands, gt), valid, 0.3)
