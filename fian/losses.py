@@ -227,8 +227,10 @@ class TGNLoss(nn.Module):
         pos, neg = tgn_labels(o, self.pos_iou, self.neg_iou)
         pos, neg = pos & out.valid, neg & out.valid
         # -log c = softplus(-x), -log(1 - c) = softplus(x): stable in the logits
-        term = torch.where(pos, self.w_pos * F.softplus(-logits), 0.0) + torch.where(
-            neg, self.w_neg * F.softplus(logits), 0.0
+        # the training loop does not move the loss: weights follow the logits (a no-op once there)
+        w_pos, w_neg = self.w_pos.to(logits.device), self.w_neg.to(logits.device)
+        term = torch.where(pos, w_pos * F.softplus(-logits), 0.0) + torch.where(
+            neg, w_neg * F.softplus(logits), 0.0
         )
         # real steps per video: the anchors end at every step, so the last valid end is the length
         steps = torch.where(out.valid, cands[None, :, 1], 0.0).amax(1).sum()

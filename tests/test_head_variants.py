@@ -31,9 +31,7 @@ def variant_config(variant: str, epochs: int):
     return dataclasses.replace(config_from_dict(base), variant=variant)
 
 
-@pytest.mark.parametrize(
-    "variant,loss_type", [("tgn", TGNLoss), ("cmin", CMINLoss), ("soft", FIANLoss)]
-)
+@pytest.mark.parametrize("variant,loss_type", [("tgn", TGNLoss), ("cmin", CMINLoss), ("soft", FIANLoss)])
 def test_variant_trains_on_the_tiny_set(variant, loss_type):
     cfg = variant_config(variant, epochs=8)
     split = marked_split(n_videos=8, seed=0)
