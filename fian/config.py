@@ -121,6 +121,8 @@ class ModelConfig:
     fusion: Literal["gate", "concat", "matrix", "none"] = "gate"
     head: Literal["content", "tgn", "cmin"] = "content"
     window_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    # tgn / cmin heads (Table 5): anchor widths in steps per dataset name; others use window_sizes
+    anchor_widths: dict[str, tuple[int, ...]] = field(default_factory=dict)
     stride_ratio: float = 0.125
     stride_steps: int | None = None
     freeze_embeddings: bool = True
@@ -133,6 +135,9 @@ class LossConfig:
     tau: float = 0.55
     alpha: float = 0.005
     offset_unit: Literal["steps", "window"] = "steps"
+    tgn_pos_iou: float = 0.5  # TGN head: anchor positive when IoU > this (JaywongWang/TGN)
+    tgn_neg_iou: float = 0.5  # TGN head: anchor negative when IoU <= this; in between ignored
+    cmin_min_iou_ratio: float = 0.3  # CMIN head: labels below this x the best IoU are 0 (CMIN)
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,16 @@ def _check_range(cfg: Config) -> None:
                            ("epochs", tr.epochs < 0, ">= 0")):
         if bad:
             problems.append((f"train.{key}", f"must be {rule}"))
+    for ds, widths in m.anchor_widths.items():  # Table 5 heads; only this dataset's entry must fit T
+        top = fe.num_steps if ds == cfg.dataset.name else float("inf")
+        if not widths or any(not 1 <= w <= top for w in widths):
+            problems.append((f"model.anchor_widths.{ds}", f"need widths in [1, num_steps={fe.num_steps}], got {widths}"))
+    if not 0 < lo.tgn_neg_iou <= lo.tgn_pos_iou < 1:
+        problems.append(("loss.tgn_neg_iou", f"need 0 < tgn_neg_iou <= tgn_pos_iou < 1, got {lo.tgn_neg_iou}, {lo.tgn_pos_iou}"))
+    if not 0 <= lo.cmin_min_iou_ratio < 1:
+        problems.append(("loss.cmin_min_iou_ratio", f"must be in [0, 1), got {lo.cmin_min_iou_ratio}"))
+    if m.head == "cmin" and lo.offset_unit != "steps":
+        problems.append(("loss.offset_unit", "the cmin head regresses offsets in steps (as CMIN, in frames)"))
     if tr.sync_every < 1:
         problems.append(("train.sync_every", "must be >= 1"))
     if fe.num_steps < 1:
@@ -294,7 +309,7 @@ def _check_range(cfg: Config) -> None:
 # the other keys a range rule depends on: named (with their values and files) in its message
 RELATED = {"model.heads": ("model.hidden",), "model.self_attn_heads": ("model.hidden",),
            "model.window_sizes": ("features.num_steps",), "model.fusion": ("model.branches", "model.iterate"),
-           "eval.nms": ("eval.iou_thresholds",)}
+           "eval.nms": ("eval.iou_thresholds",), "loss.tgn_neg_iou": ("loss.tgn_pos_iou",)}
 
 
 class RangeError(ConfigError):

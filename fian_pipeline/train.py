@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.data.dataset import GroundingSplit, load_embeddings
     from fian.distributed import init_from_env, shutdown
     from fian.evaluate import protocol_info
-    from fian.losses import build_loss
+    from fian.losses import build_loss, training_moments
     from fian.model.build import build_model
     from fian.tracking import build_tracker
     from fian.train import NonFiniteLossError, fit, seed_everything
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # per-step finiteness check each sync host and device on CUDA (fit checks every sync_every steps).
         seed_everything(cfg.train.seed)  # the initial weights are part of the seeded run
         model = build_model(cfg, embeddings, check_inputs=device.type != "cuda")
-        loss_fn = build_loss(cfg)
+        loss_fn = build_loss(cfg, training_moments(train))  # TGN's weights come from the train split
         loss_fn.check_finite = device.type != "cuda"
 
         inputs = [train_path, *([val_path] if val is not None else []), args.text / "embeddings.npy", args.text / "vocab.json"]

@@ -1,5 +1,5 @@
 """Eq. 4-8 against hand computations on tiny tensors: CMA, the CGA gate with its weight
-sharing, soft attention, the post-LN cross-modal encoder."""
+sharing, the additive soft attention of FIAN-Soft, the post-LN cross-modal encoder."""
 
 from __future__ import annotations
 
@@ -101,14 +101,44 @@ def test_cga_has_one_weight_per_modality_and_two_biases():
     assert cga.w_q.bias is None and cga.w_v.bias is None
 
 
-def test_soft_attention_is_plain_softmax_qv():
+def test_soft_attention_is_additive_tanh_attention_by_hand():
+    """s_ij = w^T tanh(W_1 q_i + b_1 + W_2 v_j), softmax over real j, out_i = sum_j a_ij v_j (CMIN's
+    TanhAttention), with hand-set weights: W_1 = W_2 = I, b_1 = 0, w = (1, 0)."""
+    att = SoftAttention(2)
+    with torch.no_grad():
+        att.w_q.weight.copy_(torch.eye(2))
+        att.w_q.bias.zero_()
+        att.w_k.weight.copy_(torch.eye(2))
+        att.w_s.weight.copy_(torch.tensor([[1.0, 0.0]]))
+    q = torch.tensor([[[0.5, 0.0]]])
+    kv = torch.tensor([[[0.5, 1.0], [-0.5, 2.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])  # the third value is padding
+    s0, s1 = math.tanh(0.5 + 0.5), math.tanh(0.5 - 0.5)
+    a0 = math.exp(s0) / (math.exp(s0) + math.exp(s1))
+    expect = torch.tensor([a0 * 0.5 + (1 - a0) * -0.5, a0 * 1.0 + (1 - a0) * 2.0])
+    torch.testing.assert_close(att(q, kv, mask)[0, 0], expect)
+
+
+def test_soft_attention_matches_a_plain_loop_reference():
     torch.manual_seed(1)
-    q, kv = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    d = 4
+    att = SoftAttention(d)
+    q, kv = torch.randn(2, 3, d), torch.randn(2, 5, d)
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
-    out = SoftAttention()(q, kv, mask)
+    out = att(q, kv, mask)
+    W1, b1, W2, w = att.w_q.weight, att.w_q.bias, att.w_k.weight, att.w_s.weight[0]
     for b in range(2):
-        torch.testing.assert_close(out[b], _softmax_attend(q[b], kv[b], kv[b], mask[b], 1.0))
-    assert not list(SoftAttention().parameters())
+        for i in range(3):
+            real = [j for j in range(5) if mask[b, j]]
+            s = torch.stack([w @ torch.tanh(W1 @ q[b, i] + b1 + W2 @ kv[b, j]) for j in real])
+            a = torch.softmax(s, 0)
+            ref = sum(a[n] * kv[b, j] for n, j in enumerate(real))
+            torch.testing.assert_close(out[b, i], ref)
+    # CMIN's biases: only W_1 has one; the values are not projected; nothing else is learnt
+    assert att.w_k.bias is None and att.w_s.bias is None and att.w_q.bias is not None
+    assert sum(p.numel() for p in att.parameters()) == 2 * d * d + d + d
+    # not the unscaled dot product it replaced
+    assert not torch.allclose(out[0], _softmax_attend(q[0], kv[0], kv[0], mask[0], 1.0))
 
 
 def test_encoder_is_post_ln_ffn_of_attention():
@@ -127,6 +157,7 @@ def test_build_attention_kinds():
     assert isinstance(build_attention("cga", 4, 2, 0.0), GuidedAttention)
     assert type(build_attention("cma", 4, 2, 0.0)) is MultiHeadAttention
     assert isinstance(build_attention("soft", 4, 2, 0.0), SoftAttention)
+    assert build_attention("soft", 4, 2, 0.0).w_q.in_features == 4
     with pytest.raises(ValueError, match="unknown attention"):
         build_attention("dot", 4, 2, 0.0)
     with pytest.raises(ValueError, match="divisible"):

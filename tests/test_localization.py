@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fian.config import stride_for
-from fian.model.localization import ContentHead, StepAnchorHead, build_head, sliding_windows, step_anchors
+from fian.model.localization import CMINHead, ContentHead, TGNHead, anchor_grid, build_head, sliding_windows
 
 
 @pytest.mark.parametrize("d,p", [(4, 2), (8, 7), (6, 0), (5, 3)])
@@ -72,28 +72,67 @@ def test_valid_marks_candidates_inside_the_real_video():
     assert out.valid[1].tolist() == [True, True, False, False, False]
 
 
-def test_step_anchors_end_at_each_step():
-    cands, steps, wins = step_anchors(6, [2, 4])
-    assert cands.tolist()[:5] == [[0, 2], [1, 3], [2, 4], [3, 5], [4, 6]]
-    assert cands.tolist()[5:] == [[0, 4], [1, 5], [2, 6]]
-    torch.testing.assert_close(steps.float(), cands[:, 1] - 1)  # scored at its last step t: [t-k+1, t+1)
-    assert wins.tolist() == [0] * 5 + [1] * 3
+def test_tgn_anchors_end_at_each_step_by_hand():
+    """TGN: at step t (0-based, covering [t, t+1)) width w covers [t+1-w, t+1); step-major order."""
+    cands, steps, wins = anchor_grid(4, [1, 3], "end")
+    assert cands.tolist() == [
+        [0, 1],  # t=0, w=1   (t=0, w=3 would start at -2: left out)
+        [1, 2],  # t=1, w=1   (t=1, w=3 starts at -1)
+        [2, 3], [0, 3],  # t=2: w=1, w=3
+        [3, 4], [1, 4],  # t=3
+    ]
+    assert steps.tolist() == [0, 1, 2, 2, 3, 3]
+    assert wins.tolist() == [0, 0, 0, 1, 0, 1]
+
+
+def test_cmin_anchors_are_centred_on_each_step_by_hand():
+    """CMIN: width w centred on step c spans frames c-(w-1)/2 .. c+(w-1)/2 inclusive, i.e.
+    [c + 0.5 - w/2, c + 0.5 + w/2) closed-open; anchors outside [0, T] are left out ("illegal")."""
+    cands, steps, wins = anchor_grid(5, [1, 2, 3], "center")
+    assert cands.tolist() == [
+        [0, 1],  # c=0: w=1 (w=2 starts at -0.5, w=3 at -1)
+        [1, 2], [0.5, 2.5], [0, 3],  # c=1: w=1, 2, 3
+        [2, 3], [1.5, 3.5], [1, 4],  # c=2
+        [3, 4], [2.5, 4.5], [2, 5],  # c=3
+        [4, 5],  # c=4: w=2 ends at 5.5 > 5, w=3 at 6
+    ]
+    assert steps.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+    assert wins.tolist() == [0, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    # CMIN's TACoS widths over its 200 steps: w=6 centred at c spans [c-2.5, c+3.5)
+    c6, s6, w6 = anchor_grid(200, [6, 18, 32], "center")
+    first6 = c6[w6 == 0][0].tolist()
+    assert first6 == [0.5, 6.5] and int(s6[w6 == 0][0]) == 3  # c=3 is the first legal centre
+    assert (c6[:, 1] - c6[:, 0]).unique().tolist() == [6.0, 18.0, 32.0]
+    # count: c - (w-1)/2 >= 0 and c + (w-1)/2 <= 199 -> 200 - w legal centres per width
+    assert [int((w6 == i).sum()) for i in range(3)] == [194, 182, 168]
 
 
 @pytest.mark.parametrize("kind", ["tgn", "cmin"])
-def test_step_anchor_heads_score_from_one_step(kind):
+def test_anchor_heads_score_each_anchor_from_its_own_step_only(kind):
     torch.manual_seed(0)
-    head = StepAnchorHead(kind, dim=3, num_steps=8, window_sizes=[2, 4]).eval()
+    head = build_head(kind, 3, 8, [2, 4], [1, 1]).eval()
+    assert isinstance(head, TGNHead if kind == "tgn" else CMINHead)
     f = torch.randn(1, 8, 3)
     mask = torch.ones(1, 8, dtype=torch.bool)
     out = head(f, mask)
-    per_step = head.proj(f).view(1, 8, 2, -1)
-    for j, (t, w) in enumerate(zip(head.anchor_step.tolist(), head.anchor_window.tolist(), strict=True)):
-        torch.testing.assert_close(out.logits[0, j], per_step[0, t, w, 0])
-        if kind == "cmin":
-            torch.testing.assert_close(out.offsets[0, j], per_step[0, t, w, 1:])
-    if kind == "tgn":
+    W, b = head.score.weight, head.score.bias  # [K, d], [K]
+    for j, (t, k) in enumerate(zip(head.anchor_step.tolist(), head.anchor_width.tolist(), strict=True)):
+        torch.testing.assert_close(out.logits[0, j], (W[k] * f[0, t]).sum() + b[k])
+        if kind == "cmin":  # fc_reg: 2 outputs per anchor, (start, end) of width k at 2k, 2k+1
+            R, rb = head.reg.weight, head.reg.bias
+            expect = torch.stack([(R[2 * k + i] * f[0, t]).sum() + rb[2 * k + i] for i in range(2)])
+            torch.testing.assert_close(out.offsets[0, j], expect)
+        # changing every other step leaves anchor j alone
+        g = f.clone()
+        others = torch.arange(8) != t
+        g[0, others] = torch.randn(7, 3)
+        torch.testing.assert_close(head(g, mask).logits[0, j], out.logits[0, j])
+    if kind == "tgn":  # TGN regresses nothing: the predicted segment is the anchor
         assert torch.equal(out.offsets, torch.zeros_like(out.offsets))
+    torch.testing.assert_close(out.scores, torch.sigmoid(out.logits))
+    # validity against the real length: 5 real steps keep anchors ending at or before 5
+    short = torch.arange(8)[None] < 5
+    torch.testing.assert_close(head(f, short).valid[0], head.candidates[:, 1] <= 5)
 
 
 def test_build_head_rejects_unknown_kinds_and_bad_windows():
@@ -103,3 +142,7 @@ def test_build_head_rejects_unknown_kinds_and_bad_windows():
         sliding_windows(8, [16], [2])
     with pytest.raises(ValueError, match="strides"):
         sliding_windows(8, [4, 2], [2])
+    with pytest.raises(ValueError, match="does not fit"):
+        anchor_grid(8, [4, 9], "center")
+    with pytest.raises(ValueError, match="align"):
+        anchor_grid(8, [4], "start")

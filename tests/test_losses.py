@@ -137,5 +137,9 @@ def test_build_loss_reads_config():
     cfg = load_params(PARAMS, "activitynet", "fian")
     loss = build_loss(cfg)
     assert (loss.tau, loss.alpha, loss.offset_unit) == (0.55, 0.001, "steps")
-    assert build_loss(load_params(PARAMS, "tacos", "cmin")).alpha == 0.005
-    assert build_loss(load_params(PARAMS, "tacos", "tgn")).alpha == 0.0  # no offsets to regress
+    # the Table 5 heads get their own papers' losses (tests/test_head_losses.py)
+    cmin = build_loss(load_params(PARAMS, "tacos", "cmin"))
+    assert type(cmin).__name__ == "CMINLoss" and cmin.alpha == 0.001  # CMIN's weight, not TACoS's 0.005
+    assert cmin.grid_size == 200 * 3  # T x K of CMIN's TACoS widths
+    with pytest.raises(ValueError, match="training set"):
+        build_loss(load_params(PARAMS, "tacos", "tgn"))  # TGN's weights need the train split

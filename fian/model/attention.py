@@ -1,4 +1,4 @@
-"""Cross-modal attention of Section 3.3: CMA (eq. 4-5), CGA (eq. 6), soft attention (Table 4)
+"""Cross-modal attention of Section 3.3: CMA (eq. 4-5), CGA (eq. 6), additive soft attention (Table 4)
 and the cross-modal encoder (eq. 7-8).
 
 Shapes: B = batch, Lq = length of the attending sequence ("Q" of the paper), Lk = length of the
@@ -55,13 +55,31 @@ class MultiHeadAttention(nn.Module):
 
 
 class SoftAttention(nn.Module):
-    """FIAN-Soft (Table 4): plain single-head ``softmax(Q V^T) V``: no projections, no scaling."""
+    """FIAN-Soft (Table 4, S5.1): the "widely used soft attention" of the methods FIAN compares
+    against (S1; S5.1 contrasts it with CMA), the additive / tanh attention of Bahdanau et al. as
+    CMIN implements it (ikuinen/CMIN_moment_retrieval modules_/tanh_attention.py ``TanhAttention``,
+    used by CMIN's ``v2s``; TGN's interactor attends the same way):
+
+        s_ij = w^T tanh(W_1 q_i + b_1 + W_2 v_j)        alpha_i = softmax_j(s_ij) over real v_j
+        out_i = sum_j alpha_ij v_j
+
+    Single head, the attended values unprojected (CMIN: ``matmul(S, memory)``).  As in CMIN, only
+    W_1 has a bias (W_2 and w have none: a bias there shifts every s_ij of a row alike) and the
+    hidden width is d_h; CMIN builds it without dropout (``TanhAttention(d_model)``), so none here.
+    Memory: ``[B, Lq, Lk, d]`` for the tanh, computed in one piece.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w_q = nn.Linear(dim, dim, bias=True)  # W_1, b_1  (CMIN ws1)
+        self.w_k = nn.Linear(dim, dim, bias=False)  # W_2       (CMIN ws2)
+        self.w_s = nn.Linear(dim, 1, bias=False)  # w         (CMIN wst)
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
-        att = F.scaled_dot_product_attention(
-            q[:, None], kv[:, None], kv[:, None], attn_mask=_key_mask(kv_mask), scale=1.0
-        )  # [B, 1, Lq, d]
-        return att[:, 0]
+        hidden = torch.tanh(self.w_q(q)[:, :, None, :] + self.w_k(kv)[:, None, :, :])  # [B, Lq, Lk, d]
+        s = self.w_s(hidden)[..., 0]  # [B, Lq, Lk]
+        s = s.masked_fill(~kv_mask[:, None, :], float("-inf"))
+        return torch.softmax(s, dim=-1) @ kv  # [B, Lq, d]
 
 
 class GuidedAttention(nn.Module):
@@ -88,13 +106,13 @@ class GuidedAttention(nn.Module):
 
 
 def build_attention(kind: AttentionKind, dim: int, heads: int, dropout: float) -> nn.Module:
-    """cga (eq. 4-6) | cma (eq. 4-5, FIAN-CMA) | soft (FIAN-Soft)."""
+    """cga (eq. 4-6) | cma (eq. 4-5, FIAN-CMA) | soft (FIAN-Soft: additive tanh attention)."""
     if kind == "cga":
         return GuidedAttention(dim, heads, dropout)
     if kind == "cma":
         return MultiHeadAttention(dim, heads, dropout)
     if kind == "soft":
-        return SoftAttention()
+        return SoftAttention(dim)
     raise ValueError(f"unknown attention kind {kind!r}; expected cga, cma or soft")
 
 

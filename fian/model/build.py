@@ -8,9 +8,23 @@ from fian.config import Config, stride_for
 from fian.model.fian import FIAN
 
 
-def model_strides(cfg: Config) -> list[int]:
-    """theta_s of each window size theta_k (S3.4, S4.3, Table 6)."""
+def head_window_sizes(cfg: Config) -> tuple[int, ...]:
+    """Window sizes theta_k of the content head, or the anchor widths of the Table 5 heads.
+
+    tgn / cmin: ``model.anchor_widths[dataset.name]`` (their papers' widths per dataset,
+    params/variants/{tgn,cmin}.yaml); a dataset without an entry uses ``model.window_sizes``.
+    """
     m = cfg.model
+    if m.head == "content":
+        return m.window_sizes
+    return m.anchor_widths.get(cfg.dataset.name, m.window_sizes)
+
+
+def model_strides(cfg: Config) -> list[int]:
+    """theta_s of each window size theta_k (S3.4, S4.3, Table 6); 1 for the per-step anchors of tgn / cmin."""
+    m = cfg.model
+    if m.head != "content":
+        return [1] * len(head_window_sizes(cfg))
     return [stride_for(k, m.stride_ratio, m.stride_steps) for k in m.window_sizes]
 
 
@@ -35,7 +49,7 @@ def build_model(
         feature_dim=cfg.dataset.feature_dim,
         num_steps=cfg.features.num_steps,
         max_query_len=cfg.text.max_query_len,
-        window_sizes=m.window_sizes,
+        window_sizes=head_window_sizes(cfg),
         strides=model_strides(cfg),
         hidden=m.hidden,
         heads=m.heads,

@@ -5,6 +5,9 @@ Candidates (docs/ARCHITECTURE.md): for window size k and stride s, candidate j c
 of ``Conv1d(C, k, s)`` over T steps.  Figure 5's 1-based ``C_1 = (1, d)``, ``C_2 = (1 + d - p,
 2d - p)`` (d = k, p = k - s) is ``[0, k)``, ``[s, s + k)`` here.  Window sizes are concatenated in
 the order given.  A candidate is valid for a video when it ends at or before the video's real length.
+
+The Table 5 heads (:class:`TGNHead`, :class:`CMINHead`) replace the windows by anchors at every
+step (:func:`anchor_grid`); for them ``window_sizes`` are the anchor widths and strides are unused.
 """
 
 from __future__ import annotations
@@ -50,24 +53,40 @@ def sliding_windows(num_steps: int, window_sizes: Sequence[int], strides: Sequen
     return torch.cat(parts)
 
 
-def step_anchors(
-    num_steps: int, window_sizes: Sequence[int]
+def anchor_grid(
+    num_steps: int, widths: Sequence[int], align: Literal["end", "center"]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-step anchors of the TGN/CMIN heads: at step t, window k covers ``[t-k+1, t+1)``.
+    """Per-step anchors of the Table 5 heads, in CMIN's proposal-grid order (step-major ``[T, K]``).
 
-    Anchors that start before step 0 can never be valid and are left out, so for each k the
-    anchors are the stride-1 windows ``[s, s+k)``, ``s = 0 .. T-k``.  Returns candidates ``[N, 2]``
-    (float), the step each is scored at (its last step, ``[N]`` long) and its window index ``[N]``.
+    ``align="end"`` (TGN, Chen et al. EMNLP 2018, S3.4 "Grounder": K candidates *ending* at each
+    time step): at step t, width w covers ``[t + 1 - w, t + 1)``.  Our choice: the anchor ends at
+    the end of step t (the re-implementation JaywongWang/TGN, data_provider.py, ends it at the
+    middle, ``t + 0.5``; on FIAN's step grid the step boundary keeps anchors on whole steps).
+    ``align="center"`` (CMIN, Zhang et al. SIGIR 2019, ikuinen/CMIN_moment_retrieval
+    models_/gcn_final.py ``proposals``): width w *centred* on step t covers the frames
+    ``t - (w-1)/2 .. t + (w-1)/2`` (inclusive), i.e. ``[t + 0.5 - w/2, t + 0.5 + w/2)`` here.
+
+    Anchors reaching outside ``[0, T]`` are left out: CMIN masks them ("illegal", clip_loader.py)
+    and they are no candidate moment.  Returns candidates ``[N, 2]`` float (start, end) in steps,
+    the step each is scored at ``[N]`` long and its width index ``[N]`` long.
     """
-    cands, steps, wins = [], [], []
-    for i, k in enumerate(window_sizes):
-        if not 1 <= k <= num_steps:
-            raise ValueError(f"window {k} does not fit {num_steps} steps")
-        starts = torch.arange(0, num_steps - k + 1)
-        cands.append(torch.stack([starts, starts + k], dim=1).float())
-        steps.append(starts + k - 1)
-        wins.append(torch.full_like(starts, i))
-    return torch.cat(cands), torch.cat(steps), torch.cat(wins)
+    if not widths:
+        raise ValueError("no anchor widths")
+    if align not in ("end", "center"):
+        raise ValueError(f"align must be 'end' or 'center', got {align!r}")
+    for w in widths:
+        if not 1 <= w <= num_steps:
+            raise ValueError(f"anchor width {w} does not fit {num_steps} steps")
+    t = torch.arange(num_steps, dtype=torch.float64)[:, None]  # [T, 1]
+    w = torch.tensor(list(widths), dtype=torch.float64)[None, :]  # [1, K]
+    if align == "end":
+        start, end = t + 1 - w, (t + 1).expand(-1, w.shape[1])
+    else:
+        start, end = t + 0.5 - w / 2, t + 0.5 + w / 2
+    keep = ((start >= 0) & (end <= num_steps)).flatten()  # row-major: step-major, width-minor
+    idx = keep.nonzero().flatten()
+    cands = torch.stack([start.flatten(), end.flatten()], dim=1)[idx].float()
+    return cands, idx // len(widths), idx % len(widths)
 
 
 def _valid(candidates: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
@@ -101,48 +120,75 @@ class ContentHead(nn.Module):
         )
 
 
-class StepAnchorHead(nn.Module):
-    """Table 5 substitutes, scoring K anchors from the single step feature f_t where they end.
+class _AnchorHead(nn.Module):
+    """Shared plumbing of the Table 5 heads: K anchors per step, scored from that step's f_t only."""
 
-    tgn:  Linear(d_h -> K) scores, no offsets (all zero; ``build_loss`` sets alpha to 0 for it, so
-          the boundary term is reported but carries no weight).
-    cmin: Linear(d_h -> 3K): a score and two offsets per anchor.
-    Both ignore the stride: anchors sit at every step (as in TGN and CMIN).
-    """
-
-    def __init__(
-        self, kind: Literal["tgn", "cmin"], dim: int, num_steps: int, window_sizes: Sequence[int]
-    ) -> None:
+    def __init__(self, num_steps: int, widths: Sequence[int], align: Literal["end", "center"]) -> None:
         super().__init__()
-        if kind not in ("tgn", "cmin"):
-            raise ValueError(f"unknown step-anchor head {kind!r}")
-        self.kind = kind
-        self.n_windows = len(window_sizes)
-        cands, steps, wins = step_anchors(num_steps, window_sizes)
+        self.n_widths = len(widths)
+        cands, steps, wins = anchor_grid(num_steps, widths, align)
         self.register_buffer("candidates", cands, persistent=False)
         self.register_buffer("anchor_step", steps, persistent=False)
-        self.register_buffer("anchor_window", wins, persistent=False)
-        self.proj = nn.Linear(dim, self.n_windows * (1 if kind == "tgn" else 3))
+        self.register_buffer("anchor_width", wins, persistent=False)
 
-    def forward(self, f: torch.Tensor, video_mask: torch.Tensor) -> ModelOutput:
-        B, T, _ = f.shape
-        out = self.proj(f).view(B, T, self.n_windows, -1)  # [B, T, K, 1 or 3]
-        per_anchor = out[:, self.anchor_step, self.anchor_window]  # [B, N, 1 or 3]
-        logits = per_anchor[..., 0]
-        if self.kind == "cmin":
-            offsets = per_anchor[..., 1:]
-        else:
-            offsets = torch.zeros(B, logits.shape[1], 2, dtype=logits.dtype, device=logits.device)
+    def _output(self, logits: torch.Tensor, offsets: torch.Tensor, video_mask: torch.Tensor) -> ModelOutput:
         return ModelOutput(
             logits, torch.sigmoid(logits), offsets, self.candidates, _valid(self.candidates, video_mask)
         )
 
 
+class TGNHead(_AnchorHead):
+    """FIAN-TGN (Table 5, S5.2): TGN's grounder (Chen et al., EMNLP 2018, S3.4).
+
+    At every step t, K anchors of widths ``w_1..w_K`` end at t (:func:`anchor_grid`, ``"end"``) and
+    are scored at once from the single step feature: ``c_t = sigmoid(W_c f_t + b_c)`` in R^K (TGN:
+    from the interactor state h_t^r; here from FIAN's f_t, the BiGRU output that replaces the
+    localization input).  TGN regresses nothing: offsets are all zero, so the predicted segment is
+    the anchor itself.  Trained with :class:`fian.losses.TGNLoss`.
+    """
+
+    def __init__(self, dim: int, num_steps: int, widths: Sequence[int]) -> None:
+        super().__init__(num_steps, widths, "end")
+        self.score = nn.Linear(dim, self.n_widths)  # W_c, b_c
+
+    def forward(self, f: torch.Tensor, video_mask: torch.Tensor) -> ModelOutput:
+        logits = self.score(f)[:, self.anchor_step, self.anchor_width]  # [B, T, K] -> [B, N]
+        offsets = logits.new_zeros(*logits.shape, 2)
+        return self._output(logits, offsets, video_mask)
+
+
+class CMINHead(_AnchorHead):
+    """FIAN-CMIN (Table 5, S5.2): CMIN's localization (Zhang et al., SIGIR 2019, S3.4;
+    ikuinen/CMIN_moment_retrieval models_/gcn_final.py).
+
+    K anchors *centred* on every step (:func:`anchor_grid`, ``"center"``; CMIN's widths are in
+    params/variants/cmin.yaml).  Two 1x1 convolutions over the step features (``fc_score``:
+    ``Conv1d(d, K, 1)``, ``fc_reg``: ``Conv1d(d, 2K, 1)``), here the equivalent Linear layers: a
+    score per anchor (sigmoid) and a (start, end) offset per anchor, in steps (CMIN adds ``reg``
+    to the proposal in frame units).  Trained with :class:`fian.losses.CMINLoss`.
+    """
+
+    def __init__(self, dim: int, num_steps: int, widths: Sequence[int]) -> None:
+        super().__init__(num_steps, widths, "center")
+        self.score = nn.Linear(dim, self.n_widths)  # fc_score
+        self.reg = nn.Linear(dim, 2 * self.n_widths)  # fc_reg
+
+    def forward(self, f: torch.Tensor, video_mask: torch.Tensor) -> ModelOutput:
+        B, T, _ = f.shape
+        logits = self.score(f)[:, self.anchor_step, self.anchor_width]  # [B, N]
+        reg = self.reg(f).view(B, T, self.n_widths, 2)  # CMIN: reg.view(-1, T * K, 2)
+        offsets = reg[:, self.anchor_step, self.anchor_width]  # [B, N, 2]
+        return self._output(logits, offsets, video_mask)
+
+
 def build_head(
     kind: HeadKind, dim: int, num_steps: int, window_sizes: Sequence[int], strides: Sequence[int]
 ) -> nn.Module:
+    """content: windows ``window_sizes`` at ``strides``; tgn / cmin: anchors of widths ``window_sizes``."""
     if kind == "content":
         return ContentHead(dim, num_steps, window_sizes, strides)
-    if kind in ("tgn", "cmin"):
-        return StepAnchorHead(kind, dim, num_steps, window_sizes)
+    if kind == "tgn":
+        return TGNHead(dim, num_steps, window_sizes)
+    if kind == "cmin":
+        return CMINHead(dim, num_steps, window_sizes)
     raise ValueError(f"unknown head {kind!r}; expected content, tgn or cmin")
