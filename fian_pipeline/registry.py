@@ -512,14 +512,39 @@ class Instance:
             cmd = " ".join([cmd, *plan_args(self.stage, plan)])
         return cmd
 
+    def params_files(self) -> list[str]:
+        """The --params layers of this job (files; rerun decisions go by :meth:`tracked_params`)."""
+        return [fill(p, self.wildcards) for p in self.stage.params_files()]
+
+    def tracked_params(self, root: str | Path = ".") -> dict[str, dict[str, Any]]:
+        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer that
+        wins for it (fian_pipeline.layers); what DVC tracks and what Snakemake gets as ``params:``."""
+        from fian_pipeline.layers import winners
+
+        return winners(self.params_files(), self.stage.keys, root)
+
     def deps(self, plan: Plan) -> list[str]:
-        files = [fill(p, self.wildcards) for p in self.stage.params_files()]
+        files = self.params_files()
         files += [fill(p, self.wildcards) for p in self.stage.inputs()]
         files += plan_inputs(self.stage, plan)
         return files
 
     def outs(self) -> list[str]:
         return [fill(o.path, self.wildcards) for o in self.stage.outputs]
+
+
+def param_values(name: str, wildcards: Mapping[str, str], root: str | Path = ".") -> str:
+    """A rule's ``params: values=``: the merged values of the keys the stage reads (canonical JSON).
+
+    Snakemake's params trigger reruns a job exactly when this string changes (a value it reads
+    changed in some layer, or a key it reads was added or removed); the layer files are not inputs,
+    so their modification times decide nothing.  dvc.yaml tracks the same keys (render.py).
+    """
+    from fian_pipeline.layers import values_json
+
+    s = stage(name)
+    wc = {w: str(wildcards[w]) for w in s.wildcards}
+    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root)
 
 
 def plan_args(stage_: Stage, plan: Plan) -> list[str]:

@@ -54,15 +54,14 @@ def _out_name(out: R.Out) -> str:
 
 def render_rule(s: R.Stage) -> str:
     lines = [f"rule {s.name}:", f'    """{s.doc}"""']
-    # inputs: the params layers, the path arguments, plan-level inputs
-    lines.append("    input:")
-    if s.layers:
-        lines.append("        params=[" + ", ".join(f'"{p}"' for p in s.params_files()) + "],")
-    for a in s.args:
-        if a.role == "in":
-            lines.append(f'        {_name(a.flag)}="{a.path}",')
+    # inputs: the path arguments, plan-level inputs (the params layers are not inputs: the values
+    # the stage reads are its `params: values=`, so Snakemake reruns on changed values, not file times)
+    inputs = [f'        {_name(a.flag)}="{a.path}",' for a in s.args if a.role == "in"]
     if s.wildcards == ():
-        lines.append(f'        plan=R.plan_inputs(R.stage("{s.name}"), PLAN),')
+        inputs.append(f'        plan=R.plan_inputs(R.stage("{s.name}"), PLAN),')
+    if inputs:
+        lines.append("    input:")
+        lines.extend(inputs)
     lines.append("    output:")
     for o in s.outputs:
         value = f'directory("{o.path}")' if o.kind == "dir" else f'"{o.path}"'
@@ -81,16 +80,20 @@ def render_rule(s: R.Stage) -> str:
     lines.append(f"        runtime={s.runtime},")
     if s.gpus:
         lines.append(f'        gpu=R.resources(R.stage("{s.name}"), PLAN).get("gpu", 0),')
+    params = []
+    if s.layers:
+        params.append(f'        values=lambda wildcards: R.param_values("{s.name}", wildcards),')
     if s.wildcards == ():
-        lines.append("    params:")
-        lines.append(f'        plan=" ".join(R.plan_args(R.stage("{s.name}"), PLAN)),')
+        params.append(f'        plan=" ".join(R.plan_args(R.stage("{s.name}"), PLAN)),')
         cmd = _smk_template(s.command()) + " {params.plan}"
     elif s.distributed:
-        lines.append("    params:")
-        lines.append(f'        launcher=R.launcher(R.stage("{s.name}"), PLAN),')
+        params.append(f'        launcher=R.launcher(R.stage("{s.name}"), PLAN),')
         cmd = _smk_template(s.command(launcher="{params.launcher}"))
     else:
         cmd = _smk_template(s.command())
+    if params:
+        lines.append("    params:")
+        lines.extend(params)
     lines.append("    shell:")
     lines.append(f'        "{cmd} > {{log}} 2>&1"')
     return "\n".join(lines) + "\n"
@@ -116,30 +119,54 @@ def _dvc_template(template: str) -> str:
     return out
 
 
-def _has_key(data: dict[str, Any], dotted: str) -> bool:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+def _layer_of(s: R.Stage, inst: R.Instance, file: str) -> str:
+    """Which layer of ``s`` a filled params file of ``inst`` is (base, dataset or variant)."""
+    for layer in s.layers:
+        if R.fill(R.LAYER_PATHS[layer], inst.wildcards) == file:
+            return layer
+    raise AssertionError(f"{file} is not a params layer of {inst.id}")
 
 
-def dvc_params(s: R.Stage, root: Path) -> list[Any]:
-    """Per-stage params: the keys the stage reads from the fixed base layer (those present there),
-    and the whole file of each wildcard layer (dataset, variant): a key missing from a file would be
-    an error for DVC, and tracking the whole file never misses a change."""
+def dvc_params(s: R.Stage, items: list[R.Instance], root: Path) -> tuple[list[Any], dict[str, dict[str, str]]]:
+    """Per-stage params: each key the stage reads, under the layer file that wins for it.
+
+    A key every instance takes from the same layer is listed under that layer's path template
+    (``params/datasets/${item.dataset}.yaml: [train.lr, ...]``).  The others (a key one dataset sets
+    and another leaves to base.yaml; or that no layer of some instance sets) are per-instance pairs
+    ``${item.pN_file}: [${item.pN_key}]`` with the file and key in each foreach item (DVC interpolates
+    strings only; a pair repeated to pad an instance's list is tracked once).  Returns the entries and
+    the extra item fields per instance key."""
+    tracked = {inst.key: inst.tracked_params(root) for inst in items}
+    pairs = {k: {(f, key) for f, keys in t.items() for key in keys} for k, t in tracked.items()}
+    layer_keys: dict[str, set[str]] = {}  # layer -> keys every instance takes from it
+    all_keys = sorted({key for p in pairs.values() for _, key in p})
+    uniform: set[str] = set()
+    for key in all_keys:
+        layers = set()
+        for inst in items:
+            files = [f for f, k in pairs[inst.key] if k == key]
+            layers.add(_layer_of(s, inst, files[0]) if files else None)
+        if len(layers) == 1 and None not in layers:
+            (layer,) = layers
+            layer_keys.setdefault(layer, set()).add(key)
+            uniform.add(key)
     out: list[Any] = []
     for layer in s.layers:
-        path = R.LAYER_PATHS[layer]
-        if "{" not in path:
-            data = yaml.safe_load((root / path).read_text()) or {}
-            keys = [k for k in s.keys if _has_key(data, k)]
-            if keys:
-                out.append({path: keys})
-        else:
-            out.append({_dvc_template(path): None})
-    return out
+        if layer_keys.get(layer):
+            out.append({_dvc_template(R.LAYER_PATHS[layer]): sorted(layer_keys[layer])})
+    extra: dict[str, dict[str, str]] = {inst.key: {} for inst in items}
+    rest = {k: sorted((f, key) for f, key in p if key not in uniform) for k, p in pairs.items()}
+    width = max((len(r) for r in rest.values()), default=0)
+    for n in range(width):
+        out.append({f"${{item.p{n}_file}}": [f"${{item.p{n}_key}}"]})
+    for inst in items:
+        own = rest[inst.key] or sorted(pairs[inst.key])
+        if width and not own:
+            raise R.ConfigError(f"{inst.id}: reads no params key that another instance of {s.name} reads")
+        for n in range(width):
+            f, key = own[min(n, len(own) - 1)]
+            extra[inst.key][f"p{n}_file"], extra[inst.key][f"p{n}_key"] = f, key
+    return out, extra
 
 
 def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> dict[str, Any]:
@@ -151,7 +178,7 @@ def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> 
         deps += R.plan_inputs(s, plan)
     if deps:
         body["deps"] = deps
-    params = dvc_params(s, root)
+    params, extra = dvc_params(s, items, root) if s.layers else ([], {})
     if params:
         body["params"] = params
     outs = [_dvc_template(o.path) for o in s.outputs if not (o.metric or o.plot)]
@@ -171,7 +198,7 @@ def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> 
         body["plots"] = plots
     if s.wildcards == ():
         return body
-    foreach = {inst.key: dict(inst.wildcards) for inst in items}
+    foreach = {inst.key: {**inst.wildcards, **extra.get(inst.key, {})} for inst in items}
     return {"foreach": foreach, "do": body}
 
 
@@ -184,7 +211,6 @@ def render_dvc(
         by_stage.setdefault(inst.stage.name, []).append(inst)
     rendered = {name: dvc_stage(items[0].stage, items, plan, root) for name, items in by_stage.items()}
     text = yaml.safe_dump({"stages": rendered}, sort_keys=False, width=100000, default_flow_style=False)
-    text = text.replace(": null\n", ":\n")  # `- params/datasets/x.yaml:` tracks the whole file
     return HEADER + f"# Config: {config_path}\n" + text
 
 

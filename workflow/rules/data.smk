@@ -4,8 +4,6 @@
 
 rule download_annotations:
     """Fetch the annotation files named in params (dataset.annotation_sources), sha256-checked."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         annotations=directory("data/raw/{dataset}/annotations"),
     log:
@@ -16,14 +14,14 @@ rule download_annotations:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("download_annotations", wildcards),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
 
 
 rule download_features:
     """Fetch the released feature files (dataset.feature_sources)."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         features=directory("data/raw/{dataset}/features"),
     log:
@@ -34,6 +32,8 @@ rule download_features:
     resources:
         mem_mb=2000,
         runtime=600,
+    params:
+        values=lambda wildcards: R.param_values("download_features", wildcards),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
@@ -41,7 +41,6 @@ rule download_features:
 rule download_glove:
     """Fetch and unpack GloVe 840B.300d (text.glove)."""
     input:
-        params=["params/base.yaml"],
         plan=R.plan_inputs(R.stage("download_glove"), PLAN),
     output:
         glove="data/raw/glove/glove.840B.300d.txt",
@@ -52,6 +51,7 @@ rule download_glove:
         mem_mb=2000,
         runtime=240,
     params:
+        values=lambda wildcards: R.param_values("download_glove", wildcards),
         plan=" ".join(R.plan_args(R.stage("download_glove"), PLAN)),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
@@ -59,8 +59,6 @@ rule download_glove:
 
 rule generate:
     """Write the synthetic dataset (ActivityNet-style JSON + C3D-layout HDF5) from dataset.synthetic."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         annotations=directory("data/raw/{dataset}/annotations"),
         features=directory("data/raw/{dataset}/features"),
@@ -72,6 +70,8 @@ rule generate:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("generate", wildcards),
     shell:
         "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
@@ -79,7 +79,6 @@ rule generate:
 rule annotations:
     """Parse, validate and normalize the annotations: <split>.parquet and counts.json."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         raw="data/raw/{dataset}/annotations",
     output:
         annotations=directory("data/interim/{dataset}/annotations"),
@@ -89,5 +88,7 @@ rule annotations:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("annotations", wildcards),
     shell:
         "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"

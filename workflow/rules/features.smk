@@ -5,7 +5,6 @@
 rule features:
     """Import the released feature files into the feature store (videos the annotations use)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         raw="data/raw/{dataset}/features",
         annotations="data/interim/{dataset}/annotations",
     output:
@@ -18,6 +17,8 @@ rule features:
     resources:
         mem_mb=16000,
         runtime=120,
+    params:
+        values=lambda wildcards: R.param_values("features", wildcards),
     shell:
         "python -m fian_pipeline.features --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/features --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
@@ -25,7 +26,6 @@ rule features:
 rule extract:
     """Extract C3D/I3D features from raw videos into the feature store (config features: extract)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         videos="data/raw/{dataset}/videos",
         weights="data/raw/{dataset}/backbone.pt",
     output:
@@ -39,6 +39,8 @@ rule extract:
         mem_mb=32000,
         runtime=1440,
         gpu=R.resources(R.stage("extract"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("extract", wildcards),
     shell:
         "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
@@ -46,7 +48,6 @@ rule extract:
 rule text:
     """Vocabulary (train split) and GloVe vectors: vocab.json, embeddings.npy, coverage.json."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
         glove="data/raw/glove/glove.840B.300d.txt",
     output:
@@ -59,6 +60,8 @@ rule text:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("text", wildcards),
     shell:
         "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove data/raw/glove/glove.840B.300d.txt --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
@@ -66,7 +69,6 @@ rule text:
 rule text_fallback:
     """OFFLINE FALLBACK: as text, with GloVe vectors trained on the dataset's own sentences."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
     output:
         text=directory("data/interim/{dataset}/text"),
@@ -78,6 +80,8 @@ rule text_fallback:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("text_fallback", wildcards),
     shell:
         "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
@@ -85,7 +89,6 @@ rule text_fallback:
 rule prepare:
     """Downsample every video to features.num_steps and encode the queries: <split>.h5."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
         features="data/interim/{dataset}/features.h5",
         text="data/interim/{dataset}/text",
@@ -97,5 +100,7 @@ rule prepare:
     resources:
         mem_mb=16000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("prepare", wildcards),
     shell:
         "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --features data/interim/{wildcards.dataset}/features.h5 --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"

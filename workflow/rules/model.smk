@@ -5,7 +5,6 @@
 rule train:
     """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml", "params/variants/{variant}.yaml"],
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
     output:
@@ -20,6 +19,7 @@ rule train:
         runtime=720,
         gpu=R.resources(R.stage("train"), PLAN).get("gpu", 0),
     params:
+        values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
         "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
@@ -28,7 +28,6 @@ rule train:
 rule evaluate:
     """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml", "params/variants/{variant}.yaml"],
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
@@ -42,6 +41,8 @@ rule evaluate:
         mem_mb=16000,
         runtime=60,
         gpu=R.resources(R.stage("evaluate"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("evaluate", wildcards),
     shell:
         "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
@@ -49,7 +50,6 @@ rule evaluate:
 rule baseline:
     """The moment-prior baseline (query-independent) on a split, with the same metrics."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         data="data/processed/{dataset}",
     output:
         predictions="results/{dataset}/prior/predictions_{split}.jsonl",
@@ -60,5 +60,7 @@ rule baseline:
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("baseline", wildcards),
     shell:
         "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"
