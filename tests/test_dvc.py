@@ -140,7 +140,7 @@ def test_param_change_reruns_exactly_the_readers(repo: Path) -> None:
     _set(repo / "params/variants/a.yaml", "train", "lr", 4)
     assert _ran(_run(repo, "dvc", "repro")) == {"fit@toy-a", "score@toy-a"}
 
-    # features in the dataset layer (tracked as a whole file: every stage of the dataset that reads it)
+    # features in the dataset layer: prep reads it (the later stages rerun on its output)
     _set(repo / "params/datasets/toy.yaml", "features", "n", 7)
     assert _ran(_run(repo, "dvc", "repro")) == {
         "prep@toy",
