@@ -217,6 +217,17 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_metrics(path: str | Path, metrics: dict[str, float], *, split: str, n_queries: int, **extra: Any) -> None:
-    """``metrics_<split>.json``: flat, fractions, with ``"unit": "fraction"`` said explicitly."""
-    write_json(path, {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), **extra})
+def write_metrics(
+    path: str | Path, metrics: dict[str, float], *, split: str, n_queries: int, info: str | Path | None = None, **extra: Any
+) -> None:
+    """``metrics_<split>.json``: flat, fractions, with ``"unit": "fraction"`` said explicitly.
+
+    With ``info``, the metrics file keeps only the numbers and the rest (``unit``, ``split``, text
+    extras) goes to ``info``: DVC lists every key of a metrics file as a metric, strings included."""
+    record = {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), **extra}
+    if info is None:
+        write_json(path, record)
+        return
+    numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    write_json(path, numbers)
+    write_json(info, {k: v for k, v in record.items() if k not in numbers})

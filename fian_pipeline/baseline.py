@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pred_path = args.out / f"predictions_{args.split}.jsonl"
         metrics_path = args.out / f"metrics_{args.split}.json"
         write_predictions(pred_path, frame)
-        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), baseline=VARIANT)
+        write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), baseline=VARIANT,
+                      info=args.out / f"info_{args.split}.json")  # fmt: skip
         tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
         tracker.log_artifact(metrics_path)
     log.info("moment prior: centres (start, end) / duration %s, weights %s",

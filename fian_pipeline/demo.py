@@ -61,7 +61,11 @@ def record_in_dvc(env: dict[str, str]) -> str:
     proc = subprocess.run([str(exe), "commit", "--force", "--quiet"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return f"DVC: `dvc commit` failed (dvc repro would rerun the stages): {(proc.stderr + proc.stdout).strip()[-500:]}"
-    return "DVC: this run is recorded in dvc.lock (`dvc repro` has nothing to do; `dvc metrics show`)"
+    return (
+        "DVC: this run is recorded in dvc.lock (`dvc repro` has nothing to do; `dvc metrics show`).\n"
+        "     To compare later runs with it: git add dvc.lock && git commit -m 'demo run'; then after a\n"
+        "     params edit and `make demo` (or `dvc repro`): dvc params diff; dvc metrics diff; dvc plots diff"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

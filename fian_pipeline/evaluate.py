@@ -6,8 +6,8 @@
 
 The model is rebuilt from the config stored in the checkpoint (its best-on-validation weights);
 the evaluation settings (``eval.*``) come from ``--params``.  Writes ``predictions_<split>.jsonl``
-(one query per line, ranked moments in seconds) and ``metrics_<split>.json`` (fractions,
-``"unit": "fraction"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
+(one query per line, ranked moments in seconds), ``metrics_<split>.json`` (numbers only: fractions)
+and ``info_<split>.json`` (``"unit": "fraction"``, the split).  Under torchrun only rank 0 evaluates (evaluation is fast).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pred_path = args.out / f"predictions_{args.split}.jsonl"
             metrics_path = args.out / f"metrics_{args.split}.json"
             write_predictions(pred_path, frame)
-            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), best_epoch=ckpt.get("best_epoch"))
+            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), best_epoch=ckpt.get("best_epoch"),
+                          info=args.out / f"info_{args.split}.json")  # fmt: skip
             tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
             tracker.log_artifact(pred_path)
             tracker.log_artifact(metrics_path)

@@ -63,6 +63,7 @@ class Out:
     metric: bool = False  # DVC `metrics:` (JSON)
     plot: bool = False  # DVC `plots:` (CSV)
     plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
+    plot_ys: tuple[str, ...] = ()  # more columns drawn against plot_xy[0], one plot each (dvc.yaml `plots:`)
 
 
 @dataclass(frozen=True)
@@ -287,15 +288,16 @@ STAGES: tuple[Stage, ...] = (
         name="train",
         module="train",
         phase="model",
-        doc="Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow.",
+        doc="Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json (+ train_info.json); logged to MLflow.",
         wildcards=_DV,
         layers=_BDV,
         keys=("features", "model", "loss", "train", "eval"),  # tracking.* only observes
         args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value")),
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
-            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss")),
+            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss"), plot_ys=("val/R@1,IoU=0.5",)),
             Out(f"{RUN}/train_metrics.json", metric=True),
+            Out(f"{RUN}/train_info.json"),
         ),
         threads=4,
         mem_mb=32000,
@@ -321,6 +323,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{RUN}/predictions_{{split}}.jsonl"),
             Out(f"{RUN}/metrics_{{split}}.json", metric=True),
+            Out(f"{RUN}/info_{{split}}.json"),
         ),
         threads=4,
         mem_mb=16000,
@@ -339,6 +342,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{PRIOR}/predictions_{{split}}.jsonl"),
             Out(f"{PRIOR}/metrics_{{split}}.json", metric=True),
+            Out(f"{PRIOR}/info_{{split}}.json"),
         ),
         mem_mb=8000,
     ),

@@ -202,6 +202,21 @@ def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> 
     return {"foreach": foreach, "do": body}
 
 
+def dvc_plots(instances: Sequence[R.Instance]) -> list[Any]:
+    """Top-level plot definitions: the further columns of a plot file (``Out.plot_ys``) per instance,
+    e.g. validation R@1 per epoch beside the stage's own loss plot (`dvc plots show|diff`)."""
+    out: list[Any] = []
+    for inst in instances:
+        for o in inst.stage.outputs:
+            if not (o.plot and o.plot_ys and o.plot_xy):
+                continue
+            path = R.fill(o.path, inst.wildcards)
+            for y in o.plot_ys:
+                name = f"{inst.key or inst.stage.name} {y}"
+                out.append({name: {"x": o.plot_xy[0], "y": {path: y}, "title": f"{inst.id}: {y} per {o.plot_xy[0]}"}})
+    return out
+
+
 def render_dvc(
     plan: R.Plan, config_path: str, root: Path = Path("."), stages: Sequence[R.Stage] = R.STAGES
 ) -> str:
@@ -210,7 +225,11 @@ def render_dvc(
     for inst in R.instances(plan, stages):
         by_stage.setdefault(inst.stage.name, []).append(inst)
     rendered = {name: dvc_stage(items[0].stage, items, plan, root) for name, items in by_stage.items()}
-    text = yaml.safe_dump({"stages": rendered}, sort_keys=False, width=100000, default_flow_style=False)
+    doc: dict[str, Any] = {"stages": rendered}
+    plots = dvc_plots(R.instances(plan, stages))
+    if plots:
+        doc["plots"] = plots
+    text = yaml.safe_dump(doc, sort_keys=False, width=100000, default_flow_style=False)
     return HEADER + f"# Config: {config_path}\n" + text
 
 

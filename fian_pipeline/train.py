@@ -8,8 +8,8 @@ Several GPUs: ``torchrun --nproc_per_node N -m fian_pipeline.train ...`` (DDP; t
 
 Reads ``<data>/train.h5`` and ``<data>/val.h5`` (when the dataset has a ``val`` split, or for a
 dataset without a split list, when the file exists); writes ``checkpoint.pt`` (after every epoch,
-atomically), ``history.csv`` (one row per epoch) and ``train_metrics.json`` (the best epoch's
-validation metrics as fractions, for DVC).
+atomically), ``history.csv`` (one row per epoch), ``train_metrics.json`` (the best epoch's
+validation metrics as fractions: numbers only, for DVC) and ``train_info.json`` (unit, best_by).
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
         "vocab_size": vocab_size,
         "unit": "fraction",
     }
-    write_json(out / "train_metrics.json", summary)
+    numbers = {k: v for k, v in summary.items() if not isinstance(v, str)}  # DVC: a metrics file holds numbers
+    write_json(out / "train_metrics.json", numbers)
+    write_json(out / "train_info.json", {k: v for k, v in summary.items() if k not in numbers})
     return summary
 
 

@@ -80,6 +80,7 @@ def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
         "results/tacos/soft/checkpoint.pt",
         "results/tacos/soft/history.csv",
         "results/tacos/soft/train_metrics.json",
+        "results/tacos/soft/train_info.json",
     ]
     assert by_id["prepare@charades"].outs() == ["data/processed/charades"]
     assert by_id["features@activitynet"].outs() == ["data/interim/activitynet/features.h5"]

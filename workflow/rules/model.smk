@@ -3,7 +3,7 @@
 
 
 rule train:
-    """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow."""
+    """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json (+ train_info.json); logged to MLflow."""
     input:
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
@@ -11,6 +11,7 @@ rule train:
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
         history="results/{dataset}/{variant}/history.csv",
         train_metrics="results/{dataset}/{variant}/train_metrics.json",
+        train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
     threads: 4
@@ -34,6 +35,7 @@ rule evaluate:
     output:
         predictions="results/{dataset}/{variant}/predictions_{split}.jsonl",
         metrics="results/{dataset}/{variant}/metrics_{split}.json",
+        info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
     threads: 4
@@ -54,6 +56,7 @@ rule baseline:
     output:
         predictions="results/{dataset}/prior/predictions_{split}.jsonl",
         metrics="results/{dataset}/prior/metrics_{split}.json",
+        info="results/{dataset}/prior/info_{split}.json",
     log:
         "logs/baseline/{dataset}-{split}.log",
     threads: 1
