@@ -5,6 +5,8 @@
 #   snakemake --profile workflow/profiles/local --configfile workflow/config/paper.yaml
 #   snakemake --profile workflow/profiles/slurm --configfile workflow/config/paper.yaml
 
+import sys
+
 from snakemake.utils import min_version, validate
 
 from fian_pipeline import registry as R
@@ -23,6 +25,9 @@ if not config:
 # the config's schema first, then every params layer the config uses (clear error naming file/key)
 validate(config, "workflow/schemas/config.schema.json")
 PLAN = R.plan_from_config(config)
+# files that only a person can fetch (share pages): said now, before any job runs (dry runs too)
+for _note in R.manual_fetches(PLAN):
+    print(f"NOTE {_note}", file=sys.stderr)
 
 
 wildcard_constraints:

@@ -39,6 +39,9 @@ class Source:
     name: str
     url: str
     sha256: str | None = None  # None: not pinned upstream; the download stage warns and records it
+    # the url is a share page (a browser, a login): fetched by hand into the download folder; the
+    # workflow says so when it is parsed, before anything runs (fian_pipeline.registry.manual_fetches)
+    by_hand: bool = False
 
 
 @dataclass(frozen=True)

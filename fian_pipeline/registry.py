@@ -87,6 +87,7 @@ class Stage:
     gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
     distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
     package: str = "fian_pipeline"  # the command runs `python -m <package>.<module>`
+    console: bool = False  # Snakemake: stdout to the console (one line per epoch), stderr to the log
 
     @property
     def log(self) -> str:
@@ -149,7 +150,7 @@ STAGES: tuple[Stage, ...] = (
         doc="Fetch the annotation files named in params (dataset.annotation_sources), sha256-checked.",
         wildcards=_D,
         layers=_BD,
-        keys=("dataset",),
+        keys=("dataset.annotation_sources",),  # only: any other edit must not replan (delete) the raw files
         fixed=("--kind", "annotations"),
         args=(Arg("--out", RAW_ANN, "out"),),
         outputs=(Out(RAW_ANN, "dir"),),
@@ -163,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
         doc="Fetch the released feature files (dataset.feature_sources).",
         wildcards=_D,
         layers=_BD,
-        keys=("dataset",),
+        keys=("dataset.feature_sources",),  # only: any other edit must not replan (delete) the raw files
         fixed=("--kind", "features"),
         args=(Arg("--out", RAW_FEAT, "out"),),
         outputs=(Out(RAW_FEAT, "dir"),),
@@ -304,6 +305,7 @@ STAGES: tuple[Stage, ...] = (
         runtime=12 * 60,
         gpus=1,
         distributed=True,
+        console=True,
     ),
     Stage(
         name="evaluate",
@@ -549,6 +551,32 @@ def param_values(name: str, wildcards: Mapping[str, str], root: str | Path = "."
     s = stage(name)
     wc = {w: str(wildcards[w]) for w in s.wildcards}
     return values_json([fill(p, wc) for p in s.params_files()], s.keys, root)
+
+
+def manual_fetches(plan: Plan, root: str | Path = ".") -> list[str]:
+    """One notice per file a dataset of the plan must get by hand (a ``by_hand`` source: a share
+    page) that is not in place yet: the file name, the page, and where to put it.  The Snakefile
+    prints them when it is parsed, dry runs included, before any job runs."""
+    root = Path(root)
+    notes = []
+    for d in plan.datasets:
+        if d.source != "download":
+            continue
+        cfg = load_config(root / plan.params_dir / "base.yaml", root / plan.params_dir / "datasets" / f"{d.name}.yaml")
+        kinds = [("annotations", RAW_ANN, cfg.dataset.annotation_sources)]
+        if d.features == "import":
+            kinds.append(("features", RAW_FEAT, cfg.dataset.feature_sources))
+        for kind, folder, sources in kinds:
+            for src in sources:
+                dest = Path(fill(folder, {"dataset": d.name})) / src.name
+                if src.by_hand and not (root / dest).exists():
+                    notes.append(
+                        f"{d.name}: {src.name} must be fetched BY HAND (a share page, no direct download): "
+                        f"open {src.url} in a browser, download {src.name} and put it at {dest}; then "
+                        f"`snakemake --touch {fill(folder, {'dataset': d.name})}` (with the same --configfile). "
+                        f"Until then the download_{kind} job stops with these instructions."
+                    )
+    return notes
 
 
 def plan_args(stage_: Stage, plan: Plan) -> list[str]:

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from fian.io import atomic_path, write_json
-from fian_pipeline.common import StageError, load, parser, run_stage, warn_loud
+from fian_pipeline.common import StageError, load, parser, print_epoch, run_stage, warn_loud
 
 log = logging.getLogger("fian.train")
 
@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     model, loss_fn, train, val,
                     train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps,
                     checkpoint=ckpt_path, resume=args.resume,
-                    on_epoch=lambda r: tracker.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                    on_epoch=lambda r: (tracker.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                                        print_epoch(cfg, r)),
                     config=cfg.to_dict(), device=device, dist_info=info,
                 )  # fmt: skip
             except NonFiniteLossError as e:

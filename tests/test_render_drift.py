@@ -64,7 +64,8 @@ def _snakemake_jobs(config: str, tmp: Path, plan: R.Plan) -> dict[str, Job]:
         )
         stage = R.stage(m.group(1))
         key = "-".join(wildcards[w] for w in stage.wildcards)
-        cmd = re.sub(r" > logs/\S+ 2>&1$", "", shell.group(1).strip())
+        cmd = re.sub(r" (> logs/\S+ 2>&1|2> logs/\S+)$", "", shell.group(1).strip())
+        assert shell.group(1).strip().endswith(" 2> " + R.fill(stage.log, wildcards)) == stage.console, shell.group(1)
         inputs = [s for s in fields.get("input", "").split(", ") if s]
         deps = frozenset(i for i in inputs if not i.startswith("params/"))
         # the params layers are not inputs (their file times decide nothing; the values are params:)

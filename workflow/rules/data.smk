@@ -10,6 +10,8 @@ rule download_annotations:
         "logs/download_annotations/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -28,6 +30,8 @@ rule download_features:
         "logs/download_features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -46,6 +50,8 @@ rule download_glove:
         glove="data/raw/glove/glove.840B.300d.txt",
     log:
         "logs/download_glove/download_glove.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -66,6 +72,8 @@ rule generate:
         "logs/generate/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "generate"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -84,6 +92,8 @@ rule annotations:
         annotations=directory("data/interim/{dataset}/annotations"),
     log:
         "logs/annotations/{dataset}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=4000,

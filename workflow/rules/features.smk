@@ -13,6 +13,8 @@ rule features:
         "logs/features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "import"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=16000,
@@ -34,6 +36,8 @@ rule extract:
         "logs/extract/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "extract"),
+    conda:
+        "../envs/fian.yaml"
     threads: 8
     resources:
         mem_mb=32000,
@@ -56,6 +60,8 @@ rule text:
         "logs/text/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "glove"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=8000,
@@ -76,6 +82,8 @@ rule text_fallback:
         "logs/text_fallback/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "fallback"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -96,6 +104,8 @@ rule prepare:
         dataset=directory("data/processed/{dataset}"),
     log:
         "logs/prepare/{dataset}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=16000,

@@ -14,6 +14,8 @@ rule train:
         train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 4
     resources:
         mem_mb=32000,
@@ -23,7 +25,7 @@ rule train:
         values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
 rule evaluate:
@@ -38,6 +40,8 @@ rule evaluate:
         info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 4
     resources:
         mem_mb=16000,
@@ -59,6 +63,8 @@ rule baseline:
         info="results/{dataset}/prior/info_{split}.json",
     log:
         "logs/baseline/{dataset}-{split}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=8000,
