@@ -28,6 +28,8 @@ PLAN = R.plan_from_config(config)
 # files that only a person can fetch (share pages): said now, before any job runs (dry runs too)
 for _note in R.manual_fetches(PLAN):
     print(f"NOTE {_note}", file=sys.stderr)
+for _note in R.missing_local(PLAN):
+    print(f"ERROR {_note}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -41,6 +43,17 @@ rule all:
     input:
         R.targets(PLAN),
     default_target: True
+
+
+# one target per dataset: `snakemake dataset_<name>` builds its metrics, checkpoints and figures
+# (not the tables: reports/table*.tex are the paper's tables, rebuilt by `all`)
+for _d in PLAN.datasets:
+
+    rule:
+        name:
+            f"dataset_{_d.name}"
+        input:
+            R.dataset_targets(PLAN, _d.name),
 
 
 include: "workflow/rules/data.smk"

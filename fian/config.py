@@ -90,6 +90,9 @@ class TextConfig:
     oov: Literal["zero", "random", "unk"] = "unk"
     # offline fallback: train GloVe vectors on the dataset's own sentences.  Never silent.
     fallback_train_glove: bool = False
+    # a word-vector file of this dataset (GloVe text layout: word v1 ... v_word_dim per line), path from
+    # the repository root; None: the downloaded glove.840B.300d.txt (stage download_glove)
+    vectors_file: str | None = None
     glove_epochs: int = 25
     glove_window: int = 5
     glove_x_max: float = 10.0  # fallback GloVe: f(X) = min(1, (X / x_max)^0.75)

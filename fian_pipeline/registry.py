@@ -29,9 +29,12 @@ from fian.config import ConfigError, load_config, load_params
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
-When = Literal["always", "download", "generate", "import", "extract", "glove", "fallback"]
+When = Literal["always", "download", "generate", "import", "extract", "glove", "glove_download", "fallback"]
 
 WILDCARDS = ("dataset", "variant", "split")
+# per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
+# file, params text.vectors_file or GLOVE_FILE); Snakemake takes them from PLAN, DVC from each item
+PLAN_VARS = ("vectors",)
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
 
 # fixed artifact locations (docs/ARCHITECTURE.md "Data artifacts")
@@ -182,7 +185,7 @@ STAGES: tuple[Stage, ...] = (
         fixed=("--kind", "glove"),
         args=(Arg("--out", GLOVE_DIR, "value"),),
         outputs=(Out(GLOVE_FILE),),
-        when="glove",  # a stage without wildcards runs when any dataset uses it
+        when="glove_download",  # a stage without wildcards runs when any dataset uses it
         runtime=240,
     ),
     Stage(
@@ -248,7 +251,7 @@ STAGES: tuple[Stage, ...] = (
         wildcards=_D,
         layers=_BD,
         keys=("text", "dataset.policy"),
-        args=(Arg("--annotations", ANN), Arg("--glove", GLOVE_FILE), Arg("--out", TEXT, "out")),
+        args=(Arg("--annotations", ANN), Arg("--glove", "{vectors}"), Arg("--out", TEXT, "out")),
         outputs=(Out(TEXT, "dir"),),
         when="glove",
         mem_mb=8000,
@@ -397,11 +400,12 @@ def stage(name: str) -> Stage:
 class DatasetPlan:
     name: str
     variants: tuple[str, ...]
-    source: Literal["download", "generate"] = "download"
+    source: Literal["download", "generate", "local"] = "download"  # local: raw files in place, never fetched
     features: Literal["import", "extract"] = "import"
     baseline: bool = True
     plots: bool = True
     glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
+    vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
 
     def uses(self, when: When) -> bool:
         return {
@@ -411,6 +415,7 @@ class DatasetPlan:
             "import": self.features == "import",
             "extract": self.features == "extract",
             "glove": self.glove,
+            "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
         }[when]
 
@@ -434,6 +439,44 @@ class Plan:
         )
 
 
+# Keys every params/datasets/<name>.yaml must set itself: left out, they would silently take
+# base.yaml's values, which are TACoS-like (S4.3), not the new dataset's (README "Bring your own dataset")
+REQUIRED_DATASET_KEYS: tuple[tuple[str, str], ...] = (
+    ("dataset.name", "the dataset key used in every path (= the file's name)"),
+    ("dataset.format", "annotation parser: activitynet, tacos or charades"),
+    ("dataset.splits", "split -> annotation file names"),
+    ("dataset.feature_layout", "feature file layout"),
+    ("dataset.feature_dim", "width of a feature vector"),
+    ("features.num_steps", "T, steps per video after downsampling (S4.3)"),
+    ("model.window_sizes", "candidate window sizes in steps (S4.3)"),
+    ("model.stride_ratio", "window stride / window size (S4.3)"),
+    ("loss.alpha", "boundary-loss weight (S4.3)"),
+    ("train.lr", "Adam learning rate (S4.3)"),
+    ("train.batch_size", "batch size (S4.3)"),
+)
+
+
+def check_dataset_file(path: str | Path, name: str) -> None:
+    """A dataset params file sets every REQUIRED_DATASET_KEYS key, and dataset.name is its name."""
+    from fian_pipeline.layers import read_layer
+
+    data = read_layer(path)
+    missing = []
+    for key, meaning in REQUIRED_DATASET_KEYS:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(f"{key} ({meaning})")
+    if missing:
+        raise ConfigError(
+            f"{path}: a dataset params file must set these keys itself (base.yaml's values are "
+            f"TACoS-like defaults): {'; '.join(missing)}"
+        )
+    if data["dataset"]["name"] != name:
+        raise ConfigError(f"{path}: dataset.name is {data['dataset']['name']!r}, but the file is {name!r}")
+
+
 def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
     """Resolve a (schema-validated) config; load every params layer it uses (clear errors)."""
     root = Path(root)
@@ -453,6 +496,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         dfile = root / params_dir / "datasets" / f"{name}.yaml"
         if not dfile.exists():
             raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
+        check_dataset_file(dfile, str(name))  # first: a missing key would surface as a base.yaml value
         cfg = load_config(base, dfile)  # raises ConfigError naming file and key
         for v in variants:
             vfile = root / params_dir / "variants" / f"{v}.yaml"
@@ -468,6 +512,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
                 baseline=bool(spec.get("baseline", True)),
                 plots=bool(spec.get("plots", True)),
                 glove=not cfg.text.fallback_train_glove,
+                vectors=cfg.text.vectors_file,
             )
         )
     tables_from = config.get("tables_from")
@@ -625,8 +670,50 @@ def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
                     wc["variant"] = v
                 if "split" in s.wildcards:
                     wc["split"] = split
+                wc.update(plan_vars(s, d))
                 out.append(Instance(s, wc))
     return out
+
+
+def plan_vars(stage_: Stage, d: DatasetPlan) -> dict[str, str]:
+    """The PLAN_VARS a stage's paths use, for dataset ``d``."""
+    values = {"vectors": d.vectors or GLOVE_FILE}
+    used = {v for v in PLAN_VARS for a in stage_.args if "{" + v + "}" in a.path}
+    return {v: values[v] for v in sorted(used)}
+
+
+def plan_var(plan: Plan, name: str, wildcards: Mapping[str, str]) -> str:
+    """A PLAN_VAR of a job (Snakemake input functions and params)."""
+    d = plan.dataset(str(wildcards["dataset"]))
+    return {"vectors": d.vectors or GLOVE_FILE}[name]
+
+
+def dataset_targets(plan: Plan, name: str) -> list[str]:
+    """The final files of one dataset (its metrics, figures, checkpoints): Snakemake's target
+    ``dataset_<name>``; unlike ``all`` it leaves the tables (reports/table*.tex) alone."""
+    plan.dataset(name)
+    files: list[str] = []
+    for inst in instances(plan):
+        if inst.stage.name in ("plots", "evaluate", "baseline", "train") and inst.wildcards.get("dataset") == name:
+            files.extend(inst.outs())
+    return files
+
+
+def missing_local(plan: Plan, root: str | Path = ".") -> list[str]:
+    """For ``source: local`` datasets, the raw folders (and word-vector files) not in place."""
+    root = Path(root)
+    notes = []
+    for d in plan.datasets:
+        if d.source != "local":
+            continue
+        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS, BACKBONE_WEIGHTS])
+        for f in folders:
+            path = fill(f, {"dataset": d.name})
+            if not (root / path).exists():
+                notes.append(f"{d.name} (source: local): {path} is missing: put the dataset's files there")
+        if d.vectors and not (root / d.vectors).is_file():
+            notes.append(f"{d.name}: text.vectors_file {d.vectors} is not a file")
+    return notes
 
 
 def targets(plan: Plan) -> list[str]:

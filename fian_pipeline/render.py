@@ -39,7 +39,13 @@ def _smk_template(template: str) -> str:
     out = template
     for w in R.WILDCARDS:
         out = out.replace("{" + w + "}", "{wildcards." + w + "}")
+    for v in R.PLAN_VARS:
+        out = out.replace("{" + v + "}", "{params." + v + "}")
     return out
+
+
+def _plan_vars(path: str) -> list[str]:
+    return [v for v in R.PLAN_VARS if "{" + v + "}" in path]
 
 
 def _name(flag: str) -> str:
@@ -57,7 +63,13 @@ def render_rule(s: R.Stage) -> str:
     lines = [f"rule {s.name}:", f'    """{s.doc}"""']
     # inputs: the path arguments, plan-level inputs (the params layers are not inputs: the values
     # the stage reads are its `params: values=`, so Snakemake reruns on changed values, not file times)
-    inputs = [f'        {_name(a.flag)}="{a.path}",' for a in s.args if a.role == "in"]
+    inputs = [f'        {_name(a.flag)}="{a.path}",' for a in s.args if a.role == "in" and not _plan_vars(a.path)]
+    inputs += [
+        f'        {_name(a.flag)}=lambda wildcards: R.plan_var(PLAN, "{v}", wildcards),'
+        for a in s.args
+        if a.role == "in"
+        for v in _plan_vars(a.path)
+    ]
     if s.wildcards == ():
         inputs.append(f'        plan=R.plan_inputs(R.stage("{s.name}"), PLAN),')
     if inputs:
@@ -82,7 +94,10 @@ def render_rule(s: R.Stage) -> str:
     lines.append(f"        runtime={s.runtime},")
     if s.gpus:
         lines.append(f'        gpu=R.resources(R.stage("{s.name}"), PLAN).get("gpu", 0),')
-    params = []
+    params = [
+        f'        {v}=lambda wildcards: R.plan_var(PLAN, "{v}", wildcards),'
+        for v in sorted({v for a in s.args for v in _plan_vars(a.path)})
+    ]
     if s.layers:
         params.append(f'        values=lambda wildcards: R.param_values("{s.name}", wildcards),')
     if s.wildcards == ():
@@ -117,7 +132,7 @@ def render_smk(phase: str) -> str:
 
 def _dvc_template(template: str) -> str:
     out = template
-    for w in R.WILDCARDS:
+    for w in (*R.WILDCARDS, *R.PLAN_VARS):
         out = out.replace("{" + w + "}", "${item." + w + "}")
     return out
 

@@ -53,7 +53,7 @@ rule text:
     """Vocabulary (train split) and GloVe vectors: vocab.json, embeddings.npy, coverage.json."""
     input:
         annotations="data/interim/{dataset}/annotations",
-        glove="data/raw/glove/glove.840B.300d.txt",
+        glove=lambda wildcards: R.plan_var(PLAN, "vectors", wildcards),
     output:
         text=directory("data/interim/{dataset}/text"),
     log:
@@ -67,9 +67,10 @@ rule text:
         mem_mb=8000,
         runtime=60,
     params:
+        vectors=lambda wildcards: R.plan_var(PLAN, "vectors", wildcards),
         values=lambda wildcards: R.param_values("text", wildcards),
     shell:
-        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove data/raw/glove/glove.840B.300d.txt --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
+        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove {params.vectors} --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
 
 rule text_fallback:
