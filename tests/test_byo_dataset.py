@@ -123,7 +123,8 @@ def test_own_dataset_recipe_then_a_params_edit_leaves_the_raw_files_alone(tmp_pa
     assert {"annotations", "train", "evaluate"} <= jobs, jobs
     _snakemake(proj, "dataset_mine")
     assert _fingerprint(raw) == before  # nothing under data/raw/mine was rewritten, deleted or touched
-    assert "Nothing to be done" in _snakemake(proj, "dataset_mine").stdout
+    last = _snakemake(proj, "dataset_mine")
+    assert "Nothing to be done" in last.stdout + last.stderr
 
 
 def test_a_dataset_file_without_the_required_keys_fails_before_any_job(tmp_path: Path) -> None:
