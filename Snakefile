@@ -5,6 +5,8 @@
 #   snakemake --profile workflow/profiles/local --configfile workflow/config/paper.yaml
 #   snakemake --profile workflow/profiles/slurm --configfile workflow/config/paper.yaml
 
+import sys
+
 from snakemake.utils import min_version, validate
 
 from fian_pipeline import registry as R
@@ -23,6 +25,11 @@ if not config:
 # the config's schema first, then every params layer the config uses (clear error naming file/key)
 validate(config, "workflow/schemas/config.schema.json")
 PLAN = R.plan_from_config(config)
+# files that only a person can fetch (share pages): said now, before any job runs (dry runs too)
+for _note in R.manual_fetches(PLAN):
+    print(f"NOTE {_note}", file=sys.stderr)
+for _note in R.missing_local(PLAN):
+    print(f"ERROR {_note}", file=sys.stderr)
 
 
 wildcard_constraints:
@@ -36,6 +43,17 @@ rule all:
     input:
         R.targets(PLAN),
     default_target: True
+
+
+# one target per dataset: `snakemake dataset_<name>` builds its metrics, checkpoints and figures
+# (not the tables: reports/table*.tex are the paper's tables, rebuilt by `all`)
+for _d in PLAN.datasets:
+
+    rule:
+        name:
+            f"dataset_{_d.name}"
+        input:
+            R.dataset_targets(PLAN, _d.name),
 
 
 include: "workflow/rules/data.smk"

@@ -39,6 +39,9 @@ class Source:
     name: str
     url: str
     sha256: str | None = None  # None: not pinned upstream; the download stage warns and records it
+    # the url is a share page (a browser, a login): fetched by hand into the download folder; the
+    # workflow says so when it is parsed, before anything runs (fian_pipeline.registry.manual_fetches)
+    by_hand: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class TextConfig:
     vocab_from: Literal["train", "all_splits"] = "all_splits"
     # offline fallback: train GloVe vectors on the dataset's own sentences.  Never silent.
     fallback_train_glove: bool = False
+    # a word-vector file of this dataset (GloVe text layout: word v1 ... v_word_dim per line), path from
+    # the repository root; None: the downloaded glove.840B.300d.txt (stage download_glove)
+    vectors_file: str | None = None
     glove_epochs: int = 25
     glove_window: int = 5
     glove_x_max: float = 10.0  # fallback GloVe: f(X) = min(1, (X / x_max)^0.75)

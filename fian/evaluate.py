@@ -303,10 +303,18 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def write_metrics(
     path: str | Path, metrics: dict[str, float], *, split: str, n_queries: int,
-    protocol: dict[str, str], **extra: Any,
+    protocol: dict[str, str], info: str | Path | None = None, **extra: Any,
 ) -> None:  # fmt: skip
     """``metrics_<split>.json``: flat, fractions, with ``"unit": "fraction"`` said explicitly, and the
-    protocol (:func:`protocol_info`, text only) under the one key ``"protocol"``."""
-    write_json(
-        path, {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), "protocol": protocol, **extra}
-    )
+    protocol (:func:`protocol_info`, text only) under the one key ``"protocol"``.
+
+    With ``info``, the metrics file keeps only the numbers and the rest (``unit``, ``split``, the
+    protocol, text extras) goes to ``info``: DVC lists every key of a metrics file as a metric,
+    strings included."""
+    record = {**metrics, "unit": "fraction", "split": split, "n_queries": int(n_queries), "protocol": protocol, **extra}
+    if info is None:
+        write_json(path, record)
+        return
+    numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    write_json(path, numbers)
+    write_json(info, {k: v for k, v in record.items() if k not in numbers})

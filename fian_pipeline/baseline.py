@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_path = args.out / f"metrics_{args.split}.json"
         write_predictions(pred_path, frame)
         write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
-                      baseline=VARIANT)  # fmt: skip
+                      baseline=VARIANT, info=args.out / f"info_{args.split}.json")  # fmt: skip
         tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
         tracker.log_artifact(metrics_path)
     log.info("moment prior: centres (start, end) / duration %s, weights %s",

@@ -74,6 +74,22 @@ def warn_loud(message: str) -> None:
     log.warning(message)
 
 
+def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
+    """One line per epoch on stdout, named by the job: ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67%``.
+
+    Under Snakemake a stage's stderr (logging, the progress bar) goes to its log and stdout to the
+    console (registry ``Stage.console``), so many jobs at once still read as one line per epoch each."""
+    val = record.get(f"val/{metric}")
+    tail = f" val {metric} {100 * val:.2f}%" if val is not None else ""
+    seconds = record.get("time_s")
+    took = f" ({seconds:.0f} s)" if seconds is not None else ""
+    print(
+        f"[{cfg.dataset.name}/{cfg.variant}] epoch {record['epoch']}/{cfg.train.epochs} "
+        f"loss {record['loss']:.4f}{tail}{took}",
+        flush=True,
+    )
+
+
 def run_stage(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main``; turn expected errors into one line on stderr and exit status 1."""
     setup_logging()

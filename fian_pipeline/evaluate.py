@@ -6,8 +6,9 @@
 
 The model is rebuilt from the config stored in the checkpoint (its best-on-validation weights);
 the evaluation settings (``eval.*``) come from ``--params``.  Writes ``predictions_<split>.jsonl``
-(one query per line, ranked moments in seconds) and ``metrics_<split>.json`` (fractions,
-``"unit": "fraction"``, the protocol of ``eval.iou_rule`` / ``eval.nms`` in words under ``"protocol"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
+(one query per line, ranked moments in seconds), ``metrics_<split>.json`` (numbers only: fractions)
+and ``info_<split>.json`` (``"unit": "fraction"``, the split, the protocol of ``eval.iou_rule`` / ``eval.nms`` in words
+under ``"protocol"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_path = args.out / f"metrics_{args.split}.json"
             write_predictions(pred_path, frame)
             write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
-                          best_epoch=ckpt.get("best_epoch"))  # fmt: skip
+                          best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json")  # fmt: skip
             tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
             tracker.log_artifact(pred_path)
             tracker.log_artifact(metrics_path)

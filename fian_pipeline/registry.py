@@ -29,9 +29,12 @@ from fian.config import ConfigError, load_config, load_params
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
-When = Literal["always", "download", "generate", "import", "extract", "glove", "fallback"]
+When = Literal["always", "download", "generate", "import", "extract", "glove", "glove_download", "fallback"]
 
 WILDCARDS = ("dataset", "variant", "split")
+# per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
+# file, params text.vectors_file or GLOVE_FILE); Snakemake takes them from PLAN, DVC from each item
+PLAN_VARS = ("vectors",)
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
 
 # fixed artifact locations (docs/ARCHITECTURE.md "Data artifacts")
@@ -63,6 +66,7 @@ class Out:
     metric: bool = False  # DVC `metrics:` (JSON)
     plot: bool = False  # DVC `plots:` (CSV)
     plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
+    plot_ys: tuple[str, ...] = ()  # more columns drawn against plot_xy[0], one plot each (dvc.yaml `plots:`)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Stage:
     gpus: int = 0  # GPUs it uses when the config allows GPUs (config `gpus`)
     distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
     package: str = "fian_pipeline"  # the command runs `python -m <package>.<module>`
+    console: bool = False  # Snakemake: stdout to the console (one line per epoch), stderr to the log
 
     @property
     def log(self) -> str:
@@ -148,7 +153,7 @@ STAGES: tuple[Stage, ...] = (
         doc="Fetch the annotation files named in params (dataset.annotation_sources), sha256-checked.",
         wildcards=_D,
         layers=_BD,
-        keys=("dataset",),
+        keys=("dataset.annotation_sources",),  # only: any other edit must not replan (delete) the raw files
         fixed=("--kind", "annotations"),
         args=(Arg("--out", RAW_ANN, "out"),),
         outputs=(Out(RAW_ANN, "dir"),),
@@ -162,7 +167,7 @@ STAGES: tuple[Stage, ...] = (
         doc="Fetch the released feature files (dataset.feature_sources).",
         wildcards=_D,
         layers=_BD,
-        keys=("dataset",),
+        keys=("dataset.feature_sources",),  # only: any other edit must not replan (delete) the raw files
         fixed=("--kind", "features"),
         args=(Arg("--out", RAW_FEAT, "out"),),
         outputs=(Out(RAW_FEAT, "dir"),),
@@ -180,7 +185,7 @@ STAGES: tuple[Stage, ...] = (
         fixed=("--kind", "glove"),
         args=(Arg("--out", GLOVE_DIR, "value"),),
         outputs=(Out(GLOVE_FILE),),
-        when="glove",  # a stage without wildcards runs when any dataset uses it
+        when="glove_download",  # a stage without wildcards runs when any dataset uses it
         runtime=240,
     ),
     Stage(
@@ -246,7 +251,7 @@ STAGES: tuple[Stage, ...] = (
         wildcards=_D,
         layers=_BD,
         keys=("text", "dataset.policy"),
-        args=(Arg("--annotations", ANN), Arg("--glove", GLOVE_FILE), Arg("--out", TEXT, "out")),
+        args=(Arg("--annotations", ANN), Arg("--glove", "{vectors}"), Arg("--out", TEXT, "out")),
         outputs=(Out(TEXT, "dir"),),
         when="glove",
         mem_mb=8000,
@@ -287,21 +292,23 @@ STAGES: tuple[Stage, ...] = (
         name="train",
         module="train",
         phase="model",
-        doc="Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow.",
+        doc="Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json (+ train_info.json); logged to MLflow.",
         wildcards=_DV,
         layers=_BDV,
         keys=("features", "model", "loss", "train", "eval"),  # tracking.* only observes
         args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value")),
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
-            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss")),
+            Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss"), plot_ys=("val/R@1,IoU=0.5",)),
             Out(f"{RUN}/train_metrics.json", metric=True),
+            Out(f"{RUN}/train_info.json"),
         ),
         threads=4,
         mem_mb=32000,
         runtime=12 * 60,
         gpus=1,
         distributed=True,
+        console=True,
     ),
     Stage(
         name="evaluate",
@@ -321,6 +328,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{RUN}/predictions_{{split}}.jsonl"),
             Out(f"{RUN}/metrics_{{split}}.json", metric=True),
+            Out(f"{RUN}/info_{{split}}.json"),
         ),
         threads=4,
         mem_mb=16000,
@@ -339,6 +347,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{PRIOR}/predictions_{{split}}.jsonl"),
             Out(f"{PRIOR}/metrics_{{split}}.json", metric=True),
+            Out(f"{PRIOR}/info_{{split}}.json"),
         ),
         mem_mb=8000,
     ),
@@ -391,11 +400,12 @@ def stage(name: str) -> Stage:
 class DatasetPlan:
     name: str
     variants: tuple[str, ...]
-    source: Literal["download", "generate"] = "download"
+    source: Literal["download", "generate", "local"] = "download"  # local: raw files in place, never fetched
     features: Literal["import", "extract"] = "import"
     baseline: bool = True
     plots: bool = True
     glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
+    vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
 
     def uses(self, when: When) -> bool:
         return {
@@ -405,6 +415,7 @@ class DatasetPlan:
             "import": self.features == "import",
             "extract": self.features == "extract",
             "glove": self.glove,
+            "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
         }[when]
 
@@ -428,6 +439,44 @@ class Plan:
         )
 
 
+# Keys every params/datasets/<name>.yaml must set itself: left out, they would silently take
+# base.yaml's values, which are TACoS-like (S4.3), not the new dataset's (README "Bring your own dataset")
+REQUIRED_DATASET_KEYS: tuple[tuple[str, str], ...] = (
+    ("dataset.name", "the dataset key used in every path (= the file's name)"),
+    ("dataset.format", "annotation parser: activitynet, tacos or charades"),
+    ("dataset.splits", "split -> annotation file names"),
+    ("dataset.feature_layout", "feature file layout"),
+    ("dataset.feature_dim", "width of a feature vector"),
+    ("features.num_steps", "T, steps per video after downsampling (S4.3)"),
+    ("model.window_sizes", "candidate window sizes in steps (S4.3)"),
+    ("model.stride_ratio", "window stride / window size (S4.3)"),
+    ("loss.alpha", "boundary-loss weight (S4.3)"),
+    ("train.lr", "Adam learning rate (S4.3)"),
+    ("train.batch_size", "batch size (S4.3)"),
+)
+
+
+def check_dataset_file(path: str | Path, name: str) -> None:
+    """A dataset params file sets every REQUIRED_DATASET_KEYS key, and dataset.name is its name."""
+    from fian_pipeline.layers import read_layer
+
+    data = read_layer(path)
+    missing = []
+    for key, meaning in REQUIRED_DATASET_KEYS:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(f"{key} ({meaning})")
+    if missing:
+        raise ConfigError(
+            f"{path}: a dataset params file must set these keys itself (base.yaml's values are "
+            f"TACoS-like defaults): {'; '.join(missing)}"
+        )
+    if data["dataset"]["name"] != name:
+        raise ConfigError(f"{path}: dataset.name is {data['dataset']['name']!r}, but the file is {name!r}")
+
+
 def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
     """Resolve a (schema-validated) config; load every params layer it uses (clear errors)."""
     root = Path(root)
@@ -447,6 +496,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         dfile = root / params_dir / "datasets" / f"{name}.yaml"
         if not dfile.exists():
             raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
+        check_dataset_file(dfile, str(name))  # first: a missing key would surface as a base.yaml value
         cfg = load_config(base, dfile)  # raises ConfigError naming file and key
         for v in variants:
             vfile = root / params_dir / "variants" / f"{v}.yaml"
@@ -462,6 +512,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
                 baseline=bool(spec.get("baseline", True)),
                 plots=bool(spec.get("plots", True)),
                 glove=not cfg.text.fallback_train_glove,
+                vectors=cfg.text.vectors_file,
             )
         )
     tables_from = config.get("tables_from")
@@ -512,14 +563,65 @@ class Instance:
             cmd = " ".join([cmd, *plan_args(self.stage, plan)])
         return cmd
 
+    def params_files(self) -> list[str]:
+        """The --params layers of this job (files; rerun decisions go by :meth:`tracked_params`)."""
+        return [fill(p, self.wildcards) for p in self.stage.params_files()]
+
+    def tracked_params(self, root: str | Path = ".") -> dict[str, dict[str, Any]]:
+        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer that
+        wins for it (fian_pipeline.layers); what DVC tracks and what Snakemake gets as ``params:``."""
+        from fian_pipeline.layers import winners
+
+        return winners(self.params_files(), self.stage.keys, root)
+
     def deps(self, plan: Plan) -> list[str]:
-        files = [fill(p, self.wildcards) for p in self.stage.params_files()]
+        files = self.params_files()
         files += [fill(p, self.wildcards) for p in self.stage.inputs()]
         files += plan_inputs(self.stage, plan)
         return files
 
     def outs(self) -> list[str]:
         return [fill(o.path, self.wildcards) for o in self.stage.outputs]
+
+
+def param_values(name: str, wildcards: Mapping[str, str], root: str | Path = ".") -> str:
+    """A rule's ``params: values=``: the merged values of the keys the stage reads (canonical JSON).
+
+    Snakemake's params trigger reruns a job exactly when this string changes (a value it reads
+    changed in some layer, or a key it reads was added or removed); the layer files are not inputs,
+    so their modification times decide nothing.  dvc.yaml tracks the same keys (render.py).
+    """
+    from fian_pipeline.layers import values_json
+
+    s = stage(name)
+    wc = {w: str(wildcards[w]) for w in s.wildcards}
+    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root)
+
+
+def manual_fetches(plan: Plan, root: str | Path = ".") -> list[str]:
+    """One notice per file a dataset of the plan must get by hand (a ``by_hand`` source: a share
+    page) that is not in place yet: the file name, the page, and where to put it.  The Snakefile
+    prints them when it is parsed, dry runs included, before any job runs."""
+    root = Path(root)
+    notes = []
+    for d in plan.datasets:
+        if d.source != "download":
+            continue
+        cfg = load_config(root / plan.params_dir / "base.yaml", root / plan.params_dir / "datasets" / f"{d.name}.yaml")
+        kinds = [("annotations", RAW_ANN, cfg.dataset.annotation_sources)]
+        if d.features == "import":
+            kinds.append(("features", RAW_FEAT, cfg.dataset.feature_sources))
+        for kind, folder, sources in kinds:
+            for src in sources:
+                dest = Path(fill(folder, {"dataset": d.name})) / src.name
+                if src.by_hand and not (root / dest).exists():
+                    notes.append(
+                        f"{d.name}: {src.name} must be fetched BY HAND (a share page, no direct download): "
+                        f"open {src.url} in a browser, download {src.name} and put it at {dest}; then "
+                        f"`snakemake --touch {fill(folder, {'dataset': d.name})}` (with the same --configfile). "
+                        f"Until then the download_{kind} job stops with these instructions."
+                    )
+    return notes
 
 
 def plan_args(stage_: Stage, plan: Plan) -> list[str]:
@@ -568,8 +670,50 @@ def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
                     wc["variant"] = v
                 if "split" in s.wildcards:
                     wc["split"] = split
+                wc.update(plan_vars(s, d))
                 out.append(Instance(s, wc))
     return out
+
+
+def plan_vars(stage_: Stage, d: DatasetPlan) -> dict[str, str]:
+    """The PLAN_VARS a stage's paths use, for dataset ``d``."""
+    values = {"vectors": d.vectors or GLOVE_FILE}
+    used = {v for v in PLAN_VARS for a in stage_.args if "{" + v + "}" in a.path}
+    return {v: values[v] for v in sorted(used)}
+
+
+def plan_var(plan: Plan, name: str, wildcards: Mapping[str, str]) -> str:
+    """A PLAN_VAR of a job (Snakemake input functions and params)."""
+    d = plan.dataset(str(wildcards["dataset"]))
+    return {"vectors": d.vectors or GLOVE_FILE}[name]
+
+
+def dataset_targets(plan: Plan, name: str) -> list[str]:
+    """The final files of one dataset (its metrics, figures, checkpoints): Snakemake's target
+    ``dataset_<name>``; unlike ``all`` it leaves the tables (reports/table*.tex) alone."""
+    plan.dataset(name)
+    files: list[str] = []
+    for inst in instances(plan):
+        if inst.stage.name in ("plots", "evaluate", "baseline", "train") and inst.wildcards.get("dataset") == name:
+            files.extend(inst.outs())
+    return files
+
+
+def missing_local(plan: Plan, root: str | Path = ".") -> list[str]:
+    """For ``source: local`` datasets, the raw folders (and word-vector files) not in place."""
+    root = Path(root)
+    notes = []
+    for d in plan.datasets:
+        if d.source != "local":
+            continue
+        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS, BACKBONE_WEIGHTS])
+        for f in folders:
+            path = fill(f, {"dataset": d.name})
+            if not (root / path).exists():
+                notes.append(f"{d.name} (source: local): {path} is missing: put the dataset's files there")
+        if d.vectors and not (root / d.vectors).is_file():
+            notes.append(f"{d.name}: text.vectors_file {d.vectors} is not a file")
+    return notes
 
 
 def targets(plan: Plan) -> list[str]:

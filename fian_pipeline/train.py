@@ -8,8 +8,8 @@ Several GPUs: ``torchrun --nproc_per_node N -m fian_pipeline.train ...`` (DDP; t
 
 Reads ``<data>/train.h5`` and ``<data>/val.h5`` (when the dataset has a ``val`` split, or for a
 dataset without a split list, when the file exists); writes ``checkpoint.pt`` (after every epoch,
-atomically), ``history.csv`` (one row per epoch) and ``train_metrics.json`` (the best epoch's
-validation metrics as fractions, for DVC).
+atomically), ``history.csv`` (one row per epoch), ``train_metrics.json`` (the best epoch's
+validation metrics as fractions: numbers only, for DVC) and ``train_info.json`` (unit, best_by).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from fian.io import atomic_path, write_json
-from fian_pipeline.common import StageError, load, parser, run_stage, warn_loud
+from fian_pipeline.common import StageError, load, parser, print_epoch, run_stage, warn_loud
 
 log = logging.getLogger("fian.train")
 
@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     model, loss_fn, train, val,
                     train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps,
                     checkpoint=ckpt_path, resume=args.resume,
-                    on_epoch=lambda r: tracker.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                    on_epoch=lambda r: (tracker.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                                        print_epoch(cfg, r)),
                     config=cfg.to_dict(), device=device, dist_info=info,
                 )  # fmt: skip
             except NonFiniteLossError as e:
@@ -135,7 +136,10 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
         "vocab_size": vocab_size,
         "unit": "fraction",
     }
-    write_json(out / "train_metrics.json", {**summary, "protocol": protocol})  # the val/ metrics' protocol, text
+    summary = {**summary, "protocol": protocol}  # the val/ metrics' protocol, text
+    numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}  # DVC: a metrics file holds numbers
+    write_json(out / "train_metrics.json", numbers)
+    write_json(out / "train_info.json", {k: v for k, v in summary.items() if k not in numbers})
     return summary
 
 

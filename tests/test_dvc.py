@@ -140,7 +140,7 @@ def test_param_change_reruns_exactly_the_readers(repo: Path) -> None:
     _set(repo / "params/variants/a.yaml", "train", "lr", 4)
     assert _ran(_run(repo, "dvc", "repro")) == {"fit@toy-a", "score@toy-a"}
 
-    # features in the dataset layer (tracked as a whole file: every stage of the dataset that reads it)
+    # features in the dataset layer: prep reads it (the later stages rerun on its output)
     _set(repo / "params/datasets/toy.yaml", "features", "n", 7)
     assert _ran(_run(repo, "dvc", "repro")) == {
         "prep@toy",
@@ -154,3 +154,69 @@ def test_param_change_reruns_exactly_the_readers(repo: Path) -> None:
 def test_project_dvc_config_has_a_default_local_remote() -> None:
     text = (ROOT / ".dvc/config").read_text()
     assert "remote = local" in text and "fian-dvc-remote" in text
+
+
+HISTORY_STAGE = '''"""A stand-in train stage: history.csv (epoch, loss, val R@1) and numbers-only metrics from train.lr."""
+import argparse, csv, json
+from pathlib import Path
+import yaml
+
+p = argparse.ArgumentParser()
+p.add_argument("--params", nargs="+", required=True)
+p.add_argument("--out", required=True)
+a = p.parse_args()
+lr = yaml.safe_load(open(a.params[0]))["train"]["lr"]
+out = Path(a.out)
+out.mkdir(parents=True, exist_ok=True)
+with open(out / "history.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["epoch", "loss", "val/R@1,IoU=0.5"])
+    for e in (1, 2, 3):
+        w.writerow([e, round(1.0 / (e * lr), 4), round(0.1 * e * lr, 4)])
+(out / "train_metrics.json").write_text(json.dumps({"val/R@1,IoU=0.5": round(0.3 * lr, 4), "best_epoch": 3}))
+(out / "train_info.json").write_text(json.dumps({"unit": "fraction"}))
+'''
+
+
+def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) -> None:
+    """README "DVC": after a recorded run, `git add dvc.lock; git commit`; then a params edit,
+    `dvc repro`, and `dvc metrics diff` (numbers only) and `dvc plots diff` (loss and val R@1 per
+    epoch, both revisions) work."""
+    (tmp_path / "toystages").mkdir()
+    (tmp_path / "toystages/__init__.py").write_text("")
+    (tmp_path / "toystages/train.py").write_text(HISTORY_STAGE)
+    (tmp_path / "params/datasets").mkdir(parents=True)
+    (tmp_path / "params/base.yaml").write_text(yaml.safe_dump({"train": {"lr": 1}}))
+    (tmp_path / "params/datasets/toy.yaml").write_text("{}\n")
+    run = "out/{dataset}"
+    train = R.Stage(
+        name="train", module="train", package="toystages", phase="model", doc="toy train",
+        wildcards=("dataset",), layers=("base", "dataset"), keys=("train",),
+        args=(R.Arg("--out", run, "value"),),
+        outputs=(
+            R.Out(f"{run}/history.csv", plot=True, plot_xy=("epoch", "loss"), plot_ys=("val/R@1,IoU=0.5",)),
+            R.Out(f"{run}/train_metrics.json", metric=True),
+            R.Out(f"{run}/train_info.json"),
+        ),
+    )  # fmt: skip
+    plan = R.Plan(datasets=(R.DatasetPlan("toy", variants=("a",)),))
+    (tmp_path / "dvc.yaml").write_text(render_dvc(plan, "test", tmp_path, stages=(train,)))
+    _run(tmp_path, "git", "init", "-q")
+    _run(tmp_path, "dvc", "init", "-q")
+    _run(tmp_path, "dvc", "repro")
+    _run(tmp_path, "git", "add", "-A")  # the documented step: commit dvc.lock (and dvc.yaml, params)
+    _run(tmp_path, "git", "commit", "-qm", "first run")
+    _set(tmp_path / "params/base.yaml", "train", "lr", 2)
+    _run(tmp_path, "dvc", "repro")
+    metrics = json.loads(_run(tmp_path, "dvc", "metrics", "diff", "--json"))
+    diff = metrics["out/toy/train_metrics.json"]
+    assert diff["val/R@1,IoU=0.5"] == {"old": 0.3, "new": 0.6, "diff": 0.3}
+    shown = json.loads(_run(tmp_path, "dvc", "metrics", "show", "--json"))
+    assert "unit" not in json.dumps(shown)  # text lives in train_info.json, not among the metrics
+    plots = json.loads(_run(tmp_path, "dvc", "plots", "diff", "--json", "--split"))
+    ids = set(plots["data"]) if "data" in plots else set(plots)
+    assert "out/toy/history.csv" in ids, ids  # the loss per epoch (the stage's own plot)
+    assert "toy val/R@1,IoU=0.5" in ids, ids  # validation R@1 per epoch
+    rows = plots["data"]["toy val/R@1,IoU=0.5"] if "data" in plots else plots["toy val/R@1,IoU=0.5"]
+    text = json.dumps(rows)
+    assert "HEAD" in text and "workspace" in text and "0.6" in text  # both revisions, the new values

@@ -80,6 +80,7 @@ def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
         "results/tacos/soft/checkpoint.pt",
         "results/tacos/soft/history.csv",
         "results/tacos/soft/train_metrics.json",
+        "results/tacos/soft/train_info.json",
     ]
     assert by_id["prepare@charades"].outs() == ["data/processed/charades"]
     assert by_id["features@activitynet"].outs() == ["data/interim/activitynet/features.h5"]
@@ -188,3 +189,24 @@ def test_missing_config_file_and_bad_dataset_name(tmp_path: Path) -> None:
         R.plan_from_config(
             {"datasets": {"TACoS": {"variants": ["fian"]}}}, tmp_path
         )  # without the schema too
+
+
+def test_own_word_vectors_replace_the_glove_download(tmp_path: Path) -> None:
+    """text.vectors_file: the text job reads that file (Snakemake input, DVC dep and item) and no
+    download_glove job is planned for it; the per-dataset target leaves the tables out."""
+    rel = _config(tmp_path, "datasets: {tacos: {variants: [fian]}}")
+    tacos = tmp_path / "params/datasets/tacos.yaml"
+    tacos.write_text(tacos.read_text() + "\ntext:\n  vectors_file: data/raw/tacos/vectors/my.300d.txt\n")
+    plan = load_plan(rel, tmp_path)
+    by_id = {i.id: i for i in R.instances(plan)}
+    assert "download_glove" not in by_id
+    text = by_id["text@tacos"]
+    assert "--glove data/raw/tacos/vectors/my.300d.txt " in text.command(plan)
+    assert "data/raw/tacos/vectors/my.300d.txt" in text.deps(plan)
+    from fian_pipeline.render import render_dvc
+
+    stages = yaml.safe_load(render_dvc(plan, rel, tmp_path))["stages"]
+    assert stages["text"]["foreach"]["tacos"]["vectors"] == "data/raw/tacos/vectors/my.300d.txt"
+    assert "${item.vectors}" in stages["text"]["do"]["deps"]
+    targets = R.dataset_targets(plan, "tacos")
+    assert "results/tacos/fian/metrics_test.json" in targets and not [t for t in targets if "table" in t]

@@ -4,6 +4,7 @@ run that does nothing, and config/params validation before anything runs."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,10 @@ def _snakemake(proj: Path, *args: str, check: bool = True) -> subprocess.Complet
 @pytest.mark.slow
 def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     proj = _project(tmp_path)
-    _snakemake(proj)
+    first = _snakemake(proj)
+    # the console: one line per epoch of the training job (stdout); the progress bar stays in the log
+    assert re.search(r"^\[synthetic/fian\] epoch 1/1 loss \d+\.\d{4} val R@1,IoU=0\.5 \d+\.\d\d%", first.stdout, re.M), first.stdout[-3000:]
+    assert re.search(r"epoch +1/1 [|] loss", (proj / "logs/train/synthetic-fian.log").read_text())
     for rel in (
         "results/synthetic/fian/metrics_test.json",
         "results/synthetic/prior/metrics_test.json",
@@ -129,3 +133,44 @@ def test_bad_params_layer_fails_before_any_job(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "fian.yaml" in out and "hiden" in out
     assert not (proj / "data").exists()
+
+
+def test_lint_is_clean_and_the_conda_env_pins_the_installed_stack(tmp_path: Path) -> None:
+    """`snakemake --lint` reports nothing (each rule names workflow/envs/fian.yaml); the env pins
+    every dependency of pyproject.toml at the version installed here (what the tests ran with)."""
+    import tomllib
+    from importlib.metadata import version
+
+    proj = _project(tmp_path)
+    proc = _snakemake(proj, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out[-3000:]
+    env = yaml.safe_load((ROOT / "workflow/envs/fian.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pins = dict(line.split("==") for line in pip)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower() for d in deps}
+    assert names == set(pins), names ^ set(pins)
+    for name, pinned in pins.items():
+        assert version(name).split("+")[0] == pinned, (name, version(name), pinned)
+
+
+def test_paper_dry_run_says_first_which_file_to_fetch_by_hand(tmp_path: Path) -> None:
+    """TACoS' C3D features are on a share page: the dry run says so before the DAG, naming the file
+    and where it goes; once the file is there the note is gone and no download_features job for
+    TACoS is planned (the other datasets' downloads still are)."""
+    proj = _project(tmp_path)
+    proc = _snakemake(proj, "-n", "--configfile", "workflow/config/paper.yaml")
+    out = proc.stderr + proc.stdout
+    note = "tacos: tall_c3d_features.hdf5 must be fetched BY HAND"
+    assert note in out and "data/raw/tacos/features/tall_c3d_features.hdf5" in out, out[:3000]
+    assert "rochester.app.box.com" in out
+    assert out.index(note) < out.index("Building DAG of jobs")
+    assert "activitynet:" not in out.split("Building DAG")[0]  # its files are direct downloads
+    (proj / "data/raw/tacos/features").mkdir(parents=True)
+    (proj / "data/raw/tacos/features/tall_c3d_features.hdf5").write_bytes(b"")
+    again = _snakemake(proj, "-n", "--configfile", "workflow/config/paper.yaml")
+    out = again.stderr + again.stdout
+    assert note not in out
+    planned = re.findall(r"^rule download_features:\n(?:    .*\n)*?    wildcards: dataset=(\w+)", again.stdout, re.M)
+    assert sorted(planned) == ["activitynet", "charades"], planned

@@ -195,13 +195,17 @@ def test_train_evaluate_baseline_stages(tiny_files) -> None:
     hist = pd.read_csv(out / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and {"loss", "align", "boundary", "val/R@1,IoU=0.5", "time_s"} <= set(hist)
     tm = json.loads((out / "train_metrics.json").read_text())
-    assert tm["unit"] == "fraction" and tm["best_epoch"] in (1, 2) and 0 <= tm["val/R@1,IoU=0.5"] <= 1
+    assert tm["best_epoch"] in (1, 2) and 0 <= tm["val/R@1,IoU=0.5"] <= 1
+    assert not [k for k, v in tm.items() if isinstance(v, str)]  # DVC metrics: numbers only
+    assert json.loads((out / "train_info.json").read_text())["unit"] == "fraction"
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
     args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(out / "checkpoint.pt")]
     assert evaluate.main([*args, "--split", "test", "--out", str(out)]) == 0
     m = json.loads((out / "metrics_test.json").read_text())
-    assert m["unit"] == "fraction" and m["n_queries"] == 6 and 0 <= m["R@1,IoU=0.5"] <= 1 and "mIoU" in m
+    assert m["n_queries"] == 6 and 0 <= m["R@1,IoU=0.5"] <= 1 and "mIoU" in m
+    assert not [k for k, v in m.items() if isinstance(v, str)]  # DVC metrics: numbers only
+    assert json.loads((out / "info_test.json").read_text()) == {"unit": "fraction", "split": "test"}
     lines = (out / "predictions_test.jsonl").read_text().splitlines()
     assert len(lines) == 6
     rec = json.loads(lines[0])
@@ -212,7 +216,7 @@ def test_train_evaluate_baseline_stages(tiny_files) -> None:
     prior_out = tmp / "prior"
     assert baseline.main(["--params", *params[:2], "--data", str(data), "--split", "test", "--out", str(prior_out)]) == 0
     pm = json.loads((prior_out / "metrics_test.json").read_text())
-    assert pm["baseline"] == "moment_prior" and pm["n_queries"] == 6
+    assert json.loads((prior_out / "info_test.json").read_text())["baseline"] == "moment_prior" and pm["n_queries"] == 6
     first = [json.loads(x)["segments"] for x in (prior_out / "predictions_test.jsonl").read_text().splitlines()]
     assert all(f == first[0] for f in first)  # query-blind: same moments (equal durations)
 

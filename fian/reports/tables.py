@@ -76,13 +76,17 @@ def read_metrics(path: str | Path) -> dict[str, float]:
 
 
 def read_protocol(path: str | Path) -> dict[str, str] | None:
-    """The ``"protocol"`` entry of a metrics file (top level, or one level down under a text key);
-    None when the file does not record one."""
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict):
-        for d in (data, *(v for v in data.values() if isinstance(v, dict))):
-            if isinstance(d.get("protocol"), dict):
-                return {str(k): str(v) for k, v in d["protocol"].items()}
+    """The ``"protocol"`` entry of a metrics file or of its ``info_<split>.json`` beside it (the
+    evaluate stage keeps text out of DVC's metrics files); top level, or one level down under a text
+    key; None when neither records one."""
+    path = Path(path)
+    info = path.with_name(path.name.replace("metrics_", "info_", 1))
+    for f in (path, info):
+        data = json.loads(f.read_text()) if f.is_file() else None
+        if isinstance(data, dict):
+            for d in (data, *(v for v in data.values() if isinstance(v, dict))):
+                if isinstance(d.get("protocol"), dict):
+                    return {str(k): str(v) for k, v in d["protocol"].items()}
     return None
 
 

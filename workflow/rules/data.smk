@@ -4,36 +4,40 @@
 
 rule download_annotations:
     """Fetch the annotation files named in params (dataset.annotation_sources), sha256-checked."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         annotations=directory("data/raw/{dataset}/annotations"),
     log:
         "logs/download_annotations/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("download_annotations", wildcards),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
 
 
 rule download_features:
     """Fetch the released feature files (dataset.feature_sources)."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         features=directory("data/raw/{dataset}/features"),
     log:
         "logs/download_features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=600,
+    params:
+        values=lambda wildcards: R.param_values("download_features", wildcards),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
@@ -41,17 +45,19 @@ rule download_features:
 rule download_glove:
     """Fetch and unpack GloVe 840B.300d (text.glove)."""
     input:
-        params=["params/base.yaml"],
         plan=R.plan_inputs(R.stage("download_glove"), PLAN),
     output:
         glove="data/raw/glove/glove.840B.300d.txt",
     log:
         "logs/download_glove/download_glove.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=240,
     params:
+        values=lambda wildcards: R.param_values("download_glove", wildcards),
         plan=" ".join(R.plan_args(R.stage("download_glove"), PLAN)),
     shell:
         "python -m fian_pipeline.download --params params/base.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
@@ -59,8 +65,6 @@ rule download_glove:
 
 rule generate:
     """Write the synthetic dataset (ActivityNet-style JSON + C3D-layout HDF5) from dataset.synthetic."""
-    input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
     output:
         annotations=directory("data/raw/{dataset}/annotations"),
         features=directory("data/raw/{dataset}/features"),
@@ -68,10 +72,14 @@ rule generate:
         "logs/generate/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "generate"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("generate", wildcards),
     shell:
         "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
@@ -79,15 +87,18 @@ rule generate:
 rule annotations:
     """Parse, validate and normalize the annotations: <split>.parquet and counts.json."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         raw="data/raw/{dataset}/annotations",
     output:
         annotations=directory("data/interim/{dataset}/annotations"),
     log:
         "logs/annotations/{dataset}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("annotations", wildcards),
     shell:
         "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"

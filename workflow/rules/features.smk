@@ -5,7 +5,6 @@
 rule features:
     """Import the released feature files into the feature store (videos the annotations use)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         raw="data/raw/{dataset}/features",
         annotations="data/interim/{dataset}/annotations",
     output:
@@ -14,10 +13,14 @@ rule features:
         "logs/features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "import"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=16000,
         runtime=120,
+    params:
+        values=lambda wildcards: R.param_values("features", wildcards),
     shell:
         "python -m fian_pipeline.features --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/features --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
@@ -25,7 +28,6 @@ rule features:
 rule extract:
     """Extract C3D/I3D features from raw videos into the feature store (config features: extract)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         videos="data/raw/{dataset}/videos",
         weights="data/raw/{dataset}/backbone.pt",
     output:
@@ -34,11 +36,15 @@ rule extract:
         "logs/extract/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "extract"),
+    conda:
+        "../envs/fian.yaml"
     threads: 8
     resources:
         mem_mb=32000,
         runtime=1440,
         gpu=R.resources(R.stage("extract"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("extract", wildcards),
     shell:
         "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
@@ -46,27 +52,30 @@ rule extract:
 rule text:
     """Vocabulary (train split) and GloVe vectors: vocab.json, embeddings.npy, coverage.json."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
-        glove="data/raw/glove/glove.840B.300d.txt",
+        glove=lambda wildcards: R.plan_var(PLAN, "vectors", wildcards),
     output:
         text=directory("data/interim/{dataset}/text"),
     log:
         "logs/text/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "glove"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        vectors=lambda wildcards: R.plan_var(PLAN, "vectors", wildcards),
+        values=lambda wildcards: R.param_values("text", wildcards),
     shell:
-        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove data/raw/glove/glove.840B.300d.txt --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
+        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove {params.vectors} --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
 
 rule text_fallback:
     """OFFLINE FALLBACK: as text, with GloVe vectors trained on the dataset's own sentences."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
     output:
         text=directory("data/interim/{dataset}/text"),
@@ -74,10 +83,14 @@ rule text_fallback:
         "logs/text_fallback/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "fallback"),
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("text_fallback", wildcards),
     shell:
         "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
@@ -85,7 +98,6 @@ rule text_fallback:
 rule prepare:
     """Downsample every video to features.num_steps and encode the queries: <split>.h5."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         annotations="data/interim/{dataset}/annotations",
         features="data/interim/{dataset}/features.h5",
         text="data/interim/{dataset}/text",
@@ -93,9 +105,13 @@ rule prepare:
         dataset=directory("data/processed/{dataset}"),
     log:
         "logs/prepare/{dataset}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=16000,
         runtime=60,
+    params:
+        values=lambda wildcards: R.param_values("prepare", wildcards),
     shell:
         "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --features data/interim/{wildcards.dataset}/features.h5 --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"

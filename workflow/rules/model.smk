@@ -3,45 +3,52 @@
 
 
 rule train:
-    """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json; logged to MLflow."""
+    """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json (+ train_info.json); logged to MLflow."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml", "params/variants/{variant}.yaml"],
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
     output:
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
         history="results/{dataset}/{variant}/history.csv",
         train_metrics="results/{dataset}/{variant}/train_metrics.json",
+        train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 4
     resources:
         mem_mb=32000,
         runtime=720,
         gpu=R.resources(R.stage("train"), PLAN).get("gpu", 0),
     params:
+        values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
 rule evaluate:
     """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU)."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml", "params/variants/{variant}.yaml"],
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
     output:
         predictions="results/{dataset}/{variant}/predictions_{split}.jsonl",
         metrics="results/{dataset}/{variant}/metrics_{split}.json",
+        info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 4
     resources:
         mem_mb=16000,
         runtime=60,
         gpu=R.resources(R.stage("evaluate"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("evaluate", wildcards),
     shell:
         "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
@@ -49,16 +56,20 @@ rule evaluate:
 rule baseline:
     """The moment-prior baseline (query-independent) on a split, with the same metrics."""
     input:
-        params=["params/base.yaml", "params/datasets/{dataset}.yaml"],
         data="data/processed/{dataset}",
     output:
         predictions="results/{dataset}/prior/predictions_{split}.jsonl",
         metrics="results/{dataset}/prior/metrics_{split}.json",
+        info="results/{dataset}/prior/info_{split}.json",
     log:
         "logs/baseline/{dataset}-{split}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("baseline", wildcards),
     shell:
         "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"

@@ -12,6 +12,8 @@ rule plots:
         training_curves="reports/figures/{dataset}/{variant}/training_curves_{split}.png",
     log:
         "logs/plots/{dataset}-{variant}-{split}.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -33,6 +35,8 @@ rule tables:
         table6="reports/table6.tex",
     log:
         "logs/tables/tables.log",
+    conda:
+        "../envs/fian.yaml"
     threads: 1
     resources:
         mem_mb=2000,
