@@ -136,10 +136,10 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
         "vocab_size": vocab_size,
         "unit": "fraction",
     }
-    summary = {**summary, "protocol": protocol}  # the val/ metrics' protocol, text
     numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}  # DVC: a metrics file holds numbers
     write_json(out / "train_metrics.json", numbers)
-    write_json(out / "train_info.json", {k: v for k, v in summary.items() if k not in numbers})
+    text = {k: v for k, v in summary.items() if k not in numbers}
+    write_json(out / "train_info.json", {**text, "protocol": protocol})  # the val/ metrics' protocol, text
     return summary
 
 

@@ -205,7 +205,9 @@ def test_train_evaluate_baseline_stages(tiny_files) -> None:
     m = json.loads((out / "metrics_test.json").read_text())
     assert m["n_queries"] == 6 and 0 <= m["R@1,IoU=0.5"] <= 1 and "mIoU" in m
     assert not [k for k, v in m.items() if isinstance(v, str)]  # DVC metrics: numbers only
-    assert json.loads((out / "info_test.json").read_text()) == {"unit": "fraction", "split": "test"}
+    info = json.loads((out / "info_test.json").read_text())
+    assert {k: info[k] for k in ("unit", "split")} == {"unit": "fraction", "split": "test"}
+    assert info["protocol"]["hit"] == "IoU > m"  # the params' default protocol, in words
     lines = (out / "predictions_test.jsonl").read_text().splitlines()
     assert len(lines) == 6
     rec = json.loads(lines[0])
