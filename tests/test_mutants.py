@@ -14,11 +14,29 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import seconds_to_steps
-from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at
+from fian.losses import FIANLoss, seconds_to_steps
+from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
 from fian.model.localization import ModelOutput
 
 NAN = float("nan")
+
+
+# ---- fian.metrics.temporal_iou
+
+
+def test_iou_of_short_intervals_in_torch():
+    """Unions below 1 (seconds of a short clip): [0, .5] vs [.25, .5] -> .25 / .5.
+    Kills x_temporal_iou__mutmut_37 (``union > 1``) and _40 (clamp at 1)."""
+    iou = temporal_iou(torch.tensor([[0.0, 0.5], [0.1, 0.3]]), torch.tensor([[0.25, 0.5], [0.2, 0.3]]))
+    torch.testing.assert_close(iou, torch.tensor([0.5, 0.5]))
+
+
+def test_iou_with_one_tensor_returns_a_tensor():
+    """Numpy or torch in, same out: one tensor argument is enough for a tensor result.
+    Kills x_temporal_iou__mutmut_1 (``or`` -> ``and``)."""
+    iou = temporal_iou(torch.tensor([0.0, 2.0]), [1.0, 3.0])
+    assert isinstance(iou, torch.Tensor) and iou.item() == pytest.approx(1 / 3)
+    assert isinstance(temporal_iou([0.0, 2.0], torch.tensor([1.0, 3.0])), torch.Tensor)
 
 
 # ---- fian.metrics.nms_1d
@@ -132,3 +150,40 @@ def test_seconds_to_steps_rejects_gt_that_is_not_pairs():
     torch.testing.assert_close(
         seconds_to_steps(torch.tensor([[1.0, 3.0]]), torch.tensor([4.0]), 16), torch.tensor([[4.0, 12.0]])
     )
+
+
+# ---- fian.losses.FIANLoss
+
+
+def test_boundary_targets_in_window_units_divide_by_the_window_length():
+    """Candidate [2, 6) (length 4), gt [3, 5): targets (1, -1) steps = (0.25, -0.25) windows.
+    Kills x_offset_targets__mutmut_7 (times the length) and _8 (divided by start + end = 8)."""
+    cands = torch.tensor([[2.0, 6.0]])
+    logits = torch.tensor([[0.0]])
+    offsets = torch.tensor([[[0.75, 0.25]]])  # minus targets: (0.5, 0.5), both in the quadratic part
+    out = ModelOutput(logits, torch.sigmoid(logits), offsets, cands, torch.ones(1, 1, dtype=torch.bool))
+    loss = FIANLoss(tau=0.3, alpha=1.0, offset_unit="window")(out, torch.tensor([[3.0, 5.0]]))  # IoU 0.5
+    assert int(loss["n_pos"]) == 1
+    assert loss["boundary"].item() == pytest.approx(0.5 * 0.5**2 + 0.5 * 0.5**2)
+
+
+def test_loss_names_the_bad_ground_truth_shape():
+    """Kills xǁFIANLossǁforward__mutmut_4 / _5 (message lost)."""
+    cands = torch.tensor([[0.0, 4.0]])
+    logits = torch.zeros(2, 1)
+    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(2, 1, 2), cands, torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=2, 2\] steps, got \(2, 3\)$"):
+        FIANLoss(tau=0.5, alpha=1.0)(out, torch.zeros(2, 3))
+
+
+def test_non_finite_loss_names_the_bad_term_and_shows_both_values():
+    """NaN offsets on a positive: the boundary term is NaN, the alignment term is not.
+    Kills xǁFIANLossǁforward__mutmut_103 / _105 / _108 / _109 (names and the list of bad terms)."""
+    cands = torch.tensor([[0.0, 4.0]])
+    logits = torch.tensor([[0.0]])
+    offsets = torch.tensor([[[NAN, 0.0]]])
+    out = ModelOutput(logits, torch.sigmoid(logits), offsets, cands, torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(
+        FloatingPointError, match=r"^non-finite loss term\(s\) \['boundary'\]: \{'align': [0-9.]+, 'boundary': nan\}$"
+    ):
+        FIANLoss(tau=0.5, alpha=1.0)(out, torch.tensor([[0.0, 4.0]]))
