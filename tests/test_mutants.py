@@ -31,6 +31,12 @@ def test_iou_of_short_intervals_in_torch():
     torch.testing.assert_close(iou, torch.tensor([0.5, 0.5]))
 
 
+def test_iou_of_short_intervals_in_numpy():
+    """The same in numpy.  Kills x_temporal_iou__mutmut_101 (``union > 1``) and _110 (divided by 1)."""
+    iou = temporal_iou(np.array([[0.0, 0.5], [0.1, 0.3]]), np.array([[0.25, 0.5], [0.2, 0.3]]))
+    np.testing.assert_allclose(iou, [0.5, 0.5])
+
+
 def test_iou_with_one_tensor_returns_a_tensor():
     """Numpy or torch in, same out: one tensor argument is enough for a tensor result.
     Kills x_temporal_iou__mutmut_1 (``or`` -> ``and``)."""
