@@ -16,6 +16,7 @@ import torch
 from fian.inference import predicted_segments
 from fian.losses import FIANLoss, seconds_to_steps
 from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
+from fian.model.attention import MultiHeadAttention
 from fian.model.localization import ModelOutput
 
 NAN = float("nan")
@@ -193,3 +194,22 @@ def test_non_finite_loss_names_the_bad_term_and_shows_both_values():
         FloatingPointError, match=r"^non-finite loss term\(s\) \['boundary'\]: \{'align': [0-9.]+, 'boundary': nan\}$"
     ):
         FIANLoss(tau=0.5, alpha=1.0)(out, torch.tensor([[0.0, 4.0]]))
+
+
+# ---- fian.model.attention.MultiHeadAttention
+
+
+def test_attention_dropout_acts_in_training_mode_only():
+    """Dropout on the attention weights (params: "dropout in attention and FFN"): eval mode is
+    deterministic; train mode with p = 0.5 changes the output; p = 0 in train mode changes nothing.
+    Kills xǁMultiHeadAttentionǁforward__mutmut_66 / _68 (no dropout in training)."""
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2, dropout=0.5)
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        ref = att.eval()(q, kv, mask)
+        torch.testing.assert_close(att(q, kv, mask), ref, rtol=0, atol=0)
+        assert not torch.allclose(att.train()(q, kv, mask), ref, atol=1e-3)
+        att.dropout = 0.0
+        torch.testing.assert_close(att(q, kv, mask), ref)
