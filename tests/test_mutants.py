@@ -1,0 +1,215 @@
+"""Tests written for mutants that survived the mutation run of docs/MUTATION.md.
+
+Each test names the mutant(s) it kills (mutmut 3 names, ``module.x_function__mutmut_N``).  Expected
+values are hand computations.  Nothing here depends on the exact-threshold rule of the metrics
+(``IoU >= m`` or ``> m``, a protocol option under change), nor on the NMS threshold schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fian.inference import predicted_segments
+from fian.losses import FIANLoss, seconds_to_steps
+from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
+from fian.model.attention import MultiHeadAttention
+from fian.model.localization import ModelOutput
+
+NAN = float("nan")
+
+
+# ---- fian.metrics.temporal_iou
+
+
+def test_iou_of_short_intervals_in_torch():
+    """Unions below 1 (seconds of a short clip): [0, .5] vs [.25, .5] -> .25 / .5.
+    Kills x_temporal_iou__mutmut_37 (``union > 1``) and _40 (clamp at 1)."""
+    iou = temporal_iou(torch.tensor([[0.0, 0.5], [0.1, 0.3]]), torch.tensor([[0.25, 0.5], [0.2, 0.3]]))
+    torch.testing.assert_close(iou, torch.tensor([0.5, 0.5]))
+
+
+def test_iou_of_short_intervals_in_numpy():
+    """The same in numpy.  Kills x_temporal_iou__mutmut_101 (``union > 1``) and _110 (divided by 1)."""
+    iou = temporal_iou(np.array([[0.0, 0.5], [0.1, 0.3]]), np.array([[0.25, 0.5], [0.2, 0.3]]))
+    np.testing.assert_allclose(iou, [0.5, 0.5])
+
+
+def test_iou_with_one_tensor_returns_a_tensor():
+    """Numpy or torch in, same out: one tensor argument is enough for a tensor result.
+    Kills x_temporal_iou__mutmut_1 (``or`` -> ``and``)."""
+    iou = temporal_iou(torch.tensor([0.0, 2.0]), [1.0, 3.0])
+    assert isinstance(iou, torch.Tensor) and iou.item() == pytest.approx(1 / 3)
+    assert isinstance(temporal_iou([0.0, 2.0], torch.tensor([1.0, 3.0])), torch.Tensor)
+
+
+# ---- fian.metrics.nms_1d
+
+
+def test_nms_accepts_tensors_that_require_grad():
+    """Kills x_nms_1d__mutmut_6 / _13 (tensor inputs not detached: numpy refuses them)."""
+    seg = torch.tensor([[0.0, 4.0], [1.0, 4.0], [6.0, 9.0]], requires_grad=True)
+    sc = torch.tensor([0.9, 0.8, 0.1], requires_grad=True)
+    kept = nms_1d(seg, sc, threshold=0.5)  # IoU([0,4],[1,4]) = 0.75: the second is suppressed
+    assert kept.tolist() == [0, 2]
+
+
+def test_nms_skips_a_non_finite_best_score_and_goes_on():
+    """+inf sorts first: it is skipped, and the finite ones after it are still visited.
+    Kills x_nms_1d__mutmut_40 (``continue`` -> ``break``)."""
+    seg = np.array([[0.0, 2.0], [3.0, 5.0], [6.0, 8.0], [9.0, 11.0]])
+    kept = nms_1d(seg, np.array([math.inf, 0.9, NAN, 0.5]), threshold=0.5)
+    assert kept.tolist() == [1, 3]
+
+
+def test_nms_returns_int64_indices_even_when_nothing_is_kept():
+    """Kills x_nms_1d__mutmut_52 / _54 (np.asarray([]) is float64)."""
+    kept = nms_1d(np.array([[0.0, 1.0], [2.0, 3.0]]), np.array([-math.inf, -math.inf]), 0.5)
+    assert kept.dtype == np.int64 and kept.shape == (0,)
+    assert nms_1d(np.array([[0.0, 1.0]]), np.array([0.3]), 0.5).dtype == np.int64
+
+
+# ---- fian.metrics recall / mIoU
+
+GT2 = np.array([[0.0, 10.0], [20.0, 30.0]])
+
+
+def test_zero_predictions_per_query_score_zero():
+    """K = 0 (no prediction at all): every recall and the mIoU are 0, no error.
+    Kills x_recall_at__mutmut_19 / _22 / _23 and x_evaluate_predictions__mutmut_20 / _26 / _27."""
+    pred = np.zeros((2, 0, 2))
+    r = recall_at(pred, GT2, ns=(1, 5), ms=(0.3, 0.7))
+    assert r == {"R@1,IoU=0.3": 0.0, "R@1,IoU=0.7": 0.0, "R@5,IoU=0.3": 0.0, "R@5,IoU=0.7": 0.0}
+    ev = evaluate_predictions(pred, GT2, ns=(1,), ms=(0.3,))
+    assert ev == {"R@1,IoU=0.3": 0.0, "mIoU": 0.0}
+
+
+def test_miou_is_of_the_top1_prediction_and_ms_are_passed_on():
+    """mIoU reads prediction 0, not 1 (x_evaluate_predictions__mutmut_25); the given ms reach
+    recall_at (x_evaluate_predictions__mutmut_14: the defaults would add 0.1 .. 0.7)."""
+    pred = np.array([[[0.0, 5.0], [0.0, 10.0]], [[25.0, 30.0], [20.0, 30.0]]])  # top-1 IoU 0.5, 0.5
+    ev = evaluate_predictions(pred, GT2, ns=(1, 2), ms=(0.6,))
+    assert set(ev) == {"R@1,IoU=0.6", "R@2,IoU=0.6", "mIoU"}
+    assert ev["mIoU"] == pytest.approx(0.5)  # the second predictions would give 1.0
+    assert ev["R@1,IoU=0.6"] == 0.0 and ev["R@2,IoU=0.6"] == 1.0
+
+
+def test_metrics_accept_tensors_that_require_grad():
+    """Kills x__pred_gt__mutmut_6 and x__as_numpy__mutmut_6 (tensors must be detached)."""
+    pred = torch.tensor([[[0.0, 5.0]], [[20.0, 30.0]]], requires_grad=True)
+    gt = torch.tensor(GT2, requires_grad=True)
+    ev = evaluate_predictions(pred, gt, ns=(1,), ms=(0.3,))
+    assert ev["R@1,IoU=0.3"] == 1.0 and ev["mIoU"] == pytest.approx(0.75)
+
+
+def test_row_count_mismatch_names_both_row_counts():
+    """Kills x__pred_gt__mutmut_29 (K printed instead of Q)."""
+    with pytest.raises(ValueError, match="^2 prediction rows but 4 ground-truth rows$"):
+        evaluate_predictions(np.zeros((2, 3, 2)), np.zeros((4, 2)))
+
+
+def test_nan_ground_truth_lists_at_most_ten_rows():
+    """Kills x__pred_gt__mutmut_37 (eleven rows listed)."""
+    gt = np.full((12, 2), NAN)
+    with pytest.raises(ValueError, match=r"query rows \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"):
+        evaluate_predictions(np.zeros((12, 1, 2)), gt)
+
+
+def test_mean_iou_names_its_argument_in_errors():
+    """Kills x_mean_iou__mutmut_3 / _8 / _9."""
+    with pytest.raises(ValueError, match=r"^pred_top1 must be \[Q, 2\]"):
+        mean_iou(np.zeros((2, 3)), GT2)
+
+
+# ---- fian.inference.predicted_segments
+
+
+def _out(cands, offsets):
+    cands = torch.tensor(cands)
+    offsets = torch.tensor(offsets)
+    logits = torch.zeros(offsets.shape[:2])
+    return ModelOutput(logits, torch.sigmoid(logits), offsets, cands, torch.ones_like(logits, dtype=torch.bool))
+
+
+def test_predicted_segments_default_unit_is_steps():
+    """Kills x_predicted_segments__mutmut_1 / _2 (a wrong default raises)."""
+    seg = predicted_segments(_out([[2.0, 6.0]], [[[0.5, -1.0]]]), num_steps=10)
+    torch.testing.assert_close(seg, torch.tensor([[[2.5, 5.0]]]))
+
+
+def test_predicted_segments_window_unit_uses_the_window_length():
+    """Window [2, 6) has length 4 (not 2 + 6): offsets (0.25, -0.5) windows -> (+1, -2) steps.
+    Kills x_predicted_segments__mutmut_10."""
+    seg = predicted_segments(_out([[2.0, 6.0]], [[[0.25, -0.5]]]), num_steps=10, offset_unit="window")
+    torch.testing.assert_close(seg, torch.tensor([[[3.0, 4.0]]]))
+
+
+# ---- fian.losses.seconds_to_steps
+
+
+def test_seconds_to_steps_rejects_gt_that_is_not_pairs():
+    """[B, 3] ground truth with a matching [B] duration is refused.  Kills x_seconds_to_steps__mutmut_2."""
+    with pytest.raises(ValueError, match=r"gt must be \[B, 2\]"):
+        seconds_to_steps(torch.zeros(2, 3), torch.ones(2), 16)
+    torch.testing.assert_close(
+        seconds_to_steps(torch.tensor([[1.0, 3.0]]), torch.tensor([4.0]), 16), torch.tensor([[4.0, 12.0]])
+    )
+
+
+# ---- fian.losses.FIANLoss
+
+
+def test_boundary_targets_in_window_units_divide_by_the_window_length():
+    """Candidate [2, 6) (length 4), gt [3, 5): targets (1, -1) steps = (0.25, -0.25) windows.
+    Kills x_offset_targets__mutmut_7 (times the length) and _8 (divided by start + end = 8)."""
+    cands = torch.tensor([[2.0, 6.0]])
+    logits = torch.tensor([[0.0]])
+    offsets = torch.tensor([[[0.75, 0.25]]])  # minus targets: (0.5, 0.5), both in the quadratic part
+    out = ModelOutput(logits, torch.sigmoid(logits), offsets, cands, torch.ones(1, 1, dtype=torch.bool))
+    loss = FIANLoss(tau=0.3, alpha=1.0, offset_unit="window")(out, torch.tensor([[3.0, 5.0]]))  # IoU 0.5
+    assert int(loss["n_pos"]) == 1
+    assert loss["boundary"].item() == pytest.approx(0.5 * 0.5**2 + 0.5 * 0.5**2)
+
+
+def test_loss_names_the_bad_ground_truth_shape():
+    """Kills xǁFIANLossǁforward__mutmut_4 / _5 (message lost)."""
+    cands = torch.tensor([[0.0, 4.0]])
+    logits = torch.zeros(2, 1)
+    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(2, 1, 2), cands, torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=2, 2\] steps, got \(2, 3\)$"):
+        FIANLoss(tau=0.5, alpha=1.0)(out, torch.zeros(2, 3))
+
+
+def test_non_finite_loss_names_the_bad_term_and_shows_both_values():
+    """NaN offsets on a positive: the boundary term is NaN, the alignment term is not.
+    Kills xǁFIANLossǁforward__mutmut_103 / _105 / _108 / _109 (names and the list of bad terms)."""
+    cands = torch.tensor([[0.0, 4.0]])
+    logits = torch.tensor([[0.0]])
+    offsets = torch.tensor([[[NAN, 0.0]]])
+    out = ModelOutput(logits, torch.sigmoid(logits), offsets, cands, torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(
+        FloatingPointError, match=r"^non-finite loss term\(s\) \['boundary'\]: \{'align': [0-9.]+, 'boundary': nan\}$"
+    ):
+        FIANLoss(tau=0.5, alpha=1.0)(out, torch.tensor([[0.0, 4.0]]))
+
+
+# ---- fian.model.attention.MultiHeadAttention
+
+
+def test_attention_dropout_acts_in_training_mode_only():
+    """Dropout on the attention weights (params: "dropout in attention and FFN"): eval mode is
+    deterministic; train mode with p = 0.5 changes the output; p = 0 in train mode changes nothing.
+    Kills xǁMultiHeadAttentionǁforward__mutmut_66 / _68 (no dropout in training)."""
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2, dropout=0.5)
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        ref = att.eval()(q, kv, mask)
+        torch.testing.assert_close(att(q, kv, mask), ref, rtol=0, atol=0)
+        assert not torch.allclose(att.train()(q, kv, mask), ref, atol=1e-3)
+        att.dropout = 0.0
+        torch.testing.assert_close(att(q, kv, mask), ref)
