@@ -3,6 +3,7 @@
 fian render [--check] [--config workflow/config/paper.yaml]
 fian train --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml ...
 fian demo
+fian predict --checkpoint results/<d>/<v>/checkpoint.pt --video clip.mp4 --query "..." [--top 5] [--json]
 fian --help          lists the stages (so does ``fian`` alone)
 fian --version
 """
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 # command -> module of fian_pipeline/ (the stage modules of the registry, plus the tools)
-TOOLS = {"render": "render", "demo": "demo"}
+TOOLS = {"render": "render", "demo": "demo", "predict": "predict"}
 
 
 def commands() -> dict[str, str]:
