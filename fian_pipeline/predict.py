@@ -112,14 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if items is not None:  # many: encode and check everything, then answer, then write once
         base = args.queries.parent
         encoded = []
-        for it in items:
-            where = f"{args.queries}: line {it['line']}"
-            try:
-                v = _encode(p, it, args, base)
-                p.encode_query(it["query"])
-            except ValueError as e:
-                raise StageError(f"{where}: {e}") from None
-            encoded.append(v)
+        for check_only in (True, False):  # the cheap checks of every line first, then the videos
+            for it in items:
+                try:
+                    if check_only:
+                        p.encode_query(it["query"])
+                    else:
+                        encoded.append(_encode(p, it, args, base))
+                except ValueError as e:
+                    raise StageError(f"{args.queries}: line {it['line']}: {e}") from None
         lines = []
         for it, v in zip(items, encoded, strict=True):
             moments = p.predict(it["query"], v, top=int(it.get("top", args.top)))
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(lines)} answers -> {args.out}")
         return 0
 
+    p.encode_query(args.query)  # before the video: a bad query costs nothing
     item = {"video": args.video, "features": args.features, "video_id": args.video_id, "duration": args.duration}
     v = _encode(p, item, args, None)
     moments = p.predict(args.query, v, top=args.top)
