@@ -545,3 +545,10 @@ def test_evaluate_with_other_params(change: str, ok: bool, trained: SimpleNamesp
         assert code == 1 and not (tmp_path / "metrics_test.json").exists()
         assert "model.hidden: 16 (checkpoint) vs 32 (--params) [changes the architecture]" in err
         assert "1 key(s)" in err
+
+
+def test_predict_help_names_the_command() -> None:
+    r = subprocess.run([sys.executable, "-m", "fian_pipeline.cli", "predict", "--help"], capture_output=True,
+                       text=True, env=_env(), timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("usage: fian predict ") and "``" not in r.stdout
+    assert "--checkpoint" in r.stdout and "--queries" in r.stdout and "--plot" in r.stdout
