@@ -311,9 +311,9 @@ def test_cli_many_queries_jsonl(predictor, trained: SimpleNamespace, tmp_path: P
 
     qfile = tmp_path / "queries.jsonl"
     items = [
-        {"video": str(trained.videos / "bikes.mp4"), "query": SENTENCES["bikes"][0]},
+        {"video": str(trained.videos / "carphone_pristine.mp4"), "query": SENTENCES["carphone_pristine"][0]},
         {"features": str(trained.store), "video_id": "bigbuckbunny", "query": SENTENCES["bigbuckbunny"][2], "top": 2},
-        {"video": str(trained.videos / "bikes.mp4"), "query": SENTENCES["bikes"][2]},
+        {"video": str(trained.videos / "carphone_pristine.mp4"), "query": SENTENCES["carphone_pristine"][2]},
     ]
     qfile.write_text("".join(json.dumps(i) + "\n" for i in items))
     out = tmp_path / "answers.jsonl"
