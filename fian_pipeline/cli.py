@@ -4,6 +4,7 @@ fian render [--check] [--config workflow/config/paper.yaml]
 fian train --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml ...
 fian demo
 fian params explain train.lr --dataset tacos   which layer sets a key
+fian predict --checkpoint results/<d>/<v>/checkpoint.pt --video clip.mp4 --query "..." [--top 5] [--json]
 fian --help          lists the stages (so does ``fian`` alone)
 fian --version
 """
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 # command -> module of fian_pipeline/ (the stage modules of the registry, plus the tools)
-TOOLS = {"render": "render", "demo": "demo", "params": "params"}
+TOOLS = {"render": "render", "demo": "demo", "params": "params", "predict": "predict"}
 
 
 def commands() -> dict[str, str]:

@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fian_pipeline.common import StageError, load, parser, run_stage
 
@@ -53,11 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, trained_cfg = build_model_from_checkpoint(ckpt, embeddings, check_inputs=device.type != "cuda")
         except (ValueError, RuntimeError) as e:
             raise StageError(f"{args.checkpoint}: cannot rebuild the model: {e}") from None
-        if trained_cfg.model != cfg.model or trained_cfg.dataset.name != cfg.dataset.name:
-            raise StageError(
-                f"{args.checkpoint}: trained as {trained_cfg.dataset.name}/{trained_cfg.variant}, "
-                f"but --params describe {cfg.dataset.name}/{cfg.variant} (model section differs)"
-            )
+        check_params(args.checkpoint, trained_cfg, cfg)
         if split.num_steps != trained_cfg.features.num_steps:
             raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
         model.to(device)
@@ -86,6 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutdown()
     return 0
+
+
+def check_params(checkpoint: Path, trained: Any, given: Any) -> None:
+    """Keys of --params that change the model or its inputs must equal the checkpoint's (each named);
+    the others (dataset.name, train.*, eval.*, ...) may differ and are listed in the log."""
+    from fian.config_diff import compare
+
+    diff = compare(trained.to_dict(), given.to_dict())
+    names = f"trained as {trained.dataset.name}/{trained.variant}, --params describe {given.dataset.name}/{given.variant}"
+    if diff.matter:
+        also = f" (these differ too, harmlessly: {diff.describe_harmless()})" if diff.harmless else ""
+        raise StageError(
+            f"{checkpoint}: {names}; {len(diff.matter)} key(s) that change the model or its inputs differ: "
+            f"{diff.describe_matter()}{also}"
+        )
+    if diff.harmless:
+        log.info("%s: %s; keys that differ but do not change the model or its inputs: %s",
+                 checkpoint, names, diff.describe_harmless())  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def build_split(df: Any, encoded: tuple[np.ndarray, np.ndarray], store: Any, cfg
         "synthetic": bool(store.attrs.get("synthetic", False)),
         "feature_source": str(store.attrs.get("source", "")),
         "max_query_len": cfg.text.max_query_len,
+        # the store's file attrs (clip_len, frames_per_feature, weights_sha256, ...): the feature recipe
+        # that the train stage puts into the checkpoint (fian.predict.feature_recipe)
+        "feature_store_attrs": {k: v for k, v in store.attrs.items()},
     }
     return GroundingSplit.from_arrays(
         video, df["video_id"].map(row_of).to_numpy(), words, word_len,

@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except NonFiniteLossError as e:
                 raise StageError(f"{train_path}: {e}") from e
             if info.is_main:
+                from fian_pipeline.mlflow_model import package_model  # predict bundle + MLflow pyfunc model
+
+                package_model(ckpt_path, cfg, vocab, train.attrs, tracker)
                 summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab),
                                         protocol=protocol_info(cfg.eval))  # fmt: skip
                 tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})

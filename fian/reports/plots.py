@@ -102,3 +102,47 @@ def _save(fig: Any, out: str | Path) -> Path:
         fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return out
+
+
+def moments_timeline(
+    out: str | Path,
+    query: str,
+    duration: float,
+    moments: Sequence[Any],
+    thumbnails: Sequence[tuple[float, np.ndarray]] = (),
+    *,
+    title: str = "",
+) -> Path:
+    """Figure 6 for one prediction: frame thumbnails along the video's timeline and the top-n
+    windows (``moments``: ``.start``, ``.end``, ``.score`` in seconds, best first) as bars below.
+
+    ``thumbnails``: ``(time in seconds, RGB uint8 [H, W, 3])`` pairs (none for precomputed features).
+    """
+    plt = _pyplot()
+    n = max(len(moments), 1)
+    heights = [1.2, 0.35 * n + 0.3] if len(thumbnails) else [0.35 * n + 0.3]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(9, sum(heights) + 0.9), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, sharex=True)  # fmt: skip
+    if len(thumbnails):
+        ax = axes[0, 0]
+        width = duration / len(thumbnails)
+        for t, img in thumbnails:
+            ax.imshow(img, extent=(t - 0.48 * width, t + 0.48 * width, 0, 1), aspect="auto")
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.set_title("\n".join(textwrap.wrap(query, 90)), fontsize=9, loc="left")
+    ax = axes[-1, 0]
+    for rank, m in enumerate(moments, 1):
+        y = n - rank
+        ax.broken_barh([(m.start, m.end - m.start)], (y + 0.15, 0.7), color="tab:blue", alpha=0.4 + 0.6 * m.score)
+        ax.text(m.end, y + 0.5, f" {m.start:.1f}-{m.end:.1f}s  {m.score:.2f}", va="center", fontsize=8)
+    ax.set_yticks([n - r + 0.5 for r in range(1, len(moments) + 1)], [f"top-{r}" for r in range(1, len(moments) + 1)])
+    ax.set_ylim(0, n)
+    ax.set_xlim(0, duration)
+    ax.set_xlabel("time (s)")
+    if not len(thumbnails):
+        ax.set_title("\n".join(textwrap.wrap(query, 90)), fontsize=9, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -1,0 +1,152 @@
+"""Ask a trained model where a sentence happens in a video: ranked windows in seconds.
+
+    fian predict --checkpoint results/<d>/<v>/checkpoint.pt --video clip.mp4 --query "a man opens the fridge" \
+        [--top 5] [--json] [--out moments.json] [--plot timeline.png]
+    fian predict --checkpoint CKPT --features features.h5 --video-id ID [--duration S] [--layout L] --query "..."
+    fian predict --checkpoint CKPT --queries queries.jsonl --out answers.jsonl
+
+Prints a table of the top windows (start, end, score; best first, after the model's NMS), or with
+--json the list [{"start": s, "end": e, "score": p}, ...].  --queries reads one JSON object per
+line, {"query": ..., "video": FILE} or {"query": ..., "features": FILE, "video_id": ID
+[, "duration": S]} (optional "top"), and writes one line per query to --out: the input object
+plus "moments".  Every input is checked before anything is written; files are written atomically.
+A video is decoded and run through the backbone once per call (cached by content hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fian_pipeline.common import StageError, command_parser, run_stage, warn_loud
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = command_parser("predict", __doc__)
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of the train stage")
+    p.add_argument("--video", type=Path, help="a video file (decoded and encoded as the model's features were)")
+    p.add_argument("--features", type=Path, help="precomputed features: a file (or folder) in a layout the project imports")
+    p.add_argument("--video-id", help="the video's id in --features")
+    p.add_argument("--duration", type=float, help="seconds of the video of --features (default: the file's attr)")
+    p.add_argument("--layout", help="layout of --features (default: the checkpoint's dataset.feature_layout)")
+    p.add_argument("--query", help="the sentence")
+    p.add_argument("--queries", type=Path, help="JSONL of many (video, query) pairs; answers go to --out as JSONL")
+    p.add_argument("--top", type=int, default=5, help="windows to return (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", type=Path, help="write the answer there (JSON; JSONL with --queries)")
+    p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails (PNG)")
+    p.add_argument("--backbone-weights", type=Path, help="C3D/I3D weights file of the checkpoint's feature recipe")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    return p
+
+
+def read_queries(path: Path) -> list[dict[str, Any]]:
+    """The lines of a --queries file, each checked (names the file and the line)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: queries file not found")
+    items = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StageError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
+            raise StageError(f"{path}: line {i}: expected an object with a string 'query'")
+        if ("video" in obj) == ("features" in obj):
+            raise StageError(f"{path}: line {i}: give exactly one of 'video' and 'features' (+ 'video_id')")
+        if "features" in obj and "video_id" not in obj:
+            raise StageError(f"{path}: line {i}: 'features' needs a 'video_id'")
+        items.append({"line": i, **obj})
+    if not items:
+        raise StageError(f"{path}: no queries")
+    return items
+
+
+def _encode(p: Any, item: dict[str, Any], args: argparse.Namespace, base: Path | None) -> Any:
+    def resolve(f: str | Path) -> Path:
+        f = Path(f)
+        return f if base is None or f.is_absolute() else base / f
+
+    if item.get("video") is not None:
+        return p.encode_video(resolve(item["video"]))
+    return p.load_features(resolve(item["features"]), str(item["video_id"]), duration=item.get("duration"),
+                           layout=item.get("layout") or args.layout)  # fmt: skip
+
+
+def table(moments: Sequence[Any], query: str, source: str) -> str:
+    lines = [f"query: {query}", f"video: {source}", f"{'rank':>4}  {'start (s)':>9}  {'end (s)':>9}  {'score':>6}"]
+    lines += [f"{r:>4}  {m.start:9.2f}  {m.end:9.2f}  {m.score:6.3f}" for r, m in enumerate(moments, 1)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.queries is not None:
+        if args.out is None or args.query or args.video or args.features or args.plot:
+            raise StageError("--queries takes --out FILE.jsonl and no --query/--video/--features/--plot")
+    else:
+        if not args.query:
+            raise StageError("give --query TEXT (or --queries FILE.jsonl)")
+        if (args.video is None) == (args.features is None):
+            raise StageError("give exactly one of --video FILE and --features FILE --video-id ID")
+        if args.features is not None and not args.video_id:
+            raise StageError(f"--features {args.features} needs --video-id")
+    if args.top < 1:
+        raise StageError(f"--top must be >= 1, got {args.top}")
+    items = read_queries(args.queries) if args.queries else None
+
+    from fian.io import atomic_path, write_json
+    from fian.predict import Predictor
+
+    p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)
+    if p.random_weights:
+        warn_loud(f"OFFLINE FALLBACK: {args.checkpoint} was trained on features of a {p.recipe.get('backbone')} "
+                  "with RANDOM weights: these windows say nothing about the video's content")  # fmt: skip
+
+    if items is not None:  # many: encode and check everything, then answer, then write once
+        base = args.queries.parent
+        encoded = []
+        for check_only in (True, False):  # the cheap checks of every line first, then the videos
+            for it in items:
+                try:
+                    if check_only:
+                        p.encode_query(it["query"])
+                    else:
+                        encoded.append(_encode(p, it, args, base))
+                except ValueError as e:
+                    raise StageError(f"{args.queries}: line {it['line']}: {e}") from None
+        lines = []
+        for it, v in zip(items, encoded, strict=True):
+            moments = p.predict(it["query"], v, top=int(it.get("top", args.top)))
+            out = {k: val for k, val in it.items() if k != "line"}
+            lines.append(json.dumps({**out, "moments": [m.to_dict() for m in moments]}))
+        with atomic_path(args.out) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"{len(lines)} answers -> {args.out}")
+        return 0
+
+    p.encode_query(args.query)  # before the video: a bad query costs nothing
+    item = {"video": args.video, "features": args.features, "video_id": args.video_id, "duration": args.duration}
+    v = _encode(p, item, args, None)
+    moments = p.predict(args.query, v, top=args.top)
+    answer = [m.to_dict() for m in moments]
+    if args.plot is not None:
+        from fian.predict import thumbnails
+        from fian.reports.plots import moments_timeline
+
+        thumbs = thumbnails(args.video, v.duration) if args.video is not None else []
+        moments_timeline(args.plot, args.query, v.duration, moments, thumbs, title=f"{v.source} ({args.checkpoint})")
+    if args.out is not None:
+        write_json(args.out, answer)
+    print(json.dumps(answer) if args.json else table(moments, args.query, v.source))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main))
