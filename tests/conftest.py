@@ -33,3 +33,21 @@ def shared_annotations() -> Path:
     if not SHARED_ANNOTATIONS.is_dir():
         pytest.skip(f"real annotations not found at {SHARED_ANNOTATIONS} (../shared beside the checkout)")
     return SHARED_ANNOTATIONS
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri():
+    """``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI in os.environ (MLflow 3), which the
+    stages honour: a test that sets it must not send later tests' runs to its store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        import mlflow
+
+        mlflow.set_tracking_uri(before or "")
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -66,7 +66,9 @@ def _clip_dir() -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    # the venv's bin first: `mlflow models serve` execs `uvicorn` by name
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PYTHONPATH": str(REPO), "PATH": path}
 
 
 @pytest.fixture(scope="module")
