@@ -280,7 +280,7 @@ class Tracker:
             if run.info.status != "RUNNING":
                 client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
-        name = f"workflow {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC ({self.workflow[:8]})"
+        name = f"workflow {self.workflow}"  # the Snakefile's id: UTC start time and 8 hex digits
         tags = {"fian.kind": "workflow", "fian.workflow_run": self.workflow, "git_commit": git_commit(),
                 "git_dirty": git_dirty(), "fian.project": str(Path.cwd().resolve())}  # fmt: skip
         return client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
