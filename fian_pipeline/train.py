@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if info.is_main:
                     if state is not None:  # the output checkpoint: the state that holds the last epoch
                         trained = len(history) > (int(start[1]["epoch"]) if start is not None else 0)
-                        source = state.live if trained else start[0]
+                        source = state.live if trained or start is None else start[0]
                         if Path(source).resolve() != ckpt_path.resolve():
                             with atomic_path(ckpt_path) as tmp:
                                 shutil.copyfile(source, tmp)
