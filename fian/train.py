@@ -286,6 +286,8 @@ def fit(
     num_steps: int,
     checkpoint: str | Path | None,
     resume: bool = False,
+    resume_from: str | Path | dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     config: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
@@ -296,7 +298,11 @@ def fit(
     """Train ``model`` for ``train_cfg.epochs`` epochs; return the history (one dict per epoch).
 
     ``checkpoint``: where to write after every epoch (rank 0; None: nowhere).  ``resume``: start
-    from it when it exists (its ``config`` must equal ``config``).  ``config``: the resolved
+    from it when it exists.  ``resume_from``: start from this checkpoint instead (a path or a
+    :func:`load_checkpoint` dict; :mod:`fian.resume` chooses it).  A resumed checkpoint's ``config``
+    must equal ``config`` except ``train.epochs`` (raising it continues a finished run), and it must
+    not hold more epochs than ``train.epochs``.  ``extra``: plain entries stored in every checkpoint
+    beside the training state (e.g. :data:`fian.resume.META`).  ``config``: the resolved
     ``Config.to_dict()`` stored in the checkpoint.  ``device``: default CUDA when available.
     ``dist_info``: this rank under DDP (the process group must be initialised), default one
     process.  ``on_epoch(record)`` runs on rank 0 after each epoch's checkpoint.  ``offset_unit``
@@ -322,12 +328,17 @@ def fit(
     best_metric: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    if resume_from is None and resume and ckpt_path is not None and ckpt_path.exists():
+        resume_from = ckpt_path
+    if resume_from is not None:
+        ckpt = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from, map_location=device)
+        where = resume_from if not isinstance(resume_from, dict) else "checkpoint"
         if config is not None:
-            diff = _config_diff(ckpt["config"], config)
+            diff = [d for d in _config_diff(ckpt["config"], config) if not d.startswith("train.epochs:")]
             if diff:
-                raise ValueError(f"{ckpt_path}: cannot resume, the config changed: {'; '.join(diff[:10])}")
+                raise ValueError(f"{where}: cannot resume, the config changed: {'; '.join(diff[:10])}")
+        if int(ckpt["epoch"]) > train_cfg.epochs:
+            raise ValueError(f"{where}: cannot resume, it holds {ckpt['epoch']} epochs but train.epochs={train_cfg.epochs}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
@@ -335,7 +346,7 @@ def fit(
         best_metric, best_epoch = tuple(ckpt["best_metric"]), int(ckpt["best_epoch"])
         best_state = {k: v.to(device) for k, v in ckpt["best_model"].items()}
         if main:
-            log.info("resumed from %s after epoch %d (best epoch %d)", ckpt_path, start_epoch, best_epoch)
+            log.info("resumed from %s after epoch %d (best epoch %d)", where, start_epoch, best_epoch)
     elif resume and main:
         log.info("no checkpoint at %s: starting from epoch 0", ckpt_path)
 
@@ -388,6 +399,7 @@ def fit(
                         "best_epoch": best_epoch,
                         "best_by": f"{PRIMARY_METRIC}, then mIoU" if val is not None else "last epoch",
                         "history": history,
+                        **(extra or {}),
                     },
                 )
             if on_epoch is not None:

@@ -25,7 +25,7 @@ rule train:
         values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} 2> {log}"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
 rule evaluate:
