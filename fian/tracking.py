@@ -95,11 +95,14 @@ def git_dirty(cwd: str | Path | None = None) -> str:
 
 
 def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
-    """``{"data_sha256.<name>": sha256}`` for every file in ``paths`` (folders: their files, sorted)."""
+    """``{"data_sha256.<name>": sha256}`` for every file in ``paths`` (folders: their files, sorted;
+    a killed writer's temp file, :data:`fian.io.TEMP_MARK` in its name, is not data and is skipped)."""
+    from fian.io import TEMP_MARK
+
     tags: dict[str, str] = {}
     for p in paths:
         p = Path(p)
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        files = sorted(q for q in p.rglob("*") if q.is_file() and TEMP_MARK not in q.name) if p.is_dir() else [p]
         for f in files:
             name = f.relative_to(p.parent).as_posix()
             tags[f"data_sha256.{name}"] = sha256_file(f)

@@ -303,3 +303,15 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeyp
         pass
     run = client.get_run(dead)
     assert run.info.status == "KILLED" and again.run_id in run.data.tags["fian.ended_by"]
+
+
+def test_data_hashes_skip_a_killed_writers_temp(tmp_path) -> None:
+    import hashlib
+
+    from fian.tracking import data_hashes
+
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(b"rows")
+    (folder / ".train.parquet.fian-tmp.host.123-456.0badc0de.parquet").write_bytes(b"half")
+    assert data_hashes([folder]) == {"data_sha256.annotations/train.parquet": hashlib.sha256(b"rows").hexdigest()}
