@@ -262,20 +262,65 @@ def _check_range(cfg: Config) -> None:
         problems.append(("loss.tau", f"must be in (0, 1), got {lo.tau}"))
     if lo.alpha < 0:
         problems.append(("loss.alpha", "must be >= 0"))
-    if tr.lr <= 0 or tr.batch_size < 1 or tr.epochs < 0:
-        problems.append(("train", "lr > 0, batch_size >= 1, epochs >= 0"))
+    for key, bad, rule in (("lr", tr.lr <= 0, "> 0"), ("batch_size", tr.batch_size < 1, ">= 1"),
+                           ("epochs", tr.epochs < 0, ">= 0")):
+        if bad:
+            problems.append((f"train.{key}", f"must be {rule}"))
     if tr.sync_every < 1:
         problems.append(("train.sync_every", "must be >= 1"))
     if fe.num_steps < 1:
         problems.append(("features.num_steps", "must be >= 1"))
-    if te.glove_epochs < 0 or te.glove_window < 1 or te.glove_x_max <= 0 or te.glove_lr <= 0 or te.glove_batch_size < 1:
-        problems.append(("text", "glove_epochs >= 0, glove_window >= 1, glove_x_max > 0, glove_lr > 0, glove_batch_size >= 1"))
+    for key, bad, rule in (("glove_epochs", te.glove_epochs < 0, ">= 0"), ("glove_window", te.glove_window < 1, ">= 1"),
+                           ("glove_x_max", te.glove_x_max <= 0, "> 0"), ("glove_lr", te.glove_lr <= 0, "> 0"),
+                           ("glove_batch_size", te.glove_batch_size < 1, ">= 1")):
+        if bad:
+            problems.append((f"text.{key}", f"must be {rule}"))
     if te.max_query_len < 1:
         problems.append(("text.max_query_len", "must be >= 1"))
     if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
     if problems:
-        raise ConfigError("; ".join(f"{k}: {v}" for k, v in problems))
+        raise RangeError(problems, cfg)
+
+
+# the other keys a range rule depends on: named (with their values and files) in its message
+RELATED = {"model.heads": ("model.hidden",), "model.self_attn_heads": ("model.hidden",),
+           "model.window_sizes": ("features.num_steps",), "model.fusion": ("model.branches", "model.iterate")}
+
+
+class RangeError(ConfigError):
+    """Out-of-range values: each problem names its key, its value and the file that set it."""
+
+    def __init__(self, problems: list[tuple[str, str]], cfg: Config,
+                 origin: typing.Callable[[str], str | None] = lambda key: None) -> None:
+        self.problems, self.cfg = problems, cfg
+
+        def show(key: str) -> str:
+            value: Any = cfg
+            try:
+                for part in key.split("."):
+                    value = getattr(value, part)
+            except AttributeError:  # a rule over a whole section
+                return key
+            value = list(value) if isinstance(value, tuple) else value
+            where = origin(key)
+            return f"{key} = {value!r}" + (f" (in {where})" if where else "")
+
+        super().__init__("; ".join(", ".join(show(k) for k in (key, *RELATED.get(key, ()))) + f": {rule}"
+                                   for key, rule in problems))
+
+
+def _origin(key: str, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """The last layer that sets the dotted ``key`` ("default" when none does)."""
+    for name, data in reversed(layers):
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return name
+    return "default"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -379,8 +424,10 @@ def load_config(*files: str | Path, overrides: dict[str, Any] | None = None) -> 
     file that introduced it; the merged result is then range-checked.
     """
     merged: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []  # (file, its data): which file set a key
     for f in files:
         data = read_yaml(f)
+        layers.append((str(f), data))
         try:
             _build(Config, data, "")
         except ConfigError as e:
@@ -388,8 +435,11 @@ def load_config(*files: str | Path, overrides: dict[str, Any] | None = None) -> 
         merged = _merge(merged, data)
     if overrides:
         merged = _merge(merged, overrides)
+        layers.append(("overrides", overrides))
     try:
         return config_from_dict(merged)
+    except RangeError as e:
+        raise RangeError(e.problems, e.cfg, lambda key: _origin(key, layers)) from None
     except ConfigError as e:
         names = ", ".join(str(f) for f in files)
         raise ConfigError(f"{names}: {e}") from None

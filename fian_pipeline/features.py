@@ -4,10 +4,11 @@
         --raw data/raw/<d>/features --annotations data/interim/<d>/annotations \
         --out data/interim/<d>/features.h5
 
-Only the videos that the annotation tables (``<split>.parquet``) reference are imported.  A
-referenced video without features follows ``dataset.policy.missing_features`` (fail: an error
-naming the id and the file; drop: counted and logged).  Counts go to ``<out stem>.counts.json``
-beside the store (e.g. ``features.counts.json``).
+Only the videos that the annotation tables reference are imported (``<split>.parquet`` of each
+split of ``dataset.splits``; the folder is never listed).  A referenced video without features
+follows ``dataset.policy.missing_features`` (fail: an error naming the id and the file; drop:
+counted and logged).  Counts go to ``<out stem>.counts.json`` beside the store (e.g.
+``features.counts.json``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from pathlib import Path
 from fian_pipeline.common import StageError, load, log, parser, run_stage
 
 
-def read_tables(annotations: Path):
-    """All ``<split>.parquet`` tables of an annotations folder, concatenated (pandas DataFrame)."""
+def read_tables(annotations: Path, splits: Sequence[str]):
+    """The ``<split>.parquet`` table of every split named in params, concatenated (pandas DataFrame).
+
+    The names come from ``dataset.splits``, never from listing the folder (temp files share it).
+    """
     import pandas as pd
 
-    files = sorted(annotations.glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(
-            f"{annotations}: no <split>.parquet annotation tables (run the annotations stage)"
-        )
+    if not splits:
+        raise StageError("dataset.splits is empty: name the annotation files of each split in params")
     frames = []
-    for f in files:
+    for f in (annotations / f"{s}.parquet" for s in splits):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: annotation table of a split in dataset.splits not found "
+                                    "(run the annotations stage)")
         try:
             df = pd.read_parquet(f)
         except Exception as e:  # pyarrow raises several types for a corrupt file
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.data.features import import_features
     from fian.io import write_json
 
-    tables = read_tables(args.annotations)
+    tables = read_tables(args.annotations, list(cfg.dataset.splits))
     durations = tables.groupby("video_id")["duration"].first().to_dict()
     report = import_features(
         args.raw,

@@ -4,13 +4,13 @@
         --annotations data/interim/<d>/annotations --features data/interim/<d>/features.h5 \
         --text data/interim/<d>/text --out data/processed/<d>
 
-For every ``<split>.parquet`` of the annotations folder: every referenced video is downsampled to
-``features.num_steps`` steps (fian.data.features.downsample), every sentence tokenized and encoded
-with the vocabulary of the text stage (``text.max_query_len`` words kept), and the split written
-as a :class:`fian.data.dataset.GroundingSplit` file.  Queries whose video has no features, or whose
-sentence is empty / all out-of-vocabulary, follow ``dataset.policy`` (missing_features,
-empty_sentence, all_oov).  All checks run before anything is written; counts go to
-``<out>/counts.json``.
+For every split of ``dataset.splits`` (its ``<split>.parquet``; the folder is never listed): every
+referenced video is downsampled to ``features.num_steps`` steps (fian.data.features.downsample),
+every sentence tokenized and encoded with the vocabulary of the text stage (``text.max_query_len``
+words kept), and the split written as a :class:`fian.data.dataset.GroundingSplit` file.  Queries
+whose video has no features, or whose sentence is empty / all out-of-vocabulary, follow
+``dataset.policy`` (missing_features, empty_sentence, all_oov).  All checks run before anything is
+written; counts go to ``<out>/counts.json``.
 """
 
 from __future__ import annotations
@@ -135,11 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.data.text import Vocab, known_mask
     from fian.io import write_json
 
-    tables = sorted(args.annotations.glob("*.parquet"))
+    # the split names come from params, never from listing the folder (temp files share it)
+    tables = [args.annotations / f"{s}.parquet" for s in cfg.dataset.splits]
     if not tables:
-        raise FileNotFoundError(
-            f"{args.annotations}: no <split>.parquet annotation tables (run the annotations stage)"
-        )
+        raise StageError("dataset.splits is empty: name the annotation files of each split in params")
+    for t in tables:
+        if not t.is_file():
+            raise FileNotFoundError(f"{t}: annotation table of a split in dataset.splits not found "
+                                    "(run the annotations stage)")
     vocab_path, coverage_path = args.text / "vocab.json", args.text / "coverage.json"
     for path in (vocab_path, coverage_path):
         if not path.is_file():

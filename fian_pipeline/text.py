@@ -51,9 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load(args)
     tc, policy = cfg.text, cfg.dataset.policy
 
-    splits = {f.stem: pd.read_parquet(f) for f in sorted(args.annotations.glob("*.parquet"))}
-    if "train" not in splits:
-        raise FileNotFoundError(f"{args.annotations / 'train.parquet'}: the vocabulary is built from the train split")
+    if "train" not in cfg.dataset.splits:
+        raise StageError(f"dataset.splits has no 'train' ({list(cfg.dataset.splits)}): the vocabulary is built from it")
+    splits = {}  # names from params, never from listing the folder (temp files share it)
+    for s in cfg.dataset.splits:
+        if not (args.annotations / f"{s}.parquet").is_file():
+            raise FileNotFoundError(f"{args.annotations / f'{s}.parquet'}: table of split {s!r} not found")
+        splits[s] = pd.read_parquet(args.annotations / f"{s}.parquet")
     tokens = {s: [tokenize(x, tc.lowercase) for x in df["sentence"]] for s, df in splits.items()}
     vocab = Vocab.build(tokens["train"], min_count=1)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_ANNOTATIONS = REPO.parent / "shared" / "data" / "annotations"
+# FIAN_SHARED_ANNOTATIONS: the folder elsewhere (e.g. from a git worktree, whose parent has no shared/)
+SHARED_ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or REPO.parent / "shared" / "data" / "annotations")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -166,3 +167,97 @@ def test_stage_writes_parquet_and_counts(tmp_path: Path) -> None:
     write(raw / "empty.json", {})
     with pytest.raises(AnnotationError, match=r"split 'val' \(empty\.json in .*raw\): no pair left \(0 before"):
         load_annotations(raw, "activitynet", {"val": ["empty.json"]}, PolicyConfig())
+
+
+# ------------------------------------------------------------------ bad inputs that used to pass silently
+
+
+def run_annotations(tmp_path: Path, files: dict[str, str | bytes], splits: str, capsys: pytest.CaptureFixture,
+                    fmt: str = "activitynet") -> tuple[int, str, Path]:
+    """The annotations stage command (run_stage: one line on stderr, exit status) on raw ``files``."""
+    from fian_pipeline.annotations import main
+    from fian_pipeline.common import run_stage
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for name, content in files.items():
+        (raw / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    params = write(tmp_path / "p.yaml", f"dataset:\n  format: {fmt}\n  splits: {splits}\n")
+    code = run_stage(main, ["--params", str(params), "--raw", str(raw), "--out", str(out)])
+    return code, capsys.readouterr().err, out
+
+
+CAFE = '{"v_a": {"duration": 10, "timestamps": [[0, 1]], "sentences": ["caf\xe9"]}}'  # not ASCII
+
+
+def rec(sentence: str = "a man runs", duration: float = 10.0) -> str:
+    return json.dumps({"duration": duration, "timestamps": [[0, 1]], "sentences": [sentence]})
+
+
+def test_duplicate_video_key_names_the_key_file_and_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    text = f'{{\n"v_a": {rec("first")},\n"v_b": {rec()},\n"v_a": {rec("second")}\n}}\n'
+    assert len(json.loads(text)) == 2  # what the parser alone does: the first v_a is gone
+    code, err, out = run_annotations(tmp_path, {"train.json": text}, "{train: [train.json]}", capsys)
+    assert code == 1 and not out.exists()
+    assert re.search(r"train\.json: video key\(s\) appear more than once: 'v_a' at lines 2, 4;", err), err
+
+
+def test_duplicate_key_inside_a_record_names_the_video(tmp_path: Path) -> None:
+    text = '{"v_a": {"duration": 10, "duration": 20, "timestamps": [[0, 1]], "sentences": ["s"]}}'
+    with pytest.raises(AnnotationError, match=r"t\.json:v_a: key\(s\) \['duration'\] appear more than once"):
+        read_activitynet(write(tmp_path / "t.json", text), "train")
+
+
+def test_train_test_leak_names_the_video_and_both_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    files = {"train.json": f'{{"v_a": {rec()}, "v_x": {rec()}}}', "val.json": f'{{"v_b": {rec()}}}',
+             "test.json": f'{{"v_c": {rec()}, "v_x": {rec()}}}'}
+    splits = "{train: [train.json], val: [val.json], test: [test.json]}"
+    code, err, out = run_annotations(tmp_path, files, splits, capsys)
+    assert code == 1 and not out.exists()
+    assert ("video 'v_x' is in split 'train' (train.json:v_x[0]) and in split 'test' (test.json:v_x[0])" in err
+            and "must not share videos (a leak)" in err), err
+
+
+def test_val_and_test_may_share_videos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """ActivityNet's val_1 / val_2 (our val / test) are two annotation sets of the same videos."""
+    files = {"train.json": f'{{"v_a": {rec()}}}', "val.json": f'{{"v_b": {rec("one")}}}',
+             "test.json": f'{{"v_b": {rec("two")}}}'}
+    code, err, out = run_annotations(tmp_path, files, "{train: [train.json], val: [val.json], test: [test.json]}",
+                                     capsys)  # fmt: skip
+    assert code == 0, err
+    assert pd.read_parquet(out / "test.parquet")["sentence"].tolist() == ["two"]
+
+
+def test_charades_leak_across_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    files = {"tr.txt": "AAA 0 1##a\nBBB 0 1##b\n", "te.txt": "CCC 0 1##c\nBBB 2 3##d\n", "v.csv": "id,length\nAAA,9\nBBB,9\nCCC,9\n"}
+    code, err, out = run_annotations(tmp_path, files, "{train: [tr.txt, v.csv], test: [te.txt, v.csv]}", capsys,
+                                     fmt="charades")  # fmt: skip
+    assert code == 1 and not out.exists()
+    assert "video 'BBB' is in split 'train' (tr.txt:2) and in split 'test' (te.txt:2)" in err, err
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "content", "offset", "line"),
+    [
+        ("activitynet", "train.json", CAFE.encode("latin-1"), None, 1),
+        ("charades", "tr.txt", b"AAA 0 1##a\nAAA 1 2##na\xefve\n", 11 + 11, 2),
+        ("charades", "v.csv", b"id,length\nAAA,9\n\xff\xfe,3\n", 10 + 6, 3),
+    ],
+)
+def test_non_utf8_names_the_file_and_byte_offset(tmp_path: Path, capsys: pytest.CaptureFixture, fmt: str,
+                                                 name: str, content: bytes, offset: int | None, line: int) -> None:
+    offset = content.index(b"\xe9") if offset is None else offset
+    files = {"train.json": f'{{"v_a": {rec()}}}', "tr.txt": "AAA 0 1##a\n", "v.csv": "id,length\nAAA,9\n"}
+    files = {k: v for k, v in files.items() if (k.endswith(".json")) == (fmt == "activitynet")}
+    files[name] = content
+    splits = "{train: [train.json]}" if fmt == "activitynet" else "{train: [tr.txt, v.csv]}"
+    code, err, out = run_annotations(tmp_path, files, splits, capsys, fmt=fmt)
+    assert code == 1 and not out.exists()
+    want = f"{name}: not UTF-8: byte 0x{content[offset]:02x} at byte offset {offset} (line {line})"
+    assert want in err, err
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "t.json").write_bytes(b"\xef\xbb\xbf" + CAFE.encode())
+    df = read_activitynet(tmp_path / "t.json", "train")
+    assert df["sentence"].tolist() == ["caf\xe9"]

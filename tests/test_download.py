@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 import zipfile
@@ -32,8 +33,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         srv = self.server
         srv.log.append((self.path, self.headers.get("Range")))  # type: ignore[attr-defined]
+        srv.if_range.append(self.headers.get("If-Range"))  # type: ignore[attr-defined]
         mode = srv.modes.get(self.path, "")  # type: ignore[attr-defined]
         hits = sum(1 for p, _ in srv.log if p == self.path)  # type: ignore[attr-defined]
+        if self.path in srv.before:  # type: ignore[attr-defined]
+            srv.before[self.path](hits)  # type: ignore[attr-defined]  # e.g. the file changes
+        # validators: {"etag": '"x"', "last_modified": "...", "if_range": honour If-Range}
+        val = srv.validators.get(self.path, {})  # type: ignore[attr-defined]
+        current = {val.get("etag"), val.get("last_modified")} - {None}
         if mode == "404" or self.path not in srv.files:  # type: ignore[attr-defined]
             self.send_error(404, "Not Found")
             return
@@ -43,10 +50,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = srv.files[self.path]  # type: ignore[attr-defined]
         start = 0
         rng = self.headers.get("Range")
+        if rng and val.get("if_range") and self.headers.get("If-Range") not in current:
+            rng = None  # If-Range names another version of the file: send all of it (RFC 9110 13.1.5)
         if rng and mode != "norange":
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= len(body):
-                self.send_error(416, "Range Not Satisfiable")
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+                    if val.get(key):
+                        self.send_header(header, val[key])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -54,6 +69,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         part = body[start:]
         self.send_header("Content-Length", str(len(part)))
+        for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+            if val.get(key):
+                self.send_header(header, val[key])
         self.send_header("Content-Type", "text/html" if mode == "html" else "application/octet-stream")
         self.end_headers()
         if mode.startswith("truncate:") and hits <= int(mode.split(":")[2]):
@@ -69,11 +87,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[SimpleNamespace]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.files, httpd.modes, httpd.log = {}, {}, []  # type: ignore[attr-defined]
+    httpd.validators, httpd.before, httpd.if_range = {}, {}, []  # type: ignore[attr-defined]
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield SimpleNamespace(httpd=httpd, url=lambda p: base + p, files=httpd.files, modes=httpd.modes,
-                          log=httpd.log)
+                          log=httpd.log, validators=httpd.validators, before=httpd.before, if_range=httpd.if_range)
     httpd.shutdown()
     httpd.server_close()
 
@@ -142,7 +161,8 @@ def test_persistent_truncation_keeps_only_the_resumable_part(server, tmp_path: P
     server.files["/k.bin"], server.modes["/k.bin"] = PAYLOAD, "truncate:100:99"
     with pytest.raises(DownloadError, match=r"k\.bin: failed after 2 attempts.*kept: the next run resumes"):
         run(server.url("/k.bin"), tmp_path / "k.bin", sha(PAYLOAD), retries=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.bin.part"]  # never the target itself
+    # never the target itself; the .part and the server's validator recorded when it began
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.bin.part", "k.bin.part.json"]
     server.modes["/k.bin"] = ""
     run(server.url("/k.bin"), tmp_path / "k.bin", sha(PAYLOAD))  # the next run resumes
     assert (tmp_path / "k.bin").read_bytes() == PAYLOAD
@@ -217,3 +237,106 @@ def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys:
     params.write_text("text:\n  word_dim: 300\n")
     with pytest.raises(ValueError, match="text.glove"):
         main(["--params", str(params), "--kind", "glove", "--out", str(tmp_path / "g")])
+
+
+# ------------------------------------------------- unpinned downloads: a .part resumes only the same file
+
+NEW = bytes(reversed(PAYLOAD))  # the server's file after it changed: same length, other bytes
+LM1, LM2 = "Tue, 01 Dec 2026 10:00:00 GMT", "Tue, 01 Dec 2026 11:00:00 GMT"
+
+
+def begin_part(server, tmp_path: Path, path: str, validators: dict) -> Path:
+    """A first run whose transfer breaks after 3000 bytes: the .part (and its validator) remain."""
+    server.files[path], server.validators[path] = PAYLOAD, dict(validators)
+    server.modes[path] = "truncate:3000:1"
+    dest = tmp_path / path.strip("/")
+    with pytest.raises(DownloadError, match="kept: the next run resumes"):
+        run(server.url(path), dest, None, retries=0)
+    assert dest.with_name(dest.name + ".part").stat().st_size == 3000
+    return dest
+
+
+@pytest.mark.parametrize("honours_if_range", [True, False])
+def test_changed_etag_restarts_from_zero_and_records_the_new_hash(server, tmp_path: Path,
+                                                                   honours_if_range: bool) -> None:
+    dest = begin_part(server, tmp_path, "/u.bin", {"etag": '"v1"', "if_range": honours_if_range})
+    server.files["/u.bin"], server.validators["/u.bin"]["etag"] = NEW, '"v2"'  # the file changes
+    src = SimpleNamespace(name="u.bin", url=server.url("/u.bin"), sha256=None)
+    (f,) = download_sources([src], tmp_path, backoff=0, progress=False)
+    assert dest.read_bytes() == NEW and f.sha256 == sha(NEW) and read_sums(tmp_path / "SHA256SUMS")["u.bin"] == sha(NEW)
+    assert server.log[1] == ("/u.bin", "bytes=3000-") and server.if_range[1] == '"v1"'
+    # a server honouring If-Range answers 200 with the whole new file; one ignoring it answers 206 for
+    # the new file, which the client detects (ETag v2) and restarts without Range
+    assert [r for _, r in server.log[2:]] == ([] if honours_if_range else [None])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SHA256SUMS", "u.bin"]
+
+
+def test_unchanged_etag_resumes(server, tmp_path: Path) -> None:
+    dest = begin_part(server, tmp_path, "/s.bin", {"etag": '"v1"', "if_range": True})
+    assert json.loads((tmp_path / "s.bin.part.json").read_text())["etag"] == '"v1"'
+    f = run(server.url("/s.bin"), dest, None)
+    assert dest.read_bytes() == PAYLOAD and f.sha256 == sha(PAYLOAD) and not f.pinned
+    assert server.log[1:] == [("/s.bin", "bytes=3000-")]  # one request, for the rest only
+
+
+@pytest.mark.parametrize(
+    ("body", "last_modified", "resumed"),
+    [(PAYLOAD, LM1, True),  # same Last-Modified and length: the same file
+     (NEW, LM2, False),  # modified (same length)
+     (PAYLOAD + b"more", LM1, False)],  # same Last-Modified but another length
+)
+def test_last_modified_and_length_decide_without_etag(server, tmp_path: Path, body: bytes, last_modified: str,
+                                                      resumed: bool) -> None:
+    dest = begin_part(server, tmp_path, "/m.bin", {"last_modified": LM1})  # the server ignores If-Range
+    server.files["/m.bin"], server.validators["/m.bin"]["last_modified"] = body, last_modified
+    f = run(server.url("/m.bin"), dest, None)
+    assert dest.read_bytes() == body and f.sha256 == sha(body)
+    assert server.if_range[1] == LM1
+    assert [r for _, r in server.log[1:]] == (["bytes=3000-"] if resumed else ["bytes=3000-", None])
+
+
+def test_no_validator_unpinned_part_restarts(server, tmp_path: Path) -> None:
+    dest = begin_part(server, tmp_path, "/n.bin", {})
+    server.files["/n.bin"] = NEW  # a server without ETag or Last-Modified cannot prove it unchanged
+    assert run(server.url("/n.bin"), dest, None).sha256 == sha(NEW) and dest.read_bytes() == NEW
+    assert server.log[1:] == [("/n.bin", None)]  # no Range: restarted from zero
+    # a hand-made .part (no validator file) of an unpinned source restarts too
+    dest.with_name("h.bin.part").write_bytes(NEW[:100])
+    server.files["/h.bin"] = PAYLOAD
+    assert run(server.url("/h.bin"), tmp_path / "h.bin", None).sha256 == sha(PAYLOAD)
+    assert server.log[-1] == ("/h.bin", None)
+
+
+def test_file_changing_between_attempts_of_one_stage_run(server, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The stage command: the first attempt breaks, the server's file changes before the retry."""
+    from fian_pipeline.common import run_stage
+    from fian_pipeline.download import main
+
+    server.files["/g.txt"], server.validators["/g.txt"] = PAYLOAD, {"etag": '"v1"'}
+    server.modes["/g.txt"] = "truncate:3000:1"
+
+    def change(hits: int) -> None:
+        if hits == 2:
+            server.files["/g.txt"], server.validators["/g.txt"]["etag"] = NEW, '"v2"'
+
+    server.before["/g.txt"] = change
+    params = tmp_path / "g.yaml"
+    params.write_text(f"text:\n  glove:\n    name: g.txt\n    url: {server.url('/g.txt')}\n")
+    out = tmp_path / "raw"
+    assert run_stage(main, ["--params", str(params), "--kind", "glove", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "g.txt").read_bytes() == NEW and read_sums(out / "SHA256SUMS") == {"g.txt": sha(NEW)}
+    assert [r for _, r in server.log] == [None, "bytes=3000-", None]
+    assert "UNVERIFIED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_complete_part_is_kept_only_while_the_file_is_the_same(server, tmp_path: Path, changed: bool) -> None:
+    """A .part holding the whole file (killed before the rename): HTTP 416 for the next byte."""
+    dest = begin_part(server, tmp_path, "/w.bin", {"etag": '"v1"'})
+    with open(tmp_path / "w.bin.part", "ab") as f:
+        f.write(PAYLOAD[3000:])  # the rest arrived, then the process died
+    if changed:
+        server.files["/w.bin"], server.validators["/w.bin"]["etag"] = NEW, '"v2"'
+    assert run(server.url("/w.bin"), dest, None).sha256 == sha(NEW if changed else PAYLOAD)
+    assert [r for _, r in server.log[1:]] == ([f"bytes={len(PAYLOAD)}-", None] if changed else [f"bytes={len(PAYLOAD)}-"])

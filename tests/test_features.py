@@ -255,7 +255,7 @@ def test_features_stage(tmp_path: Path, repo_root: Path) -> None:
     _write_release(tmp_path / "raw", "activitynet_c3d", {"v_a": np.ones((9, 500)), "v_b": np.ones((4, 500))})
     ann = tmp_path / "ann"
     ann.mkdir()
-    for split, vids in (("train", ["v_a", "v_a"]), ("test", ["v_b", "v_gone"])):
+    for split, vids in (("train", ["v_a", "v_a"]), ("val", ["v_b", "v_b"]), ("test", ["v_b", "v_gone"])):
         pd.DataFrame({"video_id": vids, "duration": [30.0, 12.0], "start": [0.0, 1.0], "end": [2.0, 3.0],
                       "sentence": ["x", "y"], "split": split, "source": "f:k"}).to_parquet(ann / f"{split}.parquet")  # fmt: skip
     params = [

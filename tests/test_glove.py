@@ -64,7 +64,7 @@ def test_text_stage_fallback_is_loud_and_tagged(tmp_path: Path, capsys: pytest.C
     pd.DataFrame({"video_id": "v", "duration": 9.0, "start": 0.0, "end": 1.0, "sentence": [" ".join(s) for s in sents],
                   "split": "train", "source": [f"t:{i}" for i in range(len(sents))]}).to_parquet(ann / "train.parquet")
     params = tmp_path / "p.yaml"
-    params.write_text("text:\n  word_dim: 8\n  fallback_train_glove: true\n  glove_epochs: 2\n")
+    params.write_text("text:\n  word_dim: 8\n  fallback_train_glove: true\n  glove_epochs: 2\ndataset:\n  splits: {train: [t.json]}\n")
     out = tmp_path / "out"
     assert main(["--params", str(params), "--annotations", str(ann), "--out", str(out)]) == 0
     assert "OFFLINE FALLBACK" in capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_text_stage_reports_near_identical_vectors(tmp_path: Path, caplog: pytes
             "blue": [0, 0, 0.001, 1], "door": [1, 1, 0, 0]}
     glove.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in rows.items()))
     params = tmp_path / "p.yaml"
-    params.write_text("text:\n  word_dim: 4\n")
+    params.write_text("text:\n  word_dim: 4\ndataset:\n  splits: {train: [t.json]}\n")
     with caplog.at_level("WARNING", logger="fian.text"):
         assert main(["--params", str(params), "--annotations", str(ann), "--glove", str(glove),
                      "--out", str(tmp_path / "out")]) == 0

@@ -119,7 +119,7 @@ def test_text_stage_with_glove_file(tmp_path: Path) -> None:
     ann = _annotations(tmp_path)
     g = glove_file(tmp_path / "g.txt", {w: [i + 1.0] * 300 for i, w in enumerate(["the", "man", "opens", "door", "dog"])})
     params = tmp_path / "p.yaml"
-    params.write_text("text:\n  oov: zero\n")
+    params.write_text("text:\n  oov: zero\ndataset:\n  splits: {train: [t.json], test: [t.json]}\n")
     assert main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "out")]) == 0
     vocab = Vocab.load(tmp_path / "out" / "vocab.json")
     assert "dog" not in vocab and vocab.itos[2:5] == ["a", "man", "the"]  # train only; most frequent first
@@ -140,7 +140,8 @@ def test_text_stage_with_glove_file(tmp_path: Path) -> None:
     glove_file(tmp_path / "x.txt", {"zebra": [0.0] * 300})
     with pytest.raises(Exception, match="none of the 8 training words"):
         main(["--params", str(params), "--annotations", str(ann), "--glove", str(tmp_path / "x.txt"), "--out", str(tmp_path / "o2")])
-    params.write_text("text:\n  oov: zero\ndataset:\n  policy:\n    all_oov: fail\n")
+    params.write_text("text:\n  oov: zero\ndataset:\n  splits: {test: [t.json], train: [t.json]}\n"  # test checked first
+                      "  policy:\n    all_oov: fail\n")
     with pytest.raises(TextError, match=r"all_oov and policy 'fail': test\.json:v\[1\] \('dog!!'\)"):
         main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()

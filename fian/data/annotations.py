@@ -25,9 +25,11 @@ Formats (``dataset.format``):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,51 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                       "split": str, "source": str})
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a leading BOM dropped); a bad byte is named with its offset."""
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AnnotationError(f"{path}: not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}): "
+                              f"{e.reason}; save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def _key_lines(text: str, key: str) -> list[int]:
+    """Line numbers where ``"key":`` occurs (as json.dumps spells it; best effort, for messages)."""
+    pattern = re.escape(json.dumps(key)) + r"\s*:"
+    return [text.count("\n", 0, m.start()) + 1 for m in re.finditer(pattern, text)]
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    text = read_text(path)
+    repeated: list[tuple[dict[str, Any], list[str]]] = []  # (object, keys it had twice)
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):  # json.loads would silently keep only the last value of a key
+            keys = [k for k, _ in pairs]
+            repeated.append((obj, sorted({k for k in keys if keys.count(k) > 1}, key=keys.index)))
+        return obj
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected a JSON object {{video_id: record}}, got {type(data).__name__}")
+    for obj, keys in repeated[::-1]:  # the top-level object comes last: report it first
+        if obj is data:
+            where = "; ".join(f"{k!r} at lines {', '.join(map(str, _key_lines(text, k)))}" for k in keys[:5])
+            raise AnnotationError(f"{path}: video key(s) appear more than once: {where}{' ...' * (len(keys) > 5)}; "
+                                  "JSON keeps only the last record of a key, the others' pairs would be lost: "
+                                  "merge them into one record")
+    for obj, keys in repeated:
+        vid = next((v for v, rec in data.items() if rec is obj), None)
+        where = f"{path}:{vid}" if vid is not None else str(path)
+        raise AnnotationError(f"{where}: key(s) {keys} appear more than once in one record")
     return data
 
 
@@ -129,7 +169,7 @@ def read_charades_durations(paths: Sequence[str | Path]) -> dict[str, float]:
     out: dict[str, float] = {}
     for p in paths:
         p = Path(p)
-        with p.open(newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text(p), newline="") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             if "id" not in cols or "length" not in cols:
@@ -147,7 +187,7 @@ def read_charades(path: str | Path, split: str, durations: Mapping[str, float]) 
     """Charades-STA ``vid start end##sentence`` lines -> normalized rows (unknown duration = NaN)."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path)) as f:
         for n, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -245,14 +285,38 @@ def validate(df: pd.DataFrame, policy: Any) -> tuple[pd.DataFrame, dict[str, Any
     return out, counts
 
 
+def check_disjoint(tables: Mapping[str, pd.DataFrame], train: str = "train") -> None:
+    """No video of the ``train`` split may occur in another split (a leak); others may share videos.
+
+    (ActivityNet Captions' val_1 and val_2, our val and test, annotate the same 4,885 videos.)
+    """
+    if train not in tables:
+        return
+    first = tables[train].drop_duplicates("video_id").set_index("video_id")["source"]
+    for split, df in tables.items():
+        if split == train:
+            continue
+        shared = df[df["video_id"].isin(first.index)].drop_duplicates("video_id")
+        if len(shared):
+            r = shared.iloc[0]
+            more = f" ({len(shared)} shared videos, e.g. {', '.join(shared['video_id'][:5])})" if len(shared) > 1 else ""
+            raise AnnotationError(f"video {r.video_id!r} is in split {train!r} ({first[r.video_id]}) and in split "
+                                  f"{split!r} ({r.source}){more}: train and {split} must not share videos (a leak)")
+
+
 def load_annotations(raw_dir: str | Path, fmt: str, splits: Mapping[str, Sequence[str]],
                      policy: Any) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
-    """Parse and validate every split: ``({split: table}, {split: counts})``."""
+    """Parse and validate every split: ``({split: table}, {split: counts})``.
+
+    The parsed splits are checked with :func:`check_disjoint` before any validation.
+    """
     if not splits:
         raise AnnotationError("dataset.splits is empty: name the annotation files of each split in params")
     tables, counts = {}, {}
+    raw = {split: read_split(raw_dir, fmt, split, files) for split, files in splits.items()}
+    check_disjoint(raw)
     for split, files in splits.items():
-        tables[split], counts[split] = validate(read_split(raw_dir, fmt, split, files), policy)
+        tables[split], counts[split] = validate(raw[split], policy)
         if tables[split].empty:
             raise AnnotationError(f"split {split!r} ({', '.join(files)} in {raw_dir}): no pair left "
                                   f"({counts[split]['pairs_raw']} before validation)")

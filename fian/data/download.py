@@ -6,6 +6,11 @@ One file (:func:`fetch`):
   truncated body, HTTP 5xx / 429) the next attempt resumes with an HTTP ``Range`` request, after a
   backoff of ``backoff * 2**attempt`` seconds.  A ``.part`` is the documented resume mechanism: it
   may remain after a failed run (never the target itself) and the next run continues it.
+* a ``.part`` continues only the file it began with: when it begins, the server's validator
+  (strong ETag, Last-Modified, full length) is recorded in ``<name>.part.json``; a resume sends
+  ``If-Range`` and checks the answer, and continues only while the ETag (or, without one,
+  Last-Modified + length) still matches; otherwise it restarts from zero.  Without any validator
+  an unpinned ``.part`` restarts from zero; a pinned one continues (its sha256 decides).
 * the target appears only by renaming the ``.part`` once its sha256 matches; a mismatch deletes
   the ``.part`` and raises :class:`ChecksumError`.  An HTTP 4xx (except 416 / 429), or an HTML
   page where a data file was expected (a share page, not a file), deletes it and raises at once.
@@ -27,7 +32,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -71,19 +75,98 @@ class _Retry(Exception):
     """A transient failure: try again (resuming)."""
 
 
-def _attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """One HTTP request that appends to ``part`` (resuming from its size); raises _Retry or DownloadError."""
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")  # <name>.part.json: the validator of the .part
+
+
+def _validator(url: str, headers: Any, status: int) -> dict[str, Any]:
+    """What identifies the server's file: its strong ETag, Last-Modified and full length."""
+    etag = headers.get("ETag")
+    if etag and etag.startswith("W/"):
+        etag = None  # a weak ETag does not identify bytes (RFC 9110 13.1.5)
+    length: int | None = None
+    if status == 206:  # Content-Range: bytes a-b/total
+        total = (headers.get("Content-Range") or "").rpartition("/")[2]
+        length = int(total) if total.isdigit() else None
+    elif headers.get("Content-Length", "").isdigit():
+        length = int(headers["Content-Length"])
+    return {"url": url, "etag": etag, "last_modified": headers.get("Last-Modified"), "length": length}
+
+
+def _has_validator(rec: dict[str, Any] | None) -> bool:
+    return bool(rec) and (bool(rec.get("etag")) or (bool(rec.get("last_modified")) and rec.get("length") is not None))
+
+
+def _same_file(rec: dict[str, Any], now: dict[str, Any]) -> bool:
+    """The server still has the file the .part began with (ETag, else Last-Modified + length)."""
+    if rec.get("etag"):
+        return now["etag"] == rec["etag"]
+    return now["last_modified"] == rec["last_modified"] and now["length"] == rec["length"]
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        rec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _restart(part: Path, url: str, why: str) -> None:
+    log.warning("%s: %s; the download restarts from zero", url, why)
+    for p in (part, _meta_path(part)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _resume_point(url: str, part: Path, pinned: bool) -> tuple[int, dict[str, Any] | None]:
+    """Bytes of ``part`` that may be continued, and the validator they were begun with.
+
+    A ``.part`` continues only when its validator (recorded when it began) names the same URL and
+    one that the server still has; a pinned sha256 also lets a ``.part`` without any validator
+    continue (the checksum decides at the end).  Otherwise the ``.part`` is deleted.
+    """
+    have = part.stat().st_size if part.exists() else 0
+    if not have:
+        return 0, None
+    rec = _read_meta(_meta_path(part))
+    if rec is not None and rec.get("url") != url:
+        _restart(part, url, f"{part} was begun from another URL ({rec.get('url')})")
+    elif _has_validator(rec) or pinned:
+        return have, rec if _has_validator(rec) else None
+    else:
+        _restart(part, url, f"{part} has no recorded ETag or Last-Modified + length to prove the server's file "
+                            "is unchanged, and no pinned sha256")
+    return 0, None
+
+
+def _attempt(url: str, part: Path, timeout: float, progress: bool, pinned: bool = False) -> None:
+    """One HTTP request that appends to ``part`` (resuming from its size); raises _Retry or DownloadError.
+
+    A resumed request sends ``If-Range`` (the recorded ETag or Last-Modified), and the answer is
+    checked too: a 206 for a changed file (a server that ignores If-Range) restarts from zero.
+    """
     from tqdm import tqdm
 
-    have = part.stat().st_size if part.exists() else 0
+    from fian.io import write_json
+
+    have, rec = _resume_point(url, part, pinned)
     req = urllib.request.Request(url, headers={"User-Agent": "fian-download/1"})
     if have:
         req.add_header("Range", f"bytes={have}-")
+        if rec is not None:
+            req.add_header("If-Range", rec["etag"] or rec["last_modified"])
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # nothing left to send: the .part is complete
-            return
+        if e.code == 416 and have:  # nothing left to send: the .part is complete, if still the same file
+            now = _validator(url, e.headers, 206)
+            if rec is None or (_same_file(rec, {**now, "length": now["length"] or have}) and rec["length"] == have):
+                return
+            _restart(part, url, f"HTTP 416 for {part} ({have} bytes) but the server's file changed")
+            return _attempt(url, part, timeout, progress, pinned)
         if e.code >= 500 or e.code == 429:
             raise _Retry(f"HTTP {e.code} {e.reason}") from None
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -94,9 +177,18 @@ def _attempt(url: str, part: Path, timeout: float, progress: bool) -> None:
         if ctype.startswith("text/html") and not part.name.removesuffix(".part").endswith((".html", ".htm")):
             raise DownloadError(f"{url}: the server sent an HTML page, not the file (a share page or a login?); "
                                 f"download it by hand and put it at {part.with_suffix('')}")
-        if have and resp.status != 206:  # the server ignored Range: start again
-            log.info("%s: server does not resume; restarting", url)
+        now = _validator(url, resp.headers, resp.status)
+        if have and resp.status == 206 and rec is not None and not _same_file(rec, now):
+            resp.close()
+            _restart(part, url, f"the server's file changed since {part} began (ETag / Last-Modified / length "
+                                f"{rec['etag']} / {rec['last_modified']} / {rec['length']} -> {now['etag']} / "
+                                f"{now['last_modified']} / {now['length']}) and it ignored If-Range")
+            return _attempt(url, part, timeout, progress, pinned)
+        if have and resp.status != 206:  # the server ignored Range, or If-Range found a changed file
+            log.info("%s: server sent the whole file (no resume, or it changed); restarting", url)
             have = 0
+        if not have:
+            write_json(_meta_path(part), now)  # the validator of this .part, recorded as it begins
         length = resp.headers.get("Content-Length")
         expected = have + int(length) if length is not None else None
         got = have
@@ -127,6 +219,7 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *, retries: int
             return Fetched(dest.name, dest, sha256, True, True)
         log.warning("%s: present but its sha256 differs from the pinned one; downloading again", dest)
     part = dest.with_name(dest.name + ".part")
+    meta = _meta_path(part)
     last = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -134,25 +227,29 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *, retries: int
             log.warning("%s: %s; retry %d/%d in %.1f s", url, last, attempt, retries, wait)
             time.sleep(wait)
         try:
-            _attempt(url, part, timeout, progress)
+            _attempt(url, part, timeout, progress, pinned=sha256 is not None)
             break
         except _Retry as e:
             last = str(e)
         except DownloadError:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
+            for p in (part, meta):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
             raise
     else:
         if part.exists() and part.stat().st_size == 0:
             part.unlink()
+            meta.unlink(missing_ok=True)
         kept = f"; {part} kept: the next run resumes it" if part.exists() else ""
         raise DownloadError(f"{url}: failed after {retries + 1} attempts ({last}){kept}")
     digest = sha256_file(part)
     if sha256 is not None and digest != sha256:
         part.unlink()
+        meta.unlink(missing_ok=True)
         raise ChecksumError(f"{url}: sha256 mismatch for {dest.name}: expected {sha256}, got {digest} "
                             f"(partial file deleted)")
     os.replace(part, dest)
+    meta.unlink(missing_ok=True)
     return Fetched(dest.name, dest, digest, sha256 is not None, False)
 
 
@@ -188,7 +285,12 @@ def _safe_target(root: Path, name: str, archive: Path) -> Path:
 def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
     """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members)."""
     archive, out_dir = Path(archive), Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=out_dir))
+    from fian.io import remove_stale_temps, temp_name
+
+    staging = out_dir / f"{archive.name}.extracting"  # never created: names the temp folders
+    remove_stale_temps(staging, ".d")  # a killed extraction's members
+    tmp = out_dir / temp_name(staging, ".d")
+    tmp.mkdir()
     try:
         if archive.suffix == ".zip":
             with zipfile.ZipFile(archive) as z:

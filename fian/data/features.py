@@ -270,7 +270,8 @@ def find_feature_file(raw: Path, layout: str) -> Path:
         raise FileNotFoundError(f"{raw}: raw feature folder not found")
     standard = RELEASE_FILE.get(layout)
     if standard:
-        hits = sorted(raw.rglob(standard))  # also inside a folder an archive extracted to
+        # also inside a folder an archive extracted to, never inside a hidden (temp) folder
+        hits = sorted(h for h in raw.rglob(standard) if not any(q.startswith(".") for q in h.relative_to(raw).parts))
         if hits:
             return hits[0]
     found = sorted(p for p in raw.iterdir() if p.is_file() and p.suffix in (".hdf5", ".h5"))

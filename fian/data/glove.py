@@ -145,6 +145,9 @@ def train_fallback(sentences: Sequence[Sequence[str]], out: str | Path, *, dim: 
     co = cooccurrence(sentences, window)
     log.info("fallback GloVe: %d words, %d co-occurrence entries, %d epochs", len(co.words), len(co.vals), epochs)
     vectors, losses = train_glove(co, dim, epochs, x_max=x_max, lr=lr, batch_size=batch_size, seed=seed)
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{out}: fallback GloVe diverged (non-finite vectors; loss per epoch {losses}): "
+                         "lower text.glove_lr or raise text.glove_batch_size")
     info = {"fallback": True,
             "what": "GloVe trained on the dataset's own training sentences, NOT glove.840B.300d",
             "sentences": len(sentences), "words": len(co.words), "nonzeros": int(len(co.vals)), "dim": dim,

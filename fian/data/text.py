@@ -135,8 +135,8 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
 
     A word is matched exactly; a lowercase vocabulary word missing from a cased file (840B) takes
     the vector of its first cased variant (``Person`` for ``person``).  A line with fewer than
-    ``dim + 1`` fields, or a vector field that is not a number, raises :class:`TextError` naming
-    the file and the line.
+    ``dim + 1`` fields, or a vector field that is not a finite number (nan, inf), raises
+    :class:`TextError` naming the file and the line (only the vectors of vocabulary words are parsed).
     """
     path = Path(path)
     hits = GloveHits(dim)
@@ -164,9 +164,14 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
             if i < len(SPECIALS):
                 continue
             try:
-                vec = np.array(line.rsplit(" ", dim)[1:], dtype=np.float32)
+                with np.errstate(over="ignore"):  # an overflow to inf is reported below
+                    vec = np.array(line.rsplit(" ", dim)[1:], dtype=np.float32)
             except ValueError:
                 raise TextError(f"{path}:{n}: vector of {word!r} has a field that is not a number") from None
+            if not np.isfinite(vec).all():  # nan, inf, or a number beyond float32 (1e39)
+                j = int(np.flatnonzero(~np.isfinite(vec))[0])
+                raise TextError(f"{path}:{n}: vector of {word!r}: field {j + 1} is {line.rsplit(' ', dim)[1 + j]!r}, "
+                                "not a finite float32")
             hits.vectors[i] = vec
             if not lower:
                 exact.add(i)
