@@ -152,6 +152,30 @@ class Tracker:
         }
         self._mlflow.log_metrics(clean, step=step)
 
+    def end_stale_runs(self, tags: Mapping[str, str]) -> list[str]:
+        """Mark KILLED every other RUNNING run of this experiment carrying ``tags``; return their ids.
+
+        For runs whose process died without ending them (SIGKILL, node loss): call it only while
+        holding what makes them stale (the train stage holds its state folder's lock).
+        """
+        if self._mlflow is None:
+            return []
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = client.search_runs([exp.experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'")
+        ended = []
+        for r in runs:
+            if r.info.run_id == self.run_id:
+                continue
+            client.set_tag(r.info.run_id, "fian.ended_by", f"run {self.run_id}: found RUNNING, its process had died")
+            client.set_terminated(r.info.run_id, status="KILLED")
+            log.warning("MLflow run %s was left RUNNING by a killed process: marked KILLED", r.info.run_id)
+            ended.append(r.info.run_id)
+        return ended
+
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self._mlflow is None:
             return
@@ -159,17 +183,24 @@ class Tracker:
 
 
 def build_tracker(
-    cfg: Any, *, stage: str, inputs: Iterable[str | Path] = (), active: bool = True, tags: Mapping[str, str] | None = None
+    cfg: Any,
+    *,
+    stage: str,
+    inputs: Iterable[str | Path] = (),
+    hashes: Mapping[str, str] | None = None,
+    active: bool = True,
+    tags: Mapping[str, str] | None = None,
 ) -> Tracker:
     """The :class:`Tracker` of a stage from ``cfg`` (a :class:`fian.config.Config`).
 
-    ``inputs``: the stage's input files, hashed into ``data_sha256.*`` tags (only when tracking).
+    ``inputs``: the stage's input files, hashed into ``data_sha256.*`` tags (only when tracking);
+    ``hashes``: those tags already computed (:func:`data_hashes`), instead of ``inputs``.
     ``active``: false on DDP ranks other than 0 (they log nothing).
     """
     enabled = cfg.tracking.enabled and active
     all_tags = dict(tags or {})
     if enabled:
-        all_tags.update(data_hashes(inputs))
+        all_tags.update(hashes if hashes is not None else data_hashes(inputs))
     return Tracker(
         enabled=enabled,
         tracking_uri=cfg.tracking.tracking_uri,

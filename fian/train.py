@@ -22,13 +22,16 @@ split rows and video ids of the batch that produced it.
 Checkpoint (``torch.save`` dict, see :func:`save_checkpoint`): ``config`` (the resolved
 ``Config.to_dict()``), ``model`` (last weights), ``best_model``, ``optimizer``, ``epoch`` (epochs
 done), ``rng`` (python / numpy / torch / cuda states), ``best_metric``, ``best_epoch``,
-``history``.  ``load_checkpoint`` + ``fian.config.config_from_dict`` rebuild the model.
+``history``.  Only tensors and plain types (format 2): :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)`` and refuses, naming the file, one that carries pickled objects.
+``load_checkpoint`` + ``fian.config.config_from_dict`` rebuild the model.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import pickle
 import random
 import sys
 import time
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fian.train")
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: weights_only-safe (RNG states as tensors and plain types); 1: pickled numpy/python states
 TERMS = ("loss", "align", "boundary")  # the loss terms summed per epoch (FIANLoss keys)
 
 
@@ -69,19 +72,32 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """The python / numpy / torch (/ cuda) RNG states as tensors and plain types (``weights_only``-safe).
+
+    ``random.getstate()`` is ``(version, 625 ints, gauss_next)``; numpy's legacy state is
+    ``("MT19937", uint32[624], pos, has_gauss, cached_gaussian)``: both become dicts of a
+    ``torch.int64`` tensor and plain numbers; :func:`set_rng_state` turns them back.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the states :func:`rng_state` returned (as stored in a checkpoint)."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -98,24 +114,102 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds pickled Python objects (it could run code when loaded): refused, not loaded."""
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.Tensor)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars (metrics) -> Python numbers; containers walked; everything else as is."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_plain(v) for v in obj)
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
+def _check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise ``TypeError`` naming the first value that ``torch.load(weights_only=True)`` would refuse."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}, not str or int")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif type(obj) not in _PLAIN and not isinstance(obj, torch.Tensor):
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}: a checkpoint holds "
+                        "only tensors and plain types (dict, list, tuple, str, int, float, bool, None)")  # fmt: skip
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename."""
+    """``torch.save`` to a temp file beside ``path``, then rename.
+
+    ``state`` must hold only tensors and plain types (checked first: a ``TypeError`` names the
+    offending entry), so that :func:`load_checkpoint` reads it with ``weights_only=True``.
+    """
+    payload = _plain({"format": CHECKPOINT_FORMAT, **state})
+    _check_plain(payload)
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        torch.save(payload, tmp)
+
+
+def _unsafe_globals(path: Path, error: Exception) -> list[str] | None:
+    """The Python globals a refused file would import (read from its opcodes, nothing run), or
+    None when torch refused it for another reason (garbage, truncation)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) or broken file: fall back to torch's message
+        names = []
+    if names:
+        return list(names)
+    lines = [ln.strip() for ln in str(error).splitlines() if "global" in ln.lower() and "unsupported" in ln.lower()]
+    return [lines[0][:200]] if lines else None
+
+
+def _refusal(path: Path, names: list[str]) -> UnsafeCheckpointError:
+    hint = ""
+    if all(n.startswith("numpy.") for n in names):
+        hint = (" It looks like a checkpoint of an older fian (format 1, numpy RNG state), which"
+                " this version no longer loads: retrain.")  # fmt: skip
+    return UnsafeCheckpointError(
+        f"{path}: refused to load: the file holds pickled Python objects ({', '.join(names[:8])}), and "
+        f"unpickling them could run code from the file. A fian checkpoint (format {CHECKPOINT_FORMAT}) holds "
+        f"only tensors and plain types and is read with torch.load(weights_only=True).{hint} Do not load it "
+        "with weights_only=False unless you trust where it came from."
+    )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; a bad file raises naming it."""
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    A missing file raises ``FileNotFoundError``; a file with pickled objects
+    :class:`UnsafeCheckpointError` (nothing of it is executed); a truncated or foreign file, or
+    another checkpoint format, ``ValueError``; all name the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        # weights_only=False: our own file, it carries numpy/python RNG states
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused it; never retried unsafely
+        names = _unsafe_globals(path, e)
+        if names is not None:
+            raise _refusal(path, names) from None
+        reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")), "")
+        raise ValueError(f"{path}: not a readable checkpoint (UnpicklingError: {reason or 'not a torch file'})") from None
     except Exception as e:  # truncated or not a torch file
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a fian checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise ValueError(f"{path}: not a fian checkpoint (no 'format' key; format {CHECKPOINT_FORMAT} expected)")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: fian checkpoint format {ckpt['format']!r}, this version reads format {CHECKPOINT_FORMAT} "
+            "only: retrain"
+        )
     missing = [k for k in ("config", "model", "best_model", "epoch") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
@@ -192,6 +286,8 @@ def fit(
     num_steps: int,
     checkpoint: str | Path | None,
     resume: bool = False,
+    resume_from: str | Path | dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     config: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
@@ -202,7 +298,11 @@ def fit(
     """Train ``model`` for ``train_cfg.epochs`` epochs; return the history (one dict per epoch).
 
     ``checkpoint``: where to write after every epoch (rank 0; None: nowhere).  ``resume``: start
-    from it when it exists (its ``config`` must equal ``config``).  ``config``: the resolved
+    from it when it exists.  ``resume_from``: start from this checkpoint instead (a path or a
+    :func:`load_checkpoint` dict; :mod:`fian.resume` chooses it).  A resumed checkpoint's ``config``
+    must equal ``config`` except ``train.epochs`` (raising it continues a finished run), and it must
+    not hold more epochs than ``train.epochs``.  ``extra``: plain entries stored in every checkpoint
+    beside the training state (e.g. :data:`fian.resume.META`).  ``config``: the resolved
     ``Config.to_dict()`` stored in the checkpoint.  ``device``: default CUDA when available.
     ``dist_info``: this rank under DDP (the process group must be initialised), default one
     process.  ``on_epoch(record)`` runs on rank 0 after each epoch's checkpoint.  ``offset_unit``
@@ -228,12 +328,17 @@ def fit(
     best_metric: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    if resume_from is None and resume and ckpt_path is not None and ckpt_path.exists():
+        resume_from = ckpt_path
+    if resume_from is not None:
+        ckpt = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from, map_location=device)
+        where = resume_from if not isinstance(resume_from, dict) else "checkpoint"
         if config is not None:
-            diff = _config_diff(ckpt["config"], config)
+            diff = [d for d in _config_diff(ckpt["config"], config) if not d.startswith("train.epochs:")]
             if diff:
-                raise ValueError(f"{ckpt_path}: cannot resume, the config changed: {'; '.join(diff[:10])}")
+                raise ValueError(f"{where}: cannot resume, the config changed: {'; '.join(diff[:10])}")
+        if int(ckpt["epoch"]) > train_cfg.epochs:
+            raise ValueError(f"{where}: cannot resume, it holds {ckpt['epoch']} epochs but train.epochs={train_cfg.epochs}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
@@ -241,7 +346,7 @@ def fit(
         best_metric, best_epoch = tuple(ckpt["best_metric"]), int(ckpt["best_epoch"])
         best_state = {k: v.to(device) for k, v in ckpt["best_model"].items()}
         if main:
-            log.info("resumed from %s after epoch %d (best epoch %d)", ckpt_path, start_epoch, best_epoch)
+            log.info("resumed from %s after epoch %d (best epoch %d)", where, start_epoch, best_epoch)
     elif resume and main:
         log.info("no checkpoint at %s: starting from epoch 0", ckpt_path)
 
@@ -294,6 +399,7 @@ def fit(
                         "best_epoch": best_epoch,
                         "best_by": f"{PRIMARY_METRIC}, then mIoU" if val is not None else "last epoch",
                         "history": history,
+                        **(extra or {}),
                     },
                 )
             if on_epoch is not None:

@@ -137,6 +137,9 @@ STORE = "data/interim/{dataset}/features.h5"
 TEXT = "data/interim/{dataset}/text"
 PROCESSED = "data/processed/{dataset}"
 RUN = "results/{dataset}/{variant}"
+# resumable training state (fian.resume): NOT an output, so that neither Snakemake (deletes a failed
+# job's outputs) nor DVC (removes outputs before a rerun) deletes it; git- and dvc-ignored
+TRAIN_STATE = "state/train/{dataset}/{variant}"
 PRIOR = f"results/{{dataset}}/{BASELINE}"
 FIGURES = "reports/figures/{dataset}/{variant}"
 
@@ -291,7 +294,7 @@ STAGES: tuple[Stage, ...] = (
         wildcards=_DV,
         layers=_BDV,
         keys=("features", "model", "loss", "train", "eval"),  # tracking.* only observes
-        args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value")),
+        args=(Arg("--data", PROCESSED), Arg("--text", TEXT), Arg("--out", RUN, "value"), Arg("--state", TRAIN_STATE, "value")),
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
             Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss")),

@@ -1,7 +1,8 @@
 """Stage ``train``: fit FIAN on a prepared dataset, keep the best epoch on validation.
 
     python -m fian_pipeline.train --params params/base.yaml params/datasets/<d>.yaml params/variants/<v>.yaml \
-        --data data/processed/<d> --text data/interim/<d>/text --out results/<d>/<v> [--resume]
+        --data data/processed/<d> --text data/interim/<d>/text --out results/<d>/<v> \
+        [--state state/train/<d>/<v>] [--restart | --resume]
 
 Several GPUs: ``torchrun --nproc_per_node N -m fian_pipeline.train ...`` (DDP; the global batch stays
 ``train.batch_size``; only rank 0 writes files and logs to MLflow).
@@ -10,12 +11,23 @@ Reads ``<data>/train.h5`` and ``<data>/val.h5`` (when the dataset has a ``val`` 
 dataset without a split list, when the file exists); writes ``checkpoint.pt`` (after every epoch,
 atomically), ``history.csv`` (one row per epoch) and ``train_metrics.json`` (the best epoch's
 validation metrics as fractions, for DVC).
+
+Resuming (docs/TRAINING.md "Resume"): with ``--state`` (the workflow passes it) the state after
+every epoch goes to ``<state>/<run key>.pt`` (:mod:`fian.resume`), which neither Snakemake nor DVC
+deletes; a rerun of the same command continues from the last completed epoch of the same run
+key, and ``checkpoint.pt`` is written when training ends.  ``--restart`` starts afresh.  Without
+``--state``, ``--resume`` continues from ``<out>/checkpoint.pt`` and an existing checkpoint is
+never overwritten silently (``--restart`` to replace it).  Each attempt is its own MLflow run:
+a resumed one is tagged ``fian.resumed_from`` and holds all epochs' metrics (the earlier ones
+replayed from the checkpoint); a predecessor left RUNNING by a killed process is marked KILLED.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder of the prepared splits (<split>.h5)")
     p.add_argument("--text", type=Path, required=True, help="folder of vocab.json and embeddings.npy")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoint.pt, history.csv, train_metrics.json)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    p.add_argument("--state", type=Path, default=None,
+                   help="folder of the resumable training state (not an output; the workflow passes "
+                        "state/train/<dataset>/<variant>): a rerun continues the same run from its last epoch")  # fmt: skip
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="without --state: continue from <out>/checkpoint.pt if it exists")
+    how.add_argument("--restart", action="store_true", help="start afresh: delete this run's state, replace the checkpoint")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     args = p.parse_args(argv)
     cfg = load(args)
@@ -45,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.distributed import init_from_env, shutdown
     from fian.losses import build_loss
     from fian.model.build import build_model
-    from fian.tracking import build_tracker
+    from fian.tracking import build_tracker, data_hashes
     from fian.train import NonFiniteLossError, fit, seed_everything
 
     # a cancelled job (Snakemake, SLURM, torchrun send SIGTERM) unwinds: the MLflow run ends KILLED
@@ -80,34 +97,105 @@ def main(argv: Sequence[str] | None = None) -> int:
         loss_fn.check_finite = device.type != "cuda"
 
         inputs = [train_path, *([val_path] if val is not None else []), args.text / "embeddings.npy", args.text / "vocab.json"]
-        tracker = build_tracker(cfg, stage="train", inputs=inputs, active=info.is_main,
-                                tags={"world_size": str(info.world_size), "device": str(device)})  # fmt: skip
         ckpt_path = args.out / "checkpoint.pt"
-        with tracker:
-            tracker.log_params(cfg.flat())
-            try:
-                history = fit(
-                    model, loss_fn, train, val,
-                    train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps,
-                    checkpoint=ckpt_path, resume=args.resume,
-                    on_epoch=lambda r: tracker.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
-                    config=cfg.to_dict(), device=device, dist_info=info,
-                )  # fmt: skip
-            except NonFiniteLossError as e:
-                raise StageError(f"{train_path}: {e}") from e
-            if info.is_main:
-                summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab))
-                tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
-                with tempfile.TemporaryDirectory() as tmp:
-                    cfg_file = Path(tmp) / "config.yaml"
-                    cfg_file.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
-                    tracker.log_artifact(cfg_file)
-                for name in ("history.csv", "train_metrics.json", "checkpoint.pt"):
-                    tracker.log_artifact(args.out / name)
+        hashes = data_hashes(inputs) if (args.state is not None or cfg.tracking.enabled) and info.is_main else {}
+        with contextlib.ExitStack() as stack:
+            # -- where to start: the run's state (--state), <out>/checkpoint.pt (--resume) or afresh
+            state, start = _start_point(args, cfg, hashes, ckpt_path, info, stack)
+            prev = (start[1].get(TRACKING) or {}) if start is not None else {}
+            attempt = int((start[1].get(META) or {}).get("attempt", 0)) + 1 if start is not None else 1
+            link = {"fian.attempt": str(attempt)}
+            if state is not None:
+                link.update({"fian.state_key": state.key, "fian.state_dir": str(state.folder.resolve())})
+            if start is not None:
+                link["fian.resumed_at_epoch"] = str(int(start[1]["epoch"]))
+                if prev.get("run_id"):
+                    link["fian.resumed_from"] = str(prev["run_id"])
+
+            tracker = build_tracker(cfg, stage="train", hashes=hashes, active=info.is_main,
+                                    tags={"world_size": str(info.world_size), "device": str(device), **link})  # fmt: skip
+            with tracker:
+                tracker.log_params(cfg.flat())
+                if state is not None:
+                    tracker.end_stale_runs({"fian.state_dir": link["fian.state_dir"]})  # we hold its lock
+                for record in start[1]["history"] if start is not None else ():
+                    tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])  # this run: epochs 1..E
+
+                def on_epoch(record: dict) -> None:
+                    tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])
+
+                extra = {META: {"key": state.key if state else None, "attempt": attempt},
+                         TRACKING: {"run_id": tracker.run_id, "experiment": tracker.experiment if tracker.run_id else None}}  # fmt: skip
+                try:
+                    history = fit(
+                        model, loss_fn, train, val,
+                        train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps,
+                        checkpoint=state.live if state is not None else ckpt_path,
+                        resume_from=start[1] if start is not None else None, extra=extra,
+                        on_epoch=on_epoch, config=cfg.to_dict(), device=device, dist_info=info,
+                    )  # fmt: skip
+                except NonFiniteLossError as e:
+                    raise StageError(f"{train_path}: {e}") from e
+                if info.is_main:
+                    if state is not None:  # the output checkpoint: the state that holds the last epoch
+                        trained = len(history) > (int(start[1]["epoch"]) if start is not None else 0)
+                        source = state.live if trained else start[0]
+                        if Path(source).resolve() != ckpt_path.resolve():
+                            with atomic_path(ckpt_path) as tmp:
+                                shutil.copyfile(source, tmp)
+                    summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab))
+                    tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
+                    with tempfile.TemporaryDirectory() as tmp:
+                        cfg_file = Path(tmp) / "config.yaml"
+                        cfg_file.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+                        tracker.log_artifact(cfg_file)
+                    for name in ("history.csv", "train_metrics.json", "checkpoint.pt"):
+                        tracker.log_artifact(args.out / name)
     finally:
         shutdown()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+META, TRACKING = "resume", "tracking"  # checkpoint entries: {"key", "attempt"}, {"run_id", "experiment"}
+
+
+def _epoch_metrics(record: dict) -> dict:
+    """What MLflow gets for one epoch of the history (step = the epoch)."""
+    return {k: v for k, v in record.items() if k != "epoch"}
+
+
+def _start_point(args, cfg, hashes: dict, ckpt_path: Path, info, stack: contextlib.ExitStack):  # noqa: ANN001, ANN202
+    """``(state, start)``: the locked :class:`fian.resume.TrainState` (None without ``--state``) and
+    the checkpoint to resume from, ``(path, loaded dict)``, or None for a fresh start."""
+    from fian.distributed import broadcast_object
+    from fian.resume import TrainState, code_version, key_material, run_key
+    from fian.train import load_checkpoint
+
+    if args.state is None:
+        if ckpt_path.exists() and not (args.resume or args.restart):
+            raise StageError(f"{ckpt_path} exists: pass --resume to continue it or --restart to replace it "
+                             "(or --state to resume by run key)")  # fmt: skip
+        return None, ((ckpt_path, load_checkpoint(ckpt_path)) if args.resume and ckpt_path.exists() else None)
+    hashes = broadcast_object(hashes, info)  # rank 0 hashed the inputs
+    key = run_key(cfg.to_dict(), hashes, code_version())
+    state = TrainState(args.state, key)
+    chosen: object = None
+    if info.is_main:
+        try:
+            stack.enter_context(state)  # the lock: held until the stage ends
+            start = state.prepare(cfg.train.epochs, also=[ckpt_path], restart=args.restart,
+                                  describe={"key": key, **key_material(cfg.to_dict(), hashes, code_version())})  # fmt: skip
+            chosen = ("ok", str(start[0]) if start else None)
+        except Exception as e:  # noqa: BLE001 - the other ranks must not wait for rank 0 for ever
+            broadcast_object(("error", f"{type(e).__name__}: {e}"), info)
+            raise
+    chosen = broadcast_object(chosen, info)
+    if not info.is_main:
+        if chosen[0] == "error":
+            raise StageError(f"rank 0 failed to prepare the training state: {chosen[1]}")
+        start = (Path(chosen[1]), load_checkpoint(chosen[1])) if chosen[1] else None
+    return state, start
 
 
 def _terminate(signum: int, frame: object) -> None:

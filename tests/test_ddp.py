@@ -67,8 +67,8 @@ def test_ddp_gloo_matches_single_process(tmp_path) -> None:
     mp.spawn(_run, args=(2, _free_port(), str(two), False), nprocs=2, join=True)
     _run(0, 1, 0, str(one), True)
     for bs in BATCH_SIZES:
-        a = torch.load(one / f"ckpt{bs}.pt", weights_only=False)
-        b = torch.load(two / f"ckpt{bs}.pt", weights_only=False)
+        a = torch.load(one / f"ckpt{bs}.pt", weights_only=True)
+        b = torch.load(two / f"ckpt{bs}.pt", weights_only=True)
         assert a["epoch"] == b["epoch"] == 2
         for k, v in a["model"].items():
             tol = 3e-4 if k.endswith(NOISE_ONLY) else 2e-5  # fp reordering noise ~5e-6; a wrong weighting ~1e-2

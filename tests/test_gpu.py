@@ -141,7 +141,7 @@ def test_ddp_nccl_smoke(tmp_path) -> None:
     one.mkdir(), two.mkdir()
     mp.spawn(_nccl_run, args=(2, _free_port(), str(two)), nprocs=2, join=True)
     mp.spawn(_nccl_run, args=(1, 0, str(one)), nprocs=1, join=True)
-    a = torch.load(one / "ckpt.pt", weights_only=False, map_location="cpu")["model"]
-    b = torch.load(two / "ckpt.pt", weights_only=False, map_location="cpu")["model"]
+    a = torch.load(one / "ckpt.pt", weights_only=True, map_location="cpu")["model"]
+    b = torch.load(two / "ckpt.pt", weights_only=True, map_location="cpu")["model"]
     for k, v in a.items():
         torch.testing.assert_close(b[k], v, rtol=0, atol=1e-3 if k.endswith("w_k.bias") else 2e-4, msg=k)

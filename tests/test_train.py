@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -38,10 +39,7 @@ def test_resume_continues_exactly(tmp_path) -> None:
 
     _, straight = _fit(cfg2, split, tmp_path / "a.pt")
     _fit(cfg1, split, tmp_path / "b.pt")
-    # resuming compares configs: the stored one says epochs=1, so rewrite it as the 2-epoch run's
-    ckpt = torch.load(tmp_path / "b.pt", weights_only=False)
-    ckpt["config"] = cfg2.to_dict()
-    torch.save(ckpt, tmp_path / "b.pt")
+    # the stored config says epochs=1: raising only train.epochs continues the run
     _, resumed = _fit(cfg2, split, tmp_path / "b.pt", resume=True)
 
     a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
@@ -59,8 +57,11 @@ def test_resume_refuses_a_changed_config(tmp_path) -> None:
     cfg = tiny_config(epochs=1)
     _fit(cfg, split, tmp_path / "c.pt")
     other = tiny_config(epochs=2, lr=1e-3)
-    with pytest.raises(ValueError, match=r"c\.pt: cannot resume, the config changed: .*train\.lr"):
-        _fit(other, split, tmp_path / "c.pt", resume=True)
+    with pytest.raises(ValueError, match=r"c\.pt: cannot resume, the config changed: train\.lr: 0\.003 -> 0\.001$"):
+        _fit(other, split, tmp_path / "c.pt", resume=True)  # train.epochs differs too: not listed, allowed
+    _fit(tiny_config(epochs=2), split, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match=r"d\.pt: cannot resume, it holds 2 epochs but train\.epochs=1"):
+        _fit(cfg, split, tmp_path / "d.pt", resume=True)
 
 
 def test_checkpoint_carries_config_and_rebuilds_model(tmp_path) -> None:
@@ -293,3 +294,101 @@ def test_word_vectors_train_only_when_not_frozen_and_the_checkpoint_keeps_them(t
     assert torch.equal(trained[0], glove[0])  # the padding row never moves
     rebuilt, _ = build_model_from_checkpoint(load_checkpoint(tmp_path / "e.pt"), glove.clone())
     assert torch.equal(rebuilt.state_dict()[key], trained)  # evaluation sees the fine-tuned vectors
+
+
+# --------------------------------------------------------------------------------------------
+# safe loading: checkpoints hold tensors and plain types, read with weights_only=True
+# --------------------------------------------------------------------------------------------
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path) -> None:
+    import random
+
+    from fian.train import rng_state, save_checkpoint, set_rng_state
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.randn()  # cached gaussians are part of both states
+    save_checkpoint(tmp_path / "r.pt", {"rng": rng_state()})
+    expected = (random.random(), random.gauss(0, 1), np.random.randn(3).tolist(), torch.rand(3).tolist())
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    raw = torch.load(tmp_path / "r.pt", weights_only=True)  # a second reader: plain torch, safe mode
+    assert raw["format"] == 2
+    set_rng_state(raw["rng"])
+    assert (random.random(), random.gauss(0, 1), np.random.randn(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def test_save_refuses_what_weights_only_could_not_read(tmp_path) -> None:
+    from fian.train import save_checkpoint
+
+    with pytest.raises(TypeError, match=r"checkpoint\.rng\.numpy is a numpy\.ndarray"):
+        save_checkpoint(tmp_path / "x.pt", {"rng": {"numpy": np.zeros(3)}})
+    assert not (tmp_path / "x.pt").exists()
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_checkpoint(path, marker) -> None:
+    """A checkpoint-shaped dict whose config unpickles into a shell command (format 2 claimed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    good = {"model": {}, "best_model": {}, "epoch": 1}
+    torch.save({"format": 2, "config": _Payload(marker), **good}, path)
+
+
+def test_pickle_bearing_checkpoint_is_refused_and_not_executed(tmp_path) -> None:
+    from fian.train import UnsafeCheckpointError
+
+    marker = tmp_path / "PWNED"
+    _evil_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt: refused to load: .*pickled Python objects \(posix\.system\)"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    # an older checkpoint (numpy RNG state pickled): refused with a hint, not loaded
+    torch.save({"format": 1, "config": {}, "rng": {"numpy": np.random.get_state()}}, tmp_path / "old.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"old\.pt: refused .*numpy.*older fian \(format 1"):
+        load_checkpoint(tmp_path / "old.pt")
+    # a plain file of another format
+    torch.save({"format": 1, "config": {}, "model": {}, "best_model": {}, "epoch": 1}, tmp_path / "f1.pt")
+    with pytest.raises(ValueError, match=r"f1\.pt: fian checkpoint format 1, this version reads format 2"):
+        load_checkpoint(tmp_path / "f1.pt")
+
+
+def _fian(*args: str, cwd) -> subprocess.CompletedProcess:
+    import os
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([str(Path(sys.executable).parent / "fian"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_crafted_checkpoint_runs_nothing_in_evaluate_or_resume(tiny_files, tmp_path) -> None:
+    """`fian evaluate --checkpoint` and `fian train --resume` on a crafted file: clear refusal, exit 1,
+    the payload's marker file never appears."""
+    _, params, data, text = tiny_files
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "given" / "checkpoint.pt"
+    _evil_checkpoint(evil, marker)
+    ev = _fian("evaluate", "--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(evil),
+               "--split", "test", "--out", str(tmp_path / "ev"), "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    assert ev.returncode == 1, ev.stderr[-2000:]
+    assert f"{evil}: refused to load" in ev.stderr and "could run code" in ev.stderr, ev.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / "ev").exists()
+
+    out = tmp_path / "results"
+    _evil_checkpoint(out / "checkpoint.pt", marker)
+    tr = _fian("train", "--params", *params, "--data", str(data), "--text", str(text), "--out", str(out),
+               "--device", "cpu", "--resume", cwd=tmp_path)  # fmt: skip
+    assert tr.returncode == 1, tr.stderr[-2000:]
+    assert f"{out / 'checkpoint.pt'}: refused to load" in tr.stderr, tr.stderr[-2000:]
+    assert not marker.exists()

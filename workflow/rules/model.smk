@@ -22,7 +22,7 @@ rule train:
     params:
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule evaluate:

@@ -1,0 +1,273 @@
+"""Resume that the workflow does by itself (issue 12 item 2).
+
+A real ``fian train --state ...`` process is killed mid-training (SIGKILL, SIGTERM) and the same
+command run again: the final checkpoint and metrics equal those of an uninterrupted run, and in
+MLflow the killed attempt ends KILLED while the final attempt holds epochs 1..E once each.
+In-process tests cover the choice of the starting point: a changed config never resumes,
+raising only ``train.epochs`` continues, a state holding more epochs is kept aside, ``--restart``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from train_helpers import VOCAB, marked_split, tiny_config
+
+from fian.resume import TrainState, code_version, run_key
+from fian.train import load_checkpoint
+
+BIN = Path(sys.executable).parent
+EPOCHS = 4
+
+
+def _plain(o):
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    return o
+
+
+def _params(folder: Path, cfg) -> list[str]:
+    d = cfg.to_dict()
+    d.pop("variant")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text(yaml.safe_dump(_plain(d)))
+    (folder / "tiny.yaml").write_text("{}\n")
+    (folder / "fian.yaml").write_text("{}\n")
+    return [str(folder / n) for n in ("base.yaml", "tiny.yaml", "fian.yaml")]
+
+
+def _data(root: Path, n_train: int) -> tuple[Path, Path]:
+    data, text = root / "data", root / "text"
+    marked_split(n_videos=n_train, seed=1).save(data / "train.h5")
+    marked_split(n_videos=4, seed=2).save(data / "val.h5")
+    text.mkdir(parents=True)
+    (text / "vocab.json").write_text(json.dumps(["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]))
+    emb = np.random.default_rng(0).normal(size=(VOCAB, 16)).astype(np.float32)
+    emb[0] = 0
+    np.save(text / "embeddings.npy", emb)
+    return data, text
+
+
+# --------------------------------------------------------------------------------------------
+# real processes, real signals
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Tiny data (long enough epochs to be killed in), params with MLflow on, and one
+    uninterrupted reference run."""
+    root = tmp_path_factory.mktemp("resume")
+    data, text = _data(root, n_train=12)  # 24 queries, batch 8: 3 steps per epoch
+    cfg = tiny_config(epochs=EPOCHS)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2),  # RNG matters
+                              tracking=dataclasses.replace(cfg.tracking, enabled=True))  # fmt: skip
+    params = _params(root / "params", cfg)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    p = _run(root, params, data, text, "ref")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return root, params, data, text, uri
+
+
+def _cmd(params, data, text, name: str) -> list[str]:
+    return [str(BIN / "fian"), "train", "--params", *params, "--data", str(data), "--text", str(text),
+            "--out", f"results/{name}", "--state", f"state/{name}", "--device", "cpu"]  # fmt: skip
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def _run(root, params, data, text, name) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(params, data, text, name), cwd=root, env=_env(root), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def _run_and_kill(root, params, data, text, name, sig: int, at_epoch: int) -> tuple[int, str]:
+    """Start the command; send ``sig`` as soon as its log shows epoch ``at_epoch`` done."""
+    proc = subprocess.Popen(_cmd(params, data, text, name), cwd=root, env=_env(root), stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    watchdog = threading.Timer(600, proc.kill)  # bounded in time whatever happens
+    watchdog.start()
+    seen, sent = [], False
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if not sent and f"epoch {at_epoch:>3}/{EPOCHS}" in line:
+                assert proc.poll() is None
+                proc.send_signal(sig)  # right after the epoch's line: maybe while its checkpoint is written
+                sent = True
+        rc = proc.wait(timeout=120)
+    finally:
+        watchdog.cancel()
+    assert sent, "".join(seen)[-3000:]
+    return rc, "".join(seen)
+
+
+def _runs(uri: str, state_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fian/tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`fian.state_dir` = '{state_dir.resolve()}'",
+                              order_by=["attributes.start_time ASC"])  # fmt: skip
+    return client, runs
+
+
+def _same_training(ref: Path, got: Path) -> None:
+    """Checkpoint, history and metrics equal (bit for bit on CPU) but for the wall times."""
+    a, b = load_checkpoint(ref / "checkpoint.pt"), load_checkpoint(got / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == EPOCHS and a["best_epoch"] == b["best_epoch"]
+    for part in ("model", "best_model"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for i, s in a["optimizer"]["state"].items():
+        assert all(torch.equal(s[m], b["optimizer"]["state"][i][m]) for m in ("exp_avg", "exp_avg_sq")), i
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in a["history"]]
+    assert strip == [{k: v for k, v in r.items() if k != "time_s"} for r in b["history"]]
+    ha, hb = pd.read_csv(ref / "history.csv"), pd.read_csv(got / "history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns="time_s"), hb.drop(columns="time_s"))
+    ma, mb = (json.loads((d / "train_metrics.json").read_text()) for d in (ref, got))
+    ma.pop("train_time_s"), mb.pop("train_time_s")
+    assert ma == mb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_training_resumes_by_the_same_command(project, sig) -> None:
+    root, params, data, text, uri = project
+    name = f"killed-{sig.name}"
+    rc, log = _run_and_kill(root, params, data, text, name, sig, at_epoch=2)
+    assert rc != 0, log[-2000:]
+    assert not (root / f"results/{name}/checkpoint.pt").exists()  # written only when training ends
+    states = list((root / f"state/{name}").glob("*.pt"))
+    assert len(states) == 1 and 1 <= load_checkpoint(states[0])["epoch"] < EPOCHS, states
+
+    again = _run(root, params, data, text, name)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming run" in again.stderr and "from epoch 0" not in again.stderr, again.stderr[-3000:]
+    _same_training(root / "results/ref", root / f"results/{name}")
+    assert not [p for p in (root / f"state/{name}").iterdir() if p.name.startswith(".") and p.name != ".lock"]
+
+    # MLflow: the killed attempt KILLED (SIGTERM: by the stage; SIGKILL: by the next attempt), the
+    # final one FINISHED, linked to it, holding every epoch once with the reference's values
+    client, runs = _runs(uri, root / f"state/{name}")
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
+    killed, final = runs
+    assert final.data.tags["fian.resumed_from"] == killed.info.run_id
+    assert final.data.tags["fian.attempt"] == "2" and killed.data.tags["fian.attempt"] == "1"
+    if sig == signal.SIGKILL:
+        assert final.info.run_id in killed.data.tags["fian.ended_by"]
+    _, ref_runs = _runs(uri, root / "state/ref")
+    ref_loss = [(m.step, m.value) for m in client.get_metric_history(ref_runs[0].info.run_id, "loss")]
+    got_loss = [(m.step, m.value) for m in client.get_metric_history(final.info.run_id, "loss")]
+    assert sorted(got_loss) == sorted(ref_loss) and [s for s, _ in sorted(got_loss)] == list(range(1, EPOCHS + 1))
+    killed_steps = [m.step for m in client.get_metric_history(killed.info.run_id, "loss")]
+    assert sorted(killed_steps) == list(range(1, len(killed_steps) + 1)) and len(killed_steps) < EPOCHS
+
+
+# --------------------------------------------------------------------------------------------
+# choosing the starting point (in process, tracking off)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("choose")
+    data, text = _data(root, n_train=3)
+    return root, data, text
+
+
+def _train(root, data, text, cfg, *extra: str, name: str = "a") -> tuple[int, Path, Path]:
+    from fian_pipeline import train
+    from fian_pipeline.common import run_stage
+
+    params = _params(root / f"params-{cfg.train.epochs}-{cfg.train.lr}", cfg)
+    out, state = root / "results" / name, root / "state" / name
+    code = run_stage(train.main, ["--params", *params, "--data", str(data), "--text", str(text),
+                                  "--out", str(out), "--state", str(state), "--device", "cpu", *extra])  # fmt: skip
+    return code, out, state
+
+
+def test_epochs_raised_continue_config_changed_starts_fresh_and_nothing_later_is_overwritten(small, caplog) -> None:
+    root, data, text = small
+    caplog.set_level("INFO", logger="fian.resume")
+    assert _train(root, data, text, tiny_config(epochs=1))[0] == 0
+    code, out, state = _train(root, data, text, tiny_config(epochs=2))  # only train.epochs raised
+    assert code == 0 and "resuming run" in caplog.text and "after epoch 1" in caplog.text
+    assert list(pd.read_csv(out / "history.csv")["epoch"]) == [1, 2]
+    key = next(state.glob("*.pt")).stem
+    # the key ignores train.epochs only
+    assert len(list(state.glob("*.pt"))) == 1
+
+    caplog.clear()
+    code, out, _ = _train(root, data, text, tiny_config(epochs=2, lr=1e-3))  # another run: fresh
+    assert code == 0 and "starting from epoch 0" in caplog.text and "resuming" not in caplog.text
+    assert "holds another run" in caplog.text  # the output checkpoint of the other run is named, then replaced
+    assert len(list(state.glob("*.pt"))) == 2 and (state / f"{key}.pt").is_file()
+
+    caplog.clear()
+    code, out, _ = _train(root, data, text, tiny_config(epochs=1))  # fewer epochs than the state holds
+    assert code == 0 and "starting from epoch 0" in caplog.text
+    kept = load_checkpoint(state / f"{key}.epoch2.pt")  # the 2-epoch state is kept, not overwritten
+    assert kept["epoch"] == 2 and load_checkpoint(state / f"{key}.pt")["epoch"] == 1
+    caplog.clear()
+    code, out, _ = _train(root, data, text, tiny_config(epochs=2))  # back to 2: the kept state, nothing trained
+    assert code == 0 and f"{key}.epoch2.pt after epoch 2" in caplog.text
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+    caplog.clear()
+    code, out, _ = _train(root, data, text, tiny_config(epochs=2), "--restart")
+    assert code == 0 and "--restart: deleting" in caplog.text and "starting from epoch 0" in caplog.text
+    assert not (state / f"{key}.epoch2.pt").exists()
+
+
+def test_run_key_covers_config_data_and_code(tmp_path) -> None:
+    cfg = tiny_config(epochs=3).to_dict()
+    data = {"data_sha256.train.h5": "a" * 64}
+    k = run_key(cfg, data, "code1")
+    assert run_key(tiny_config(epochs=30).to_dict(), data, "code1") == k  # train.epochs is not part of it
+    assert run_key(tiny_config(epochs=3, lr=1e-2).to_dict(), data, "code1") != k
+    assert run_key(cfg, {"data_sha256.train.h5": "b" * 64}, "code1") != k
+    assert run_key(cfg, data, "code2") != k
+    # the code version follows the training sources
+    src = tmp_path / "fian"
+    for rel in ("train.py", "losses.py", "evaluate.py", "inference.py", "metrics.py", "distributed.py",
+                "model/fian.py", "data/dataset.py", "data/batch.py"):  # fmt: skip
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x = 1\n")
+    v1 = code_version(src)
+    (src / "model/fian.py").write_text("x = 2\n")
+    assert code_version(src) != v1
+
+
+def test_a_second_job_on_the_same_state_is_refused(tmp_path) -> None:
+    from fian.resume import StateBusyError
+
+    with TrainState(tmp_path / "s", "k"):
+        holder = subprocess.run(
+            [sys.executable, "-c", "import sys; from fian.resume import TrainState\n"
+             f"with TrainState({str(tmp_path / 's')!r}, 'k'): pass"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert holder.returncode != 0 and "another training job uses this state folder" in holder.stderr
+        with pytest.raises(StateBusyError, match=f"pid {os.getpid()}"):
+            TrainState(tmp_path / "s", "k").__enter__()
+    with TrainState(tmp_path / "s", "k"):  # released
+        pass
