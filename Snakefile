@@ -11,6 +11,12 @@ from fian_pipeline import registry as R
 
 min_version("9.0")
 
+# one id per workflow invocation (jobs inherit it, SLURM jobs too): their MLflow runs become the
+# children of one parent run per experiment (fian.tracking, docs/TRAINING.md "MLflow")
+import datetime as _dt, os as _os, uuid as _uuid
+
+_os.environ.setdefault("FIAN_WORKFLOW_RUN", f"{_dt.datetime.now(_dt.UTC):%Y%m%dT%H%M%SZ}-{_uuid.uuid4().hex[:8]}")
+
 
 # the demo config unless --configfile/--config give one (Snakemake would MERGE a second config
 # file into the first: datasets of both would run)

@@ -4,15 +4,31 @@
 that ``fian`` imports (and trains) on a machine without it (the GPU machine).  When tracking is
 disabled every method is a no-op and the constructor says so once in the log.
 
-Conventions:
+Conventions (docs/TRAINING.md "MLflow"):
 
 - tracking URI: ``tracking.tracking_uri`` from params (default ``sqlite:///mlflow.db``), unless the
-  ``MLFLOW_TRACKING_URI`` environment variable is set, which wins;
-- one experiment per dataset (``fian/<dataset>``), run name ``<dataset>/<variant>/<stage>``;
-- params once (``Config.flat()``), metrics with ``step = epoch``, artifacts (predictions, resolved
-  config, history, checkpoint);
-- tags: ``git_commit`` (``git rev-parse HEAD``, "unknown" outside git), ``dataset``, ``variant``,
-  ``stage``, and ``data_sha256.<file name>`` for every input file of the stage.
+  ``MLFLOW_TRACKING_URI`` environment variable is set, which wins (on a cluster: an
+  ``mlflow server`` the jobs reach over HTTP, docs/PIPELINE.md);
+- one experiment per dataset (``fian/<dataset>``), typed for model training (experiment tag
+  ``mlflow.experimentKind = custom_model_development``, so that the UI opens the runs view, not
+  the GenAI one);
+- run name ``<dataset>/<variant>/<stage>[:<split>] <UTC time>-<4 hex>``: readable, never repeated;
+- a workflow invocation (``FIAN_WORKFLOW_RUN`` set, by the Snakefile) gets a parent run per
+  experiment, tagged ``fian.workflow_run``; each job's run is its child (``mlflow.parentRunId``).
+  The parent is RUNNING while a job of it runs and ends FINISHED when all its jobs finished
+  (KILLED / FAILED when one of them did);
+- params once (``Config.flat()``), metrics with ``step = epoch``, artifacts, and the input
+  datasets (``log_input``: name ``<dataset>/<split>``, digest and annotation/feature sha256 tags);
+- tags: ``git_commit`` (``git rev-parse HEAD``, "unknown" outside git), ``git_dirty``
+  ("true" when tracked files differ from HEAD), ``dataset``, ``variant``, ``stage``,
+  ``fian.job`` / ``fian.project`` (which job of which project folder), and
+  ``data_sha256.<file name>`` for every input file of the stage.
+
+Many jobs, one store: a ``sqlite:`` store is created and migrated once, under a file lock
+(``<db>.lock``), before any run is logged, and experiments are created under that lock too;
+every call that writes retries while SQLite says "database is locked".  A run left RUNNING by a
+process that died (SIGKILL, node loss) is marked KILLED by the next run of the same job in the
+same project folder (Snakemake and DVC never run one job twice at once).
 
 MLflow metric names may not contain ``@``, ``,`` or ``=``: :func:`metric_key` maps our names
 (``R@1,IoU=0.5``) to ``R1_IoU0.5``.
@@ -20,15 +36,22 @@ MLflow metric names may not contain ``@``, ``,`` or ``=``: :func:`metric_key` ma
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
+import random
 import re
+import secrets
 import subprocess
-from collections.abc import Iterable, Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from fian.io import sha256_file
 
@@ -36,6 +59,10 @@ log = logging.getLogger("fian.tracking")
 
 _METRIC_RE = re.compile(r"^R@(\d+),IoU=([0-9.]+)$")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+WORKFLOW_ENV = "FIAN_WORKFLOW_RUN"  # one id per workflow invocation (the Snakefile sets it)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3: the model-training view
+RETRY_S = 120.0  # how long a write keeps retrying on "database is locked"
+T = TypeVar("T")
 
 
 def metric_key(name: str) -> str:
@@ -46,17 +73,25 @@ def metric_key(name: str) -> str:
     return f"{_BAD_CHARS.sub('_', prefix)}/{last}" if prefix else last
 
 
+def _git(args: list[str], cwd: str | Path | None) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """``git rev-parse HEAD`` of ``cwd`` (default: the current folder), or "unknown" outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    out = (_git(["rev-parse", "HEAD"], cwd) or "").strip()
+    return out or "unknown"
 
 
+def git_dirty(cwd: str | Path | None = None) -> str:
+    """"true" when tracked files differ from HEAD (``git status --porcelain -uno``), "false", or
+    "unknown" outside git."""
+    out = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return "unknown" if out is None else str(bool(out.strip())).lower()
 
 
 def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
@@ -76,11 +111,91 @@ def resolve_uri(configured: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured
 
 
+# ---------------------------------------------------------------------------------------------
+# many processes, one store
+# ---------------------------------------------------------------------------------------------
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///rel`` or ``sqlite:////abs`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout_s: float = 600.0) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` beside a SQLite store (other URIs: nothing to lock)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{db}.lock: not acquired in {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _transient(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry(fn: Callable[[], T], what: str, timeout_s: float = RETRY_S) -> T:
+    """``fn()``, again (jittered backoff) while the store says it is locked, for ``timeout_s``."""
+    deadline, delay = time.monotonic() + timeout_s, 0.05
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not _transient(e) or time.monotonic() > deadline:
+                raise
+            log.debug("%s: store locked, retrying in %.2f s", what, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+_READY: set[str] = set()
+
+
+def prepare_store(uri: str) -> None:
+    """Create and migrate a SQLite store once, under :func:`store_lock` (no-op when done, or not SQLite).
+
+    MLflow creates and migrates a SQLite schema when a process first opens it; several processes
+    doing that at once on a fresh file break it ("table ... already exists").  Here one process does
+    it while the others wait on the lock, then find the schema in place.
+    """
+    if uri in _READY or sqlite_path(uri) is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):
+        retry(lambda: MlflowClient(uri).search_experiments(max_results=1), "open the store")
+    _READY.add(uri)
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
 class Tracker:
     """One MLflow run (or nothing, when ``enabled`` is false).
 
     Use as a context manager; an exception inside the block ends the run as FAILED
-    (``KeyboardInterrupt``: KILLED).
+    (``KeyboardInterrupt``: KILLED).  ``split``: the split an evaluation scores (in the run name).
+    ``parent``: the workflow invocation id (default ``$FIAN_WORKFLOW_RUN``; None: no parent run).
     """
 
     def __init__(
@@ -91,32 +206,84 @@ class Tracker:
         dataset: str,
         variant: str,
         stage: str,
+        split: str | None = None,
         tags: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        out: str | Path | None = None,
     ) -> None:
         self.enabled = enabled
         self.uri = resolve_uri(tracking_uri)
         self.experiment = f"fian/{dataset}"
-        self.run_name = f"{dataset}/{variant}/{stage}"
+        self.job = f"{dataset}/{variant}/{stage}" + (f":{split}" if split else "")
+        self.run_name = f"{self.job} {_utc_stamp()}-{secrets.token_hex(2)}"
+        self.workflow = parent if parent is not None else os.environ.get(WORKFLOW_ENV) or None
         self.tags = {"dataset": dataset, "variant": variant, "stage": stage, **(tags or {})}
+        self.out = str(Path(out).resolve()) if out is not None else None
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
         self._mlflow: Any = None
+        self._client: Any = None
         if not enabled:
-            log.info("MLflow tracking is off (tracking.enabled: false): %s is not logged", self.run_name)
+            log.info("MLflow tracking is off (tracking.enabled: false): %s is not logged", self.job)
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
         import mlflow  # lazy: the GPU machine has no mlflow
+        from mlflow.tracking import MlflowClient
 
+        prepare_store(self.uri)
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
-        tags = {"git_commit": git_commit(), **self.tags}
-        run = mlflow.start_run(run_name=self.run_name, tags=tags)
+        self._client = MlflowClient(self.uri)
+        with store_lock(self.uri):  # experiments and parent runs: created once, whoever comes first
+            self.experiment_id = retry(self._experiment, "set the experiment")
+            if self.workflow:
+                self.parent_run_id = retry(self._parent, "find the parent run")
+        tags = {
+            "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "fian.job": self.job,
+            "fian.project": str(Path.cwd().resolve()),
+            **({"fian.out": self.out} if self.out else {}),
+            **self.tags,
+        }
+        if self.parent_run_id:
+            tags.update({"mlflow.parentRunId": self.parent_run_id, "fian.workflow_run": self.workflow})
+        run = retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags),
+                    "start the run")  # fmt: skip
         self.run_id = run.info.run_id
         log.info("MLflow run %s (%s) at %s", self.run_name, self.run_id, self.uri)
+        same_job = {"fian.job": self.job, **({"fian.out": self.out} if self.out else {"fian.project": tags["fian.project"]})}
+        self.end_stale_runs(same_job)
         return self
+
+    def _experiment(self) -> str:
+        client = self._client
+        exp = client.get_experiment_by_name(self.experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+        if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+        return exp_id
+
+    def _parent(self) -> str:
+        """The parent run of this workflow invocation in this experiment: found, or created."""
+        client = self._client
+        found = client.search_runs(
+            [self.experiment_id], f"tags.`fian.workflow_run` = '{self.workflow}' and tags.`fian.kind` = 'workflow'",
+            order_by=["attributes.start_time ASC"], max_results=10,
+        )  # fmt: skip
+        if found:  # on a server (no lock) two jobs may both create one: all pick the oldest
+            run = found[0]
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        name = f"workflow {self.workflow}"  # the Snakefile's id: UTC start time and 8 hex digits
+        tags = {"fian.kind": "workflow", "fian.workflow_run": self.workflow, "git_commit": git_commit(),
+                "git_dirty": git_dirty(), "fian.project": str(Path.cwd().resolve())}  # fmt: skip
+        return client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -126,20 +293,62 @@ class Tracker:
                 status = "FINISHED"
             else:  # Ctrl-C or SIGTERM (the stages turn it into KeyboardInterrupt): KILLED
                 status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-            self._mlflow.end_run(status=status)
-            self._mlflow = None
+            mlflow, self._mlflow = self._mlflow, None
+            retry(lambda: mlflow.end_run(status=status), "end the run")
+            if self.parent_run_id:
+                with store_lock(self.uri):
+                    retry(lambda: self._settle(self.parent_run_id), "settle the parent run")
+
+    def _settle(self, parent_id: str) -> None:
+        """End the parent run when none of its jobs runs any more: FINISHED, or the worst status."""
+        client = self._client
+        kids = client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+        states = {r.info.status for r in kids}
+        if "RUNNING" in states or not states:
+            return
+        status = next((s for s in ("FAILED", "KILLED") if s in states), "FINISHED")
+        client.set_terminated(parent_id, status=status)
+
+    def end_stale_runs(self, tags: Mapping[str, str]) -> list[str]:
+        """Mark KILLED every other RUNNING run of this experiment carrying ``tags``; return their ids.
+
+        For runs whose process died without ending them (SIGKILL, node loss); called on entry with
+        this job's ``fian.job`` and ``fian.out`` (else ``fian.project``): no workflow tool runs one
+        job twice at once.
+        """
+        if self._mlflow is None:
+            return []
+        client = self._client
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = retry(lambda: client.search_runs([self.experiment_id], f"{where} and attributes.status = 'RUNNING'"),
+                     "search stale runs")  # fmt: skip
+        ended = []
+        for r in runs:
+            if r.info.run_id == self.run_id or r.data.tags.get("fian.kind") == "workflow":
+                continue
+            note = f"run {self.run_id} of the same job found it RUNNING: its process had died"
+            retry(lambda r=r, note=note: client.set_tag(r.info.run_id, "fian.ended_by", note), "tag a stale run")
+            retry(lambda r=r: client.set_terminated(r.info.run_id, status="KILLED"), "end a stale run")
+            log.warning("MLflow run %s was left RUNNING by a killed process: marked KILLED", r.info.run_id)
+            ended.append(r.info.run_id)
+            parent = r.data.tags.get("mlflow.parentRunId")
+            if parent and parent != self.parent_run_id:
+                with store_lock(self.uri):
+                    retry(lambda p=parent: self._settle(p), "settle a stale parent run")
+        return ended
 
     # -- logging --------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Params once per run (``Config.flat()``); values are stringified (tuples, None)."""
         if self._mlflow is None:
             return
-        self._mlflow.log_params({k: str(v) for k, v in params.items()})
+        clean = {k: str(v) for k, v in params.items()}
+        retry(lambda: self._mlflow.log_params(clean), "log params")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self._mlflow is None:
             return
-        self._mlflow.set_tags(dict(tags))
+        retry(lambda: self._mlflow.set_tags(dict(tags)), "set tags")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Finite numeric metrics, names mapped by :func:`metric_key`; ``step`` = epoch."""
@@ -150,36 +359,47 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
         }
-        self._mlflow.log_metrics(clean, step=step)
-
-    def end_stale_runs(self, tags: Mapping[str, str]) -> list[str]:
-        """Mark KILLED every other RUNNING run of this experiment carrying ``tags``; return their ids.
-
-        For runs whose process died without ending them (SIGKILL, node loss): call it only while
-        holding what makes them stale (the train stage holds its state folder's lock).
-        """
-        if self._mlflow is None:
-            return []
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.uri)
-        exp = client.get_experiment_by_name(self.experiment)
-        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = client.search_runs([exp.experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'")
-        ended = []
-        for r in runs:
-            if r.info.run_id == self.run_id:
-                continue
-            client.set_tag(r.info.run_id, "fian.ended_by", f"run {self.run_id}: found RUNNING, its process had died")
-            client.set_terminated(r.info.run_id, status="KILLED")
-            log.warning("MLflow run %s was left RUNNING by a killed process: marked KILLED", r.info.run_id)
-            ended.append(r.info.run_id)
-        return ended
+        retry(lambda: self._mlflow.log_metrics(clean, step=step), "log metrics")
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self._mlflow is None:
             return
-        self._mlflow.log_artifact(str(path), artifact_path=subdir)
+        retry(lambda: self._mlflow.log_artifact(str(path), artifact_path=subdir), "log an artifact")
+
+    def log_dataset(
+        self, name: str, path: str | Path, *, context: str, digests: Mapping[str, str] | None = None
+    ) -> None:
+        """``mlflow.log_input`` of one input file as a dataset ``name`` (shown in the run's Datasets).
+
+        Its digest is the file's sha256 (first 32 hex digits: MLflow's column holds 36); the input
+        tags hold the full ``sha256`` and ``digests`` (e.g. ``annotations_sha256``, ``features_sha256``).
+        """
+        if self._mlflow is None:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        path = Path(path).resolve()
+        full = sha256_file(path)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path))
+        ds = MetaDataset(source, name=name, digest=full[:32])
+        tags = {"sha256": full, **dict(digests or {})}
+        retry(lambda: self._mlflow.log_input(ds, context=context, tags=tags), "log an input")
+
+
+def split_digests(records: Any, features: Any) -> dict[str, str]:
+    """sha256 of a split's annotations (its records table) and of its feature array (bytes)."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    ann = hashlib.sha256(pd.util.hash_pandas_object(records, index=True).to_numpy().tobytes()).hexdigest()
+    arr = features.detach().cpu().numpy() if hasattr(features, "detach") else np.asarray(features)
+    feat = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    return {"annotations_sha256": ann, "features_sha256": feat}
 
 
 def build_tracker(
@@ -189,23 +409,28 @@ def build_tracker(
     inputs: Iterable[str | Path] = (),
     hashes: Mapping[str, str] | None = None,
     active: bool = True,
+    split: str | None = None,
+    out: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Tracker:
     """The :class:`Tracker` of a stage from ``cfg`` (a :class:`fian.config.Config`).
 
     ``inputs``: the stage's input files, hashed into ``data_sha256.*`` tags (only when tracking);
     ``hashes``: those tags already computed (:func:`data_hashes`), instead of ``inputs``.
-    ``active``: false on DDP ranks other than 0 (they log nothing).
+    ``active``: false on DDP ranks other than 0 (they log nothing).  ``split``: the split the stage
+    scores (run name); ``out``: its output folder (tag ``fian.out``: which job a run is).
     """
     enabled = cfg.tracking.enabled and active
     all_tags = dict(tags or {})
     if enabled:
         all_tags.update(hashes if hashes is not None else data_hashes(inputs))
     return Tracker(
+        out=out,
         enabled=enabled,
         tracking_uri=cfg.tracking.tracking_uri,
         dataset=cfg.dataset.name,
         variant=cfg.variant,
         stage=stage,
+        split=split,
         tags=all_tags,
     )

@@ -60,12 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if split.num_steps != trained_cfg.features.num_steps:
             raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
         model.to(device)
+        trained_by = (ckpt.get("tracking") or {}).get("run_id")  # the train run that wrote the checkpoint
         tracker = build_tracker(
-            cfg, stage="evaluate", inputs=[split_path, args.checkpoint],
-            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch"))},
+            cfg, stage="evaluate", inputs=[split_path, args.checkpoint], split=args.split, out=args.out,
+            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")),
+                  **({"fian.train_run_id": str(trained_by)} if trained_by else {})},
         )  # fmt: skip
         with tracker:
             tracker.log_params(cfg.flat())
+            if tracker.run_id is not None:
+                from fian.tracking import split_digests
+
+                tracker.log_dataset(f"{cfg.dataset.name}/{args.split}", split_path, context="evaluation",
+                                    digests=split_digests(split.records, split.video))  # fmt: skip
             frame, metrics = evaluate(
                 model, split.to(device), eval_cfg=cfg.eval, num_steps=trained_cfg.features.num_steps,
                 device=device, amp=cfg.train.amp, offset_unit=trained_cfg.loss.offset_unit,

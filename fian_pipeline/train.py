@@ -112,12 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if prev.get("run_id"):
                     link["fian.resumed_from"] = str(prev["run_id"])
 
-            tracker = build_tracker(cfg, stage="train", hashes=hashes, active=info.is_main,
+            tracker = build_tracker(cfg, stage="train", hashes=hashes, active=info.is_main, out=args.out,
                                     tags={"world_size": str(info.world_size), "device": str(device), **link})  # fmt: skip
             with tracker:
                 tracker.log_params(cfg.flat())
-                if state is not None:
-                    tracker.end_stale_runs({"fian.state_dir": link["fian.state_dir"]})  # we hold its lock
+                _log_inputs(tracker, cfg.dataset.name, {"train": (train_path, train), "val": (val_path, val)})
                 for record in start[1]["history"] if start is not None else ():
                     tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])  # this run: epochs 1..E
 
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if info.is_main:
                     if state is not None:  # the output checkpoint: the state that holds the last epoch
                         trained = len(history) > (int(start[1]["epoch"]) if start is not None else 0)
-                        source = state.live if trained else start[0]
+                        source = state.live if trained or start is None else start[0]
                         if Path(source).resolve() != ckpt_path.resolve():
                             with atomic_path(ckpt_path) as tmp:
                                 shutil.copyfile(source, tmp)
@@ -196,6 +195,18 @@ def _start_point(args, cfg, hashes: dict, ckpt_path: Path, info, stack: contextl
             raise StageError(f"rank 0 failed to prepare the training state: {chosen[1]}")
         start = (Path(chosen[1]), load_checkpoint(chosen[1])) if chosen[1] else None
     return state, start
+
+
+def _log_inputs(tracker, dataset: str, splits: dict) -> None:  # noqa: ANN001
+    """The splits as MLflow datasets, with their annotation and feature hashes."""
+    from fian.tracking import split_digests
+
+    if tracker.run_id is None:
+        return
+    for name, (path, split) in splits.items():
+        if split is not None:
+            tracker.log_dataset(f"{dataset}/{name}", path, context="training" if name == "train" else "validation",
+                                digests=split_digests(split.records, split.video))  # fmt: skip
 
 
 def _terminate(signum: int, frame: object) -> None:

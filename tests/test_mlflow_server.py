@@ -86,12 +86,13 @@ def _tiny_project(tmp: Path) -> None:
     np.save(tmp / "text/embeddings.npy", emb)
 
 
-@pytest.fixture
-def server(tmp_path: Path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One `mlflow server` for the module (it takes seconds and ~1.5 GiB to start)."""
     if shutil.which("mlflow", path=str(BIN)) is None:
         pytest.skip("mlflow is not installed in this environment")
     port = _free_port()
-    store = tmp_path / "server"
+    store = tmp_path_factory.mktemp("mlflow-server") / "server"
     store.mkdir()
     proc = subprocess.Popen(
         [
@@ -143,7 +144,7 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     assert len(runs) == 1
     run = runs[0]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-    assert tags["mlflow.runName"] == "tiny/fian/train"
+    assert tags["mlflow.runName"].startswith("tiny/fian/train ")
     assert run["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert (
@@ -160,3 +161,33 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     assert metrics["best/final_loss"] == pytest.approx(written["final_loss"])
     arts = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={run['info']['run_id']}").get("files", [])
     assert {"history.csv", "train_metrics.json"} <= {Path(a["path"]).name for a in arts}, arts
+
+    # evaluate the checkpoint: its run names the train run that wrote it
+    ev = [
+        sys.executable, "-m", "fian_pipeline.evaluate",
+        "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
+        "--data", "data", "--text", "text", "--checkpoint", "results/tiny/fian/checkpoint.pt",
+        "--split", "val", "--out", "results/tiny/fian", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(ev, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                          "filter": "tags.stage = 'evaluate'"})["runs"]  # fmt: skip
+    (evaluation,) = runs
+    etags = {t["key"]: t["value"] for t in evaluation["data"]["tags"]}
+    assert etags["fian.train_run_id"] == run["info"]["run_id"]
+    inputs = evaluation.get("inputs", {}).get("dataset_inputs", [])
+    assert [d["dataset"]["name"] for d in inputs] == ["tiny/val"], inputs
+    exp_tags = {t["key"]: t["value"] for t in _get(f"{server}/api/2.0/mlflow/experiments/get?experiment_id="
+                                                    f"{exp['experiment_id']}")["experiment"]["tags"]}  # fmt: skip
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_concurrent_jobs_through_the_server_all_succeed(tmp_path: Path, server: str) -> None:
+    """The cluster way: jobs reach one `mlflow server` through MLFLOW_TRACKING_URI."""
+    from test_tracking import check_all_logged, concurrent_jobs
+
+    results = concurrent_jobs(tmp_path, server, n=4)
+    assert [r.returncode for r in results] == [0] * 4, "\n---\n".join(r.stderr[-1500:] for r in results)
+    check_all_logged(server)
+    assert not list(tmp_path.glob("*.db"))  # nothing logged to a local store

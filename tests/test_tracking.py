@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +79,7 @@ def test_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch, store) -> Non
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "synthetic/fian/train"
+    assert run.info.run_name.startswith("synthetic/fian/train ")  # then a UTC time and 4 hex digits
     assert client.get_experiment(run.info.experiment_id).name == "fian/synthetic"
     assert run.data.params["train.lr"] == str(cfg.train.lr)
     assert run.data.params["model.window_sizes"] == str(cfg.model.window_sizes)
@@ -110,3 +112,176 @@ def test_interrupt_marks_run_killed(tmp_path, monkeypatch, store) -> None:
         with Tracker(enabled=True, tracking_uri=store, dataset="d", variant="v", stage="train") as t:
             raise KeyboardInterrupt("signal 15")
     assert MlflowClient(store).get_run(t.run_id).info.status == "KILLED"
+
+
+# --------------------------------------------------------------------------------------------
+# many processes, one store (issue 12 item 1)
+# --------------------------------------------------------------------------------------------
+
+_JOB = """
+import sys, time, pathlib
+from fian.tracking import Tracker
+go = pathlib.Path(sys.argv[2])
+while not go.exists():  # start together: the race is at the store's creation
+    time.sleep(0.01)
+with Tracker(enabled=True, tracking_uri=sys.argv[1], dataset="conc", variant="v" + sys.argv[3], stage="train") as t:
+    t.log_params({"i": sys.argv[3]})
+    for epoch in range(1, 6):
+        t.log_metrics({"loss": 1.0 / epoch}, step=epoch)
+"""
+
+
+def concurrent_jobs(tmp_path, uri: str, n: int = 4, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """``n`` processes that each log one run to ``uri``, released at the same instant."""
+    import os
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MLFLOW_TRACKING_URI": uri}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _JOB, uri, str(go), str(i)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]  # fmt: skip
+    time.sleep(1.0)  # let them all import mlflow and wait on the file
+    go.touch()
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def check_all_logged(uri: str, n: int = 4) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fian/conc")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["variant"] for r in runs) == [f"v{i}" for i in range(n)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_on_a_fresh_sqlite_store_all_succeed(tmp_path) -> None:
+    pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"  # not even its folder exists
+    results = concurrent_jobs(tmp_path, uri)
+    assert [r.returncode for r in results] == [0] * 4, "\n---\n".join(r.stderr[-1500:] for r in results)
+    check_all_logged(uri)
+    # the store still works for a single later run
+    with Tracker(enabled=True, tracking_uri=uri, dataset="conc", variant="after", stage="train") as t:
+        t.log_metrics({"loss": 1.0}, step=1)
+
+
+def test_retry_waits_out_a_locked_database() -> None:
+    from fian.tracking import retry
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retry(flaky, "test") == "ok" and len(calls) == 3
+    with pytest.raises(ValueError, match="other"):  # anything else is not retried
+        retry(lambda: (_ for _ in ()).throw(ValueError("other")), "test")
+
+
+# --------------------------------------------------------------------------------------------
+# runs as people browse them (issue 13 item 5)
+# --------------------------------------------------------------------------------------------
+
+
+def test_workflow_parent_unique_names_dataset_kind_and_dirty_flag(tmp_path, monkeypatch, store) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fian.tracking import WORKFLOW_ENV
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(WORKFLOW_ENV, "wf-0001")
+    data = tmp_path / "test.h5"
+    data.write_bytes(b"split")
+    client = MlflowClient(store)
+    with Tracker(enabled=True, tracking_uri=store, dataset="browse", variant="fian", stage="train", out="r") as a:
+        a.log_metrics({"loss": 1.0}, step=1)
+        assert client.get_run(a.parent_run_id).info.status == "RUNNING"
+    assert client.get_run(a.parent_run_id).info.status == "FINISHED"  # no job of it runs
+    with Tracker(enabled=True, tracking_uri=store, dataset="browse", variant="fian", stage="evaluate",
+                 split="test", out="r", tags={"fian.train_run_id": a.run_id}) as b:  # fmt: skip
+        b.log_dataset("browse/test", data, context="evaluation", digests={"features_sha256": "f" * 64})
+        assert client.get_run(a.parent_run_id).info.status == "RUNNING"  # a job of it runs again
+    assert a.parent_run_id == b.parent_run_id
+    parent = client.get_run(a.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fian.kind"] == "workflow"
+    assert parent.info.run_name.startswith("workflow ") and "wf-0001" in parent.info.run_name
+    ra, rb = client.get_run(a.run_id), client.get_run(b.run_id)
+    assert ra.data.tags["mlflow.parentRunId"] == rb.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert rb.data.tags["fian.train_run_id"] == a.run_id
+    assert rb.info.run_name.startswith("browse/fian/evaluate:test ")
+    # a rerun of the same job: another name
+    with Tracker(enabled=True, tracking_uri=store, dataset="browse", variant="fian", stage="train", out="r") as c:
+        pass
+    assert client.get_run(c.run_id).info.run_name != ra.info.run_name
+    # the dataset, its digest and hashes
+    (inp,) = rb.inputs.dataset_inputs
+    assert inp.dataset.name == "browse/test" and inp.dataset.digest == hashlib.sha256(b"split").hexdigest()[:32]
+    itags = {t.key: t.value for t in inp.tags}
+    assert itags["sha256"] == hashlib.sha256(b"split").hexdigest() and itags["features_sha256"] == "f" * 64
+    assert itags["mlflow.data.context"] == "evaluation"
+    # typed for model training; git flags (outside git: unknown)
+    exp = client.get_experiment(ra.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert ra.data.tags["git_dirty"] == "unknown" and ra.data.tags["git_commit"] == "unknown"
+
+
+def test_git_dirty_flag(tmp_path) -> None:
+    from fian.tracking import git_dirty
+
+    def git(*a: str) -> None:
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    assert git_dirty(tmp_path) == "unknown"
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    (tmp_path / "new.txt").write_text("untracked files do not count\n")
+    assert git_dirty(tmp_path) == "false"
+    (tmp_path / "f.txt").write_text("b\n")
+    assert git_dirty(tmp_path) == "true"
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed(tmp_path, monkeypatch, store) -> None:
+    import os
+    import signal
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    job = ("import sys, time\nfrom fian.tracking import Tracker\n"
+           "t = Tracker(enabled=True, tracking_uri=sys.argv[1], dataset='stale', variant='fian', stage='train', out='r')\n"
+           "t.__enter__(); print(t.run_id, flush=True); time.sleep(600)\n")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", job, store], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        dead = proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    client = MlflowClient(store)
+    assert client.get_run(dead).info.status == "RUNNING"
+    with Tracker(enabled=True, tracking_uri=store, dataset="stale", variant="fian", stage="train", out="other"):
+        pass
+    assert client.get_run(dead).info.status == "RUNNING"  # another job (other --out): not touched
+    with Tracker(enabled=True, tracking_uri=store, dataset="stale", variant="fian", stage="train", out="r") as again:
+        pass
+    run = client.get_run(dead)
+    assert run.info.status == "KILLED" and again.run_id in run.data.tags["fian.ended_by"]
