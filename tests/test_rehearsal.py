@@ -240,7 +240,8 @@ def _check_finished(proj: Path, ref: Path, killed: set[tuple[str, str]], env: di
     resumed = 0
     for d in plan.datasets:
         for v in d.variants:
-            mine = sorted((r for r in runs if r.info.run_name == f"{d.name}/{v}/train"), key=lambda r: r.info.start_time)
+            job = f"{d.name}/{v}/train"  # fian.tracking: the tag fian.job names the job of a run
+            mine = sorted((r for r in runs if r.data.tags.get("fian.job") == job), key=lambda r: r.info.start_time)
             assert mine, (d.name, v)
             final = mine[-1]
             assert final.info.status == "FINISHED", (d.name, v, final.info.status)
