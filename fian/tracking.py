@@ -224,6 +224,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self._mlflow: Any = None
         self._client: Any = None
+        self._env_uri: str | None = None
         if not enabled:
             log.info("MLflow tracking is off (tracking.enabled: false): %s is not logged", self.job)
 
@@ -236,6 +237,9 @@ class Tracker:
 
         prepare_store(self.uri)
         self._mlflow = mlflow
+        # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ, which would then win
+        # over the configured URI of every later Tracker of this process: put it back on exit
+        self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         self._client = MlflowClient(self.uri)
         with store_lock(self.uri):  # experiments and parent runs: created once, whoever comes first
@@ -294,10 +298,16 @@ class Tracker:
             else:  # Ctrl-C or SIGTERM (the stages turn it into KeyboardInterrupt): KILLED
                 status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
             mlflow, self._mlflow = self._mlflow, None
-            retry(lambda: mlflow.end_run(status=status), "end the run")
-            if self.parent_run_id:
-                with store_lock(self.uri):
-                    retry(lambda: self._settle(self.parent_run_id), "settle the parent run")
+            try:
+                retry(lambda: mlflow.end_run(status=status), "end the run")
+                if self.parent_run_id:
+                    with store_lock(self.uri):
+                        retry(lambda: self._settle(self.parent_run_id), "settle the parent run")
+            finally:
+                if self._env_uri is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
 
     def _settle(self, parent_id: str) -> None:
         """End the parent run when none of its jobs runs any more: FINISHED, or the worst status."""

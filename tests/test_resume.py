@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,7 @@ def test_killed_training_resumes_by_the_same_command(project, sig) -> None:
     rc, log = _run_and_kill(root, params, data, text, name, sig, at_epoch=2)
     assert rc != 0, log[-2000:]
     assert not (root / f"results/{name}/checkpoint.pt").exists()  # written only when training ends
-    states = list((root / f"state/{name}").glob("*.pt"))
+    states = [p for p in (root / f"state/{name}").glob("*.pt") if not p.name.startswith(".")]  # no temp files
     assert len(states) == 1 and 1 <= load_checkpoint(states[0])["epoch"] < EPOCHS, states
 
     again = _run(root, params, data, text, name)
@@ -271,3 +272,57 @@ def test_a_second_job_on_the_same_state_is_refused(tmp_path) -> None:
             TrainState(tmp_path / "s", "k").__enter__()
     with TrainState(tmp_path / "s", "k"):  # released
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# through a real Snakemake run: SIGKILL the whole process group mid-training, rerun
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_snakemake_run_killed_mid_training_resumes_on_rerun(tmp_path) -> None:
+    from test_snakemake import SMALL, _merge, _project, _snakemake  # the demo project made tiny
+
+    proj = _project(tmp_path)
+    syn = proj / "params/datasets/synthetic.yaml"
+    epochs = 6
+    syn.write_text(yaml.safe_dump(_merge(yaml.safe_load(syn.read_text()), {**SMALL, "train": {"epochs": epochs, "batch_size": 16}})))
+    target = "results/synthetic/fian/train_metrics.json"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    cmd = [str(BIN / "snakemake"), "--profile", "workflow/profiles/local", "--cores", "2", target]
+    proc = subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    log_file = proj / "logs/train/synthetic-fian.log"
+    deadline = time.monotonic() + 600
+    try:
+        while not (log_file.is_file() and f"epoch   2/{epochs}" in log_file.read_text(errors="replace")):
+            assert proc.poll() is None, "snakemake ended before training reached epoch 2"
+            assert time.monotonic() < deadline, "training did not reach epoch 2 in 600 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its jobs: the node is gone
+        proc.wait(timeout=60)
+    state = proj / "state/train/synthetic/fian"
+    assert not (proj / "results/synthetic/fian/checkpoint.pt").exists()
+    states = [p for p in state.glob("*.pt") if not p.name.startswith(".")]  # a killed write leaves a temp file
+    assert [load_checkpoint(p)["epoch"] for p in states] in ([1], [2])
+
+    _snakemake(proj, "--unlock")
+    _snakemake(proj, target)  # the same command again
+    rerun_log = log_file.read_text()
+    assert "resuming run" in rerun_log and "starting from epoch 0" not in rerun_log, rerun_log[-3000:]
+    # the same training, uninterrupted, by the stage command itself
+    ref = subprocess.run(
+        [sys.executable, "-m", "fian_pipeline.train", "--params", "params/base.yaml", "params/datasets/synthetic.yaml",
+         "params/variants/fian.yaml", "--data", "data/processed/synthetic", "--text", "data/interim/synthetic/text",
+         "--out", "ref", "--state", "state-ref", "--device", "cpu"],
+        cwd=proj, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a, b = load_checkpoint(proj / "ref/checkpoint.pt"), load_checkpoint(proj / "results/synthetic/fian/checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["best_model"][k], b["best_model"][k]) for k in a["best_model"])
+    hist = pd.read_csv(proj / "results/synthetic/fian/history.csv")
+    assert list(hist["epoch"]) == list(range(1, epochs + 1))
+    pd.testing.assert_frame_equal(pd.read_csv(proj / "ref/history.csv").drop(columns="time_s"), hist.drop(columns="time_s"))

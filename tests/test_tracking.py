@@ -34,6 +34,24 @@ def test_git_commit_and_hashes(tmp_path, repo_root) -> None:
     }
 
 
+def test_a_tracker_leaves_the_uri_of_the_next_one_alone(tmp_path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI; a second Tracker must still use its own URI."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = (f"sqlite:///{tmp_path / n}.db" for n in ("a", "b"))
+    with Tracker(enabled=True, tracking_uri=a, dataset="d", variant="v", stage="train"):
+        pass
+    with Tracker(enabled=True, tracking_uri=b, dataset="d", variant="v", stage="train") as t:
+        pass
+    assert t.uri == b and MlflowClient(b).get_run(t.run_id).info.status == "FINISHED"
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
 def test_env_var_overrides_uri(monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_uri("sqlite:///a.db") == "sqlite:///a.db"
