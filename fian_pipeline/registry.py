@@ -431,6 +431,8 @@ class Plan:
     eval_split: str = "test"
     gpus: int = 0  # GPUs per training job (0: none requested; N > 1: DDP via torchrun); SLURM `gpu` resource
     tables_from: str | None = None  # take the "ours" rows of every table from this dataset (demo)
+    # per table dataset, the dataset of its "ours" rows (the rehearsal: (("tacos", "tacos_mini"), ...))
+    tables_map: tuple[tuple[str, str], ...] = ()
     params_dir: str = "params"
 
     def dataset(self, name: str) -> DatasetPlan:
@@ -519,7 +521,23 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
             )
         )
     tables_from = config.get("tables_from")
-    if tables_from is not None and tables_from not in {p.name for p in plans}:
+    tables_map: tuple[tuple[str, str], ...] = ()
+    if isinstance(tables_from, Mapping):  # {table dataset: configured dataset} (the rehearsal)
+        from fian.reports.paper_results import load_paper_results
+
+        known = sorted({spec.dataset for spec in load_paper_results().values()})
+        for table_ds, ours in tables_from.items():
+            if table_ds not in known:
+                raise ConfigError(
+                    f"workflow config: tables_from.{table_ds}: no table reports {table_ds!r}; tables report {known}"
+                )
+            if ours not in {p.name for p in plans}:
+                raise ConfigError(
+                    f"workflow config: tables_from.{table_ds}={ours!r} is not one of the configured datasets"
+                )
+        tables_map = tuple(sorted((str(k), str(v)) for k, v in tables_from.items()))
+        tables_from = None
+    elif tables_from is not None and tables_from not in {p.name for p in plans}:
         raise ConfigError(
             f"workflow config: tables_from={tables_from!r} is not one of the configured datasets"
         )
@@ -528,6 +546,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         eval_split=str(config.get("eval_split", "test")),
         gpus=int(config.get("gpus", 0)),  # true -> 1, false -> 0
         tables_from=tables_from,
+        tables_map=tables_map,
         params_dir=params_dir,
     )
 
@@ -634,6 +653,8 @@ def plan_args(stage_: Stage, plan: Plan) -> list[str]:
     args = ["--split", plan.eval_split]
     if plan.tables_from:
         args += ["--ours-from", plan.tables_from]
+    for table_ds, ours in plan.tables_map:
+        args += ["--ours-from", f"{table_ds}={ours}"]
     return args
 
 

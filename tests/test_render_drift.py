@@ -22,7 +22,7 @@ from fian_pipeline.render import check, load_plan, render_dvc, rendered_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CONFIGS = ["workflow/config/default.yaml", "workflow/config/paper.yaml"]
+CONFIGS = ["workflow/config/default.yaml", "workflow/config/paper.yaml", "workflow/config/paper-mini.yaml"]
 
 Job = tuple[str, frozenset[str], frozenset[str]]  # (command, non-params deps, outs)
 

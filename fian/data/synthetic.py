@@ -54,6 +54,9 @@ class SyntheticSpec:
     duration: tuple[float, float] = (30.0, 150.0)  # seconds
     noise: float = 1.0  # std of the Gaussian noise per feature entry (prototype entries have std 1)
     queries_per_video: int = 4
+    # write the dataset as a tiny copy of the public release of dataset.format (file names, ids,
+    # units, quirks: fian/data/releases.py) instead of the synthetic demo's own files
+    release: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], feature_dim: int) -> SyntheticSpec:

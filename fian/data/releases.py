@@ -1,0 +1,232 @@
+"""Tiny copies of the three public releases, written from a generated dataset (the rehearsal).
+
+:func:`write_release` takes a :class:`fian.data.synthetic.SyntheticDataset` (videos, events,
+queries, feature rows) and writes it the way the public release of one benchmark is laid out, so
+that the real parsers (:mod:`fian.data.annotations`) and importers (:mod:`fian.data.features`)
+read it unchanged: same file names (``dataset.splits``), video ids, units and quirks.
+
+=================  ===========================================  ====================================
+format / layout    annotation files                             feature files
+=================  ===========================================  ====================================
+activitynet /      ``<split>.json`` ``{v_XXXXXXXXXXX: {duration,  ``sub_activitynet_v1-3.c3d.hdf5``:
+activitynet_c3d    timestamps (s), sentences}}``; sentences     group ``<vid>`` with
+                   after the first start with a space            ``c3d_features`` [n, D]
+charades /         ``charades_sta_<split>.txt`` lines           a folder of ``<vid>.npy`` [n, D]
+i3d_npy            ``VID5C s.s e.e##sentence.``; durations in
+                   ``Charades_v1_<split>.csv`` (all 11 columns,
+                   ``length``)
+tacos /            ``<split>.json`` ``{sNN-dNN.avi: {num_frames,  ``tall_c3d_features.hdf5``:
+tacos_c3d          fps, timestamps (FRAMES), sentences}}``      ``<vid>`` (with ``.avi``) -> [n, D]
+=================  ===========================================  ====================================
+
+Quirks of the releases that the params' policies handle (docs/DATASETS.md), one each in the
+training split: a moment with start >= end (``start_ge_end: drop``, as the 4 reversed pairs of
+ActivityNet and Charades-STA train) and a moment ending past the video (``past_end: clip``).
+They are extra records (copies of a real query), so every generated query keeps its true moment.
+
+Generated data, not real videos: the annotations folder gets ``<name>_meta.json`` saying so,
+HDF5 feature files carry the attr ``synthetic = True`` (the feature store inherits it).
+Every file is written atomically.  Deterministic from the dataset's seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fian.data.synthetic import SyntheticDataset, SyntheticVideo
+from fian.io import atomic_path, write_json, write_text
+
+# dataset.format -> the feature layout of its public release
+RELEASE_LAYOUT = {"activitynet": "activitynet_c3d", "charades": "i3d_npy", "tacos": "tacos_c3d"}
+ACTIVITYNET_FEATURES = "sub_activitynet_v1-3.c3d.hdf5"
+TACOS_FEATURES = "tall_c3d_features.hdf5"
+TACOS_FPS = 29.4  # every TACoS video of the 2D-TAN release has fps 29.4
+CHARADES_COLUMNS = ("id", "subject", "scene", "quality", "relevance", "verified", "script", "objects",
+                    "descriptions", "actions", "length")  # fmt: skip
+_SCENES = ("Kitchen", "Bedroom", "Living room", "Bathroom", "Stairs", "Hallway", "Pantry")
+_ID_CHARS = {
+    "activitynet": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-",  # YouTube ids
+    "charades": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+}
+
+
+class ReleaseSpecError(ValueError):
+    """The params ask for a release this writer cannot produce (the message names the key)."""
+
+
+def release_ids(ds: SyntheticDataset, fmt: str) -> dict[str, str]:
+    """Generated id -> an id shaped like the release's (``v_`` + 11 YouTube chars, 5 Charades
+    chars, ``sNN-dNN.avi``); unique over all splits, deterministic from the seed."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    k = 0
+    for s_idx, split in enumerate(sorted(ds.splits)):
+        for i, v in enumerate(ds.splits[split]):
+            rng = np.random.default_rng([ds.spec.seed, 101, s_idx, i])
+            while True:
+                if fmt == "tacos":
+                    new = f"s{13 + k // 40:02d}-d{21 + k % 40:02d}.avi"
+                    k += 1
+                else:
+                    chars = _ID_CHARS[fmt]
+                    n = 11 if fmt == "activitynet" else 5
+                    body = "".join(chars[int(j)] for j in rng.integers(len(chars), size=n))
+                    new = f"v_{body}" if fmt == "activitynet" else body
+                if new not in used:
+                    break
+            used.add(new)
+            out[v.video_id] = new
+    return out
+
+
+def _sentence(text: str, fmt: str) -> str:
+    """The release's spelling: ActivityNet 'A man ... .', Charades 'a man ... .', TACoS 'A man ...'."""
+    if fmt == "charades":
+        return text + "."
+    text = text[:1].upper() + text[1:]
+    return text + "." if fmt == "activitynet" else text
+
+
+def _pairs(video: SyntheticVideo, fmt: str, quirks: bool) -> list[tuple[float, float, str]]:
+    """(start s, end s, sentence) of one video; with ``quirks`` two extra records (see module doc)."""
+    rows = [(q.start, q.end, _sentence(q.sentence, fmt)) for q in video.queries]
+    if quirks and rows:
+        s, e, text = rows[0]
+        rows.append((e, s, text))  # start >= end: a reversed moment, as in the releases
+        s, e, text = rows[-2]
+        rows.append((s, video.duration + 2.0, text))  # ends past the video end
+    return rows
+
+
+def _split_files(splits: Mapping[str, Sequence[str]], split: str, fmt: str) -> tuple[str, str | None]:
+    """The annotation file (and for Charades the duration CSV) that params name for a split."""
+    files = list(splits.get(split, ()))
+    if fmt == "charades":
+        txt = [f for f in files if f.endswith(".txt")]
+        csvs = [f for f in files if f.endswith(".csv")]
+        if len(txt) != 1 or len(csvs) != 1:
+            raise ReleaseSpecError(
+                f"dataset.splits.{split}: a Charades-STA split needs one .txt and one .csv file, got {files}"
+            )
+        return txt[0], csvs[0]
+    if len(files) != 1 or not files[0].endswith(".json"):
+        raise ReleaseSpecError(f"dataset.splits.{split}: expected one <name>.json file, got {files}")
+    return files[0], None
+
+
+def _charades_csv(rows: list[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CHARADES_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_release(
+    ds: SyntheticDataset,
+    annotations_dir: str | Path,
+    features_dir: str | Path,
+    *,
+    fmt: str,
+    layout: str,
+    splits: Mapping[str, Sequence[str]],
+    name: str,
+) -> dict[str, Any]:
+    """Write ``ds`` as a tiny copy of the public release of ``fmt`` (see the module doc).
+
+    ``splits``: ``dataset.splits`` of the params (the file names to write, per split; every split
+    of the generated dataset must be named).  Returns summary counts (records per split include
+    the two quirk records of the training split).
+    """
+    if fmt not in RELEASE_LAYOUT:
+        raise ReleaseSpecError(f"dataset.format: no release writer for {fmt!r}; known: {sorted(RELEASE_LAYOUT)}")
+    if layout != RELEASE_LAYOUT[fmt]:
+        raise ReleaseSpecError(
+            f"dataset.feature_layout: the {fmt} release is laid out as {RELEASE_LAYOUT[fmt]!r}, got {layout!r}"
+        )
+    missing = sorted(set(ds.splits) - set(splits))
+    if missing:
+        raise ReleaseSpecError(f"dataset.splits: no file named for the generated split(s) {missing}")
+    annotations_dir, features_dir = Path(annotations_dir), Path(features_dir)
+    ids = release_ids(ds, fmt)
+    summary: dict[str, Any] = {"synthetic": True, "release": fmt, "layout": layout, "seed": ds.spec.seed,
+                               "feature_dim": ds.feature_dim, "splits": {}}  # fmt: skip
+    meta: dict[str, Any] = {
+        "generated": "fian.data.releases: synthetic videos in the layout of a public release; not real data",
+        "format": fmt,
+        "layout": layout,
+        "videos": {},
+    }
+    for split, videos in sorted(ds.splits.items()):
+        ann_file, csv_file = _split_files(splits, split, fmt)
+        records = 0
+        content: dict[str, Any] = {}
+        lines: list[str] = []
+        csv_rows: list[dict[str, str]] = []
+        for v_idx, v in enumerate(videos):
+            vid = ids[v.video_id]
+            pairs = _pairs(v, fmt, quirks=(split == "train" and v_idx == 0))
+            records += len(pairs)
+            meta["videos"][vid] = {"split": split, "generated_id": v.video_id,
+                                   "queries": [q.kind for q in v.queries]}  # fmt: skip
+            if fmt == "activitynet":
+                content[vid] = {
+                    "duration": round(v.duration, 2),
+                    "timestamps": [[round(s, 2), round(e, 2)] for s, e, _ in pairs],
+                    "sentences": [t if i == 0 else " " + t for i, (_, _, t) in enumerate(pairs)],
+                }
+            elif fmt == "tacos":
+                content[vid] = {
+                    "timestamps": [[int(round(s * TACOS_FPS)), int(round(e * TACOS_FPS))] for s, e, _ in pairs],
+                    "sentences": [t for _, _, t in pairs],
+                    "fps": TACOS_FPS,
+                    "num_frames": int(round(v.duration * TACOS_FPS)),
+                }
+            else:  # charades
+                lines += [f"{vid} {s:.1f} {e:.1f}##{t}" for s, e, t in pairs]
+                first = pairs[0][2] if pairs else ""
+                csv_rows.append({
+                    "id": vid, "subject": f"S{v_idx:03d}", "scene": _SCENES[v_idx % len(_SCENES)],
+                    "quality": "6", "relevance": "7", "verified": "Yes",
+                    "script": f"{first[:1].upper()}{first[1:]} Then, the video goes on.",  # a quoted comma
+                    "objects": "box;cup;door", "descriptions": "", "actions": "c092 0.00 4.20;c147 1.10 6.00",
+                    "length": f"{v.duration:.2f}",
+                })  # fmt: skip
+        if fmt == "charades":
+            write_text(annotations_dir / ann_file, "\n".join(lines) + "\n")
+            assert csv_file is not None
+            write_text(annotations_dir / csv_file, _charades_csv(csv_rows))
+        else:
+            write_text(annotations_dir / ann_file, json.dumps(content) + "\n")
+        summary["splits"][split] = {"videos": len(videos), "records": records}
+    write_json(annotations_dir / f"{name}_meta.json", meta)
+    _write_features(ds, ids, features_dir, layout)
+    return summary
+
+
+def _write_features(ds: SyntheticDataset, ids: Mapping[str, str], features_dir: Path, layout: str) -> None:
+    import h5py
+
+    videos = [v for split in sorted(ds.splits) for v in ds.splits[split]]
+    if layout == "i3d_npy":
+        for v in videos:
+            with atomic_path(features_dir / f"{ids[v.video_id]}.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, v.features, allow_pickle=False)
+        return
+    file = ACTIVITYNET_FEATURES if layout == "activitynet_c3d" else TACOS_FEATURES
+    with atomic_path(features_dir / file) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["synthetic"] = True
+        f.attrs["source"] = "fian.data.releases (generated; not real video features)"
+        for v in videos:
+            if layout == "activitynet_c3d":
+                f.create_group(ids[v.video_id]).create_dataset("c3d_features", data=v.features)
+            else:
+                f.create_dataset(ids[v.video_id], data=v.features)
