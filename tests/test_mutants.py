@@ -15,7 +15,15 @@ import torch
 
 from fian.inference import predicted_segments
 from fian.losses import FIANLoss, seconds_to_steps
-from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
+from fian.metrics import (
+    evaluate_predictions,
+    mean_iou,
+    nms_1d,
+    protocol,
+    rank_with_nms,
+    recall_at,
+    temporal_iou,
+)
 from fian.model.attention import MultiHeadAttention
 from fian.model.localization import ModelOutput
 
@@ -213,3 +221,43 @@ def test_attention_dropout_acts_in_training_mode_only():
         assert not torch.allclose(att.train()(q, kv, mask), ref, atol=1e-3)
         att.dropout = 0.0
         torch.testing.assert_close(att(q, kv, mask), ref)
+
+
+# ---- second run (docs/MUTATION.md section 3): fian.metrics.protocol / rank_with_nms
+
+
+def test_protocol_words_in_full():
+    """Every key of both protocols, written out by hand.  Kills x_protocol__mutmut_27 (fixed
+    ``nms_at`` None), _32 _33 _35 _36 (per-level ``nms_at`` text), _37-_40 (per-level text),
+    _42 _44-_46 _48 (the source named for ``gt``)."""
+    assert protocol("gt", "per_level", 0.5, (0.1, 0.5)) == {
+        "iou_rule": "gt",
+        "hit": "IoU > m",
+        "nms": "per_level",
+        "nms_threshold": "0.5",
+        "nms_at": "m - 0.05 (m=0.1: 0.05, m=0.5: 0.45)",
+        "text": "hit: IoU > m (S4.2 wording); one ranked list per m, NMS at m - 0.05 (CMIN's evaluation, criteria.py)",
+    }
+    assert protocol("ge", "fixed", 0.4, (0.5, 0.7)) == {
+        "iou_rule": "ge",
+        "hit": "IoU >= m",
+        "nms": "fixed",
+        "nms_threshold": "0.4",
+        "nms_at": "0.4 at every m",
+        "text": "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m",
+    }
+
+
+def test_protocol_rejects_an_unknown_rule_with_a_value_error_naming_it():
+    """Kills x_protocol__mutmut_3 (KeyError instead) and _16 (message None)."""
+    with pytest.raises(ValueError, match=r"iou_rule must be one of \('gt', 'ge'\), got 'GT'"):
+        protocol("GT", "fixed", 0.5, (0.5,))
+
+
+def test_rank_with_nms_of_integer_inputs_pads_with_nan_and_minus_inf():
+    """Integer segments and scores (lists): [0, 10] twice (IoU 1 > .5: the second dropped), then
+    [20, 30].  Kills x_rank_with_nms__mutmut_3 _5 (segments kept int: no NaN padding), _8 _10
+    (scores kept int: no -inf) and _45 (kept scores not copied)."""
+    seg, sc = rank_with_nms([[[0, 10], [0, 10], [20, 30]]], [[3, 2, 1]], 0.5)
+    np.testing.assert_array_equal(seg, [[[0.0, 10.0], [20.0, 30.0], [NAN, NAN]]])
+    np.testing.assert_array_equal(sc, [[3.0, 1.0, -np.inf]])
