@@ -261,3 +261,22 @@ def test_rank_with_nms_of_integer_inputs_pads_with_nan_and_minus_inf():
     seg, sc = rank_with_nms([[[0, 10], [0, 10], [20, 30]]], [[3, 2, 1]], 0.5)
     np.testing.assert_array_equal(seg, [[[0.0, 10.0], [20.0, 30.0], [NAN, NAN]]])
     np.testing.assert_array_equal(sc, [[3.0, 1.0, -np.inf]])
+
+
+def test_iou_rule_is_passed_on_by_evaluate_and_per_level_recall():
+    """Prediction [0, 10] for ground truth [0, 20]: IoU exactly 10 / 20 = 0.5, a hit at m = 0.5
+    under ``ge`` only.  Kills x_evaluate_predictions__mutmut_13 (mapping branch) and _50 (array
+    branch) and x_recall_at__mutmut_22 (per-level branch): the rule was dropped (default ``gt``)."""
+    pred, gt = np.array([[[0.0, 10.0]]]), np.array([[0.0, 20.0]])
+    for p in (pred, {0.5: pred}):
+        assert evaluate_predictions(p, gt, ns=(1,), ms=(0.5,), iou_rule="ge") == {"R@1,IoU=0.5": 1.0, "mIoU": 0.5}
+        assert evaluate_predictions(p, gt, ns=(1,), ms=(0.5,), iou_rule="gt") == {"R@1,IoU=0.5": 0.0, "mIoU": 0.5}
+    assert recall_at({0.5: pred}, gt, ns=(1,), ms=(0.5,), iou_rule="ge") == {"R@1,IoU=0.5": 1.0}
+
+
+def test_per_level_lists_with_zero_predictions_score_zero():
+    """Per-level lists of K = 0 predictions: every recall and mIoU 0.  Kills
+    x_evaluate_predictions__mutmut_27 and _33 (mIoU of an empty list: IndexError) and _34 (1.0)."""
+    empty = np.zeros((2, 0, 2))
+    got = evaluate_predictions({0.3: empty, 0.5: empty}, np.array([[0.0, 1.0], [2.0, 3.0]]), ns=(1,), ms=(0.3, 0.5))
+    assert got == {"R@1,IoU=0.3": 0.0, "R@1,IoU=0.5": 0.0, "mIoU": 0.0}
