@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import FIANLoss, seconds_to_steps
+from fian.losses import FIANLoss, TGNLoss, seconds_to_steps
 from fian.metrics import (
     evaluate_predictions,
     mean_iou,
@@ -280,3 +280,34 @@ def test_per_level_lists_with_zero_predictions_score_zero():
     empty = np.zeros((2, 0, 2))
     got = evaluate_predictions({0.3: empty, 0.5: empty}, np.array([[0.0, 1.0], [2.0, 3.0]]), ns=(1,), ms=(0.3, 0.5))
     assert got == {"R@1,IoU=0.3": 0.0, "R@1,IoU=0.5": 0.0, "mIoU": 0.0}
+
+
+# ---- second run: fian.losses.TGNLoss
+
+
+def _tgn_case(valid):
+    """Four width-1 anchors [t, t + 1) on T = 4, logits 0, ground truth [0, 1) (IoU 1 with anchor 0)."""
+    cands = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]])
+    logits = torch.zeros(1, 4)
+    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(1, 4, 2), cands, torch.tensor([valid]))
+    loss = TGNLoss(torch.tensor([2.0]), torch.tensor([3.0]), torch.zeros(4, dtype=torch.long))
+    return loss, out
+
+
+def test_tgn_loss_of_a_one_step_video_divides_by_one_step():
+    """A video of one real step: only anchor 0 is valid, a positive: 2 * softplus(0) = 2 ln 2 over
+    1 real step.  Kills xǁTGNLossǁforward__mutmut_65 (the step count clamped at 2)."""
+    loss, out = _tgn_case([True, False, False, False])
+    got = loss(out, torch.tensor([[0.0, 1.0]]))
+    assert got["align"].item() == pytest.approx(2 * math.log(2))
+    assert got["n_pos"].item() == 1 and got["boundary"].item() == 0.0
+    # the whole video (4 steps): + 3 negatives at 3 * softplus(0) each, over 4 steps
+    got = loss(*_tgn_case([True] * 4)[1:], torch.tensor([[0.0, 1.0]]))
+    assert got["align"].item() == pytest.approx((2 + 3 * 3) * math.log(2) / 4)
+
+
+def test_tgn_loss_names_the_bad_ground_truth_shape():
+    """Kills xǁTGNLossǁforward__mutmut_4 (message None) and _5 (TypeError instead)."""
+    loss, out = _tgn_case([True] * 4)
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=1, 2\] steps, got \(1, 3\)$"):
+        loss(out, torch.zeros(1, 3))
