@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import FIANLoss, TGNLoss, seconds_to_steps
+from fian.losses import FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights
 from fian.metrics import (
     evaluate_predictions,
     mean_iou,
@@ -311,3 +311,19 @@ def test_tgn_loss_names_the_bad_ground_truth_shape():
     loss, out = _tgn_case([True] * 4)
     with pytest.raises(ValueError, match=r"^gt_steps must be \[B=1, 2\] steps, got \(1, 3\)$"):
         loss(out, torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize(
+    "gt,lengths,match",
+    [
+        # lengths of the wrong size: x_tgn_scale_weights__mutmut_2 (``or`` -> ``and``)
+        (torch.zeros(3, 2), torch.ones(2), r"^gt_steps must be \[M, 2\] and lengths \[M\], got \(3, 2\), \(2,\)$"),
+        # gt of three columns: _3 (``and``); the message: _11, _12, _13
+        (torch.zeros(3, 3), torch.ones(3), r"^gt_steps must be \[M, 2\] and lengths \[M\], got \(3, 3\), \(3,\)$"),
+        # no moment: _14 (``shape[1] == 0``) and the message: _17-_20
+        (torch.zeros(0, 2), torch.ones(0), r"^TGN's scale weights need at least one training moment$"),
+    ],
+)
+def test_tgn_scale_weights_reject_bad_training_moments(gt, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        tgn_scale_weights(gt, lengths, 8, (1, 2), 0.5)
