@@ -327,3 +327,34 @@ def test_tgn_loss_names_the_bad_ground_truth_shape():
 def test_tgn_scale_weights_reject_bad_training_moments(gt, lengths, match):
     with pytest.raises(ValueError, match=match):
         tgn_scale_weights(gt, lengths, 8, (1, 2), 0.5)
+
+
+@pytest.mark.parametrize(
+    "gt,lengths,widths,chunk,p",
+    [
+        # 4 moments [0, 4) in 4-step videos, width 4: 4 anchors, 4 positives -> #pos kept at
+        # #all - 1 = 3: p = 3/4.  Kills x_tgn_scale_weights__mutmut_101 (p = 1) and _102 (p = 1/2).
+        ([[0, 4]] * 4, [4] * 4, (4,), 512, [3 / 4]),
+        # 2 of them: 2 anchors, 2 positives -> min(2, 1) / 2.  Kills _103 (clamp at 2: p = 1).
+        ([[0, 4]] * 2, [4] * 2, (4,), 512, [1 / 2]),
+        # width 1: [0, 1) in a 4-step video: 4 anchors, 1 positive (IoU 1); [1, 3) in a 2-step video:
+        # 2 anchors, IoUs 0 and 0.5 (not > 0.5) -> 1 / 6.  Width 4: one anchor ([0, 4), IoU 1/4,
+        # the 2-step video has none) -> #pos kept at 1: p = 1.  Kills _81 (raised at #all == 1).
+        ([[0, 1], [1, 3]], [4, 2], (1, 4), 512, [1 / 6, 1]),
+        # + [2, 3) in a 4-step video (width 1: 4 anchors, 1 positive; width 4: one, IoU 1/4), one
+        # moment per chunk: width 1 -> 2 / 10, width 4 -> min(1, 1) / 2.  Kills _48 (chunks over
+        # range(gt.shape[1]): the third moment left out).
+        ([[0, 1], [1, 3], [2, 3]], [4, 2, 4], (1, 4), 1, [1 / 5, 1 / 2]),
+    ],
+)
+def test_tgn_scale_weights_by_hand(gt, lengths, widths, chunk, p):
+    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk)
+    torch.testing.assert_close(w_neg, torch.tensor(p))
+    torch.testing.assert_close(w_pos, 1 - torch.tensor(p))
+
+
+def test_tgn_scale_weights_name_the_width_that_fits_no_video():
+    """Width 4 in a 2-step video: no anchor.  Kills x_tgn_scale_weights__mutmut_82-_84, _86, _87
+    (message None, TypeError, unpacking), _90 (lists the widths that fit) and _91 (lists none)."""
+    with pytest.raises(ValueError, match=r"^anchor widths \[4\] fit no training video$"):
+        tgn_scale_weights(torch.tensor([[0.0, 1.0]]), torch.tensor([2]), 4, (1, 4), 0.5)
