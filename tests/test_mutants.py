@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights
+from fian.losses import CMINLoss, FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights
 from fian.metrics import (
     evaluate_predictions,
     mean_iou,
@@ -25,7 +25,7 @@ from fian.metrics import (
     temporal_iou,
 )
 from fian.model.attention import MultiHeadAttention
-from fian.model.localization import ModelOutput
+from fian.model.localization import CMINHead, ModelOutput, TGNHead
 
 NAN = float("nan")
 
@@ -358,3 +358,58 @@ def test_tgn_scale_weights_name_the_width_that_fits_no_video():
     (message None, TypeError, unpacking), _90 (lists the widths that fit) and _91 (lists none)."""
     with pytest.raises(ValueError, match=r"^anchor widths \[4\] fit no training video$"):
         tgn_scale_weights(torch.tensor([[0.0, 1.0]]), torch.tensor([2]), 4, (1, 4), 0.5)
+
+
+# ---- second run: fian.losses.CMINLoss, the anchor heads' buffers
+
+
+def _cmin_case(logits=(0.0, 0.0)):
+    """Anchors [0, 2), [2, 4); ground truth [0, 2) (IoUs 1 and 0: labels 1, 0); offsets of the best
+    anchor (1, -3) against target gt - anchor = (0, 0)."""
+    cands = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
+    lg = torch.tensor([list(logits)])
+    off = torch.tensor([[[1.0, -3.0], [5.0, 5.0]]])
+    return ModelOutput(lg, torch.sigmoid(lg), off, cands, torch.ones(1, 2, dtype=torch.bool)), torch.tensor([[0.0, 2.0]])
+
+
+def test_cmin_loss_by_hand_with_its_defaults():
+    """BCE at logit 0 = ln 2 per anchor, over B * grid = 2: ln 2; smooth-L1 (beta 1) of (1, -3):
+    0.5 + 2.5, mean over 2 coordinates = 1.5; loss = ln 2 + 1e-3 * 1.5 (CMIN's alpha, the default).
+    Kills xǁCMINLossǁ__init____mutmut_1 (default alpha 1.001) and xǁCMINLossǁforward__mutmut_6
+    (a head of exactly grid_size anchors rejected); grid 1 allowed: __init___4, _5."""
+    got = CMINLoss(2)(*_cmin_case())
+    assert got["align"].item() == pytest.approx(math.log(2))
+    assert got["boundary"].item() == pytest.approx(1.5)
+    assert got["loss"].item() == pytest.approx(math.log(2) + 1e-3 * 1.5)
+    assert got["n_pos"].item() == 1
+    out, gt = _cmin_case()
+    one = ModelOutput(out.logits[:, :1], out.scores[:, :1], out.offsets[:, :1], out.candidates[:1], out.valid[:, :1])
+    assert CMINLoss(1)(one, gt)["align"].item() == pytest.approx(math.log(2))
+
+
+def test_cmin_loss_checks_finiteness_by_default():
+    """Kills xǁCMINLossǁ__init____mutmut_3 (check_finite default False)."""
+    with pytest.raises(FloatingPointError, match="non-finite loss term"):
+        CMINLoss(2)(*_cmin_case((NAN, 0.0)))
+
+
+def test_cmin_loss_arguments_and_inputs_are_checked_with_their_messages():
+    """min_ratio 0 allowed, 1 not: kills __init____mutmut_9 (0 rejected), _10 _11 (1 accepted);
+    messages: __init___6, _12, forward_4, _5 (gt shape), _7 (more anchors than the grid)."""
+    CMINLoss(2, min_ratio=0.0)
+    with pytest.raises(ValueError, match=r"^min_ratio must be in \[0, 1\), got 1.0$"):
+        CMINLoss(2, min_ratio=1.0)
+    with pytest.raises(ValueError, match=r"^grid_size must be >= 1, got 0$"):
+        CMINLoss(0)
+    out, _ = _cmin_case()
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=1, 2\] steps, got \(1, 3\)$"):
+        CMINLoss(2)(out, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"^the head has 2 anchors, more than the grid of 1$"):
+        CMINLoss(1)(out, torch.zeros(1, 2))
+
+
+def test_anchor_buffers_stay_out_of_the_state_dict():
+    """The anchor grid is rebuilt from the config: a checkpoint holds only the layers' weights.
+    Kills xǁ_AnchorHeadǁ__init____mutmut_11, _14, _17, _20 (and the other ``persistent=`` ones)."""
+    assert set(TGNHead(3, 6, (1, 2)).state_dict()) == {"score.weight", "score.bias"}
+    assert set(CMINHead(3, 6, (1, 3)).state_dict()) == {"score.weight", "score.bias", "reg.weight", "reg.bias"}
