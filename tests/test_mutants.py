@@ -25,7 +25,7 @@ from fian.metrics import (
     temporal_iou,
 )
 from fian.model.attention import MultiHeadAttention
-from fian.model.localization import CMINHead, ModelOutput, TGNHead
+from fian.model.localization import CMINHead, ModelOutput, TGNHead, anchor_grid
 
 NAN = float("nan")
 
@@ -413,3 +413,12 @@ def test_anchor_buffers_stay_out_of_the_state_dict():
     Kills xǁ_AnchorHeadǁ__init____mutmut_11, _14, _17, _20 (and the other ``persistent=`` ones)."""
     assert set(TGNHead(3, 6, (1, 2)).state_dict()) == {"score.weight", "score.bias"}
     assert set(CMINHead(3, 6, (1, 3)).state_dict()) == {"score.weight", "score.bias", "reg.weight", "reg.bias"}
+
+
+def test_anchor_grid_of_a_full_width_anchor_and_no_width():
+    """Width T = 4 ending at the last step: the one anchor [0, 4) (step 3, width index 0).  Kills
+    x_anchor_grid__mutmut_14 (``w < num_steps``); no widths: _2-_4 (the message)."""
+    cands, steps, width = anchor_grid(4, (4,), "end")
+    assert cands.tolist() == [[0.0, 4.0]] and steps.tolist() == [3] and width.tolist() == [0]
+    with pytest.raises(ValueError, match="^no anchor widths$"):
+        anchor_grid(4, (), "end")
