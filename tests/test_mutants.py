@@ -422,3 +422,20 @@ def test_anchor_grid_of_a_full_width_anchor_and_no_width():
     assert cands.tolist() == [[0.0, 4.0]] and steps.tolist() == [3] and width.tolist() == [0]
     with pytest.raises(ValueError, match="^no anchor widths$"):
         anchor_grid(4, (), "end")
+
+
+def test_build_loss_passes_tgn_pos_iou_and_asks_for_the_training_moments():
+    """Kills x_build_loss__mutmut_37 (``tgn_pos_iou`` not passed: TGNLoss's default 0.5) and
+    _7, _8 (the message of a missing ``train_moments``)."""
+    import dataclasses
+    from pathlib import Path
+
+    from fian.config import load_params
+    from fian.losses import build_loss
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "tgn")
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, tgn_pos_iou=0.7, tgn_neg_iou=0.3))
+    loss = build_loss(cfg, (torch.tensor([[10.0, 30.0]]), torch.tensor([200])))
+    assert (loss.pos_iou, loss.neg_iou) == (0.7, 0.3)
+    with pytest.raises(ValueError, match=r"^FIAN-TGN's loss weights come from the training set: build_loss\(cfg, "):
+        build_loss(cfg)
