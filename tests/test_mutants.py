@@ -425,8 +425,8 @@ def test_anchor_grid_of_a_full_width_anchor_and_no_width():
 
 
 def test_build_loss_passes_tgn_pos_iou_and_asks_for_the_training_moments():
-    """Kills x_build_loss__mutmut_37 (``tgn_pos_iou`` not passed: TGNLoss's default 0.5) and
-    _7, _8 (the message of a missing ``train_moments``)."""
+    """Kills x_build_loss__mutmut_37, _38 (``tgn_pos_iou`` / ``tgn_neg_iou`` not passed: TGNLoss's
+    defaults 0.5) and _7, _8 (the message of a missing ``train_moments``)."""
     import dataclasses
     from pathlib import Path
 
@@ -439,3 +439,13 @@ def test_build_loss_passes_tgn_pos_iou_and_asks_for_the_training_moments():
     assert (loss.pos_iou, loss.neg_iou) == (0.7, 0.3)
     with pytest.raises(ValueError, match=r"^FIAN-TGN's loss weights come from the training set: build_loss\(cfg, "):
         build_loss(cfg)
+    # CMIN's alpha and min_ratio, FIAN's offset unit, each set away from the losses' defaults:
+    # kill _46, _47 (not passed) and _54 (offset_unit not passed)
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "cmin")
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, alpha=0.25, cmin_min_iou_ratio=0.4))
+    loss = build_loss(cfg)
+    assert isinstance(loss, CMINLoss) and (loss.alpha, loss.min_ratio) == (0.25, 0.4)
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    for unit in ("steps", "window"):
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset_unit=unit))
+        assert build_loss(cfg).offset_unit == unit
