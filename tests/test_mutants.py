@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import CMINLoss, FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights
+from fian.losses import CMINLoss, FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights, training_moments
 from fian.metrics import (
     evaluate_predictions,
     mean_iou,
@@ -449,3 +449,23 @@ def test_build_loss_passes_tgn_pos_iou_and_asks_for_the_training_moments():
     for unit in ("steps", "window"):
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset_unit=unit))
         assert build_loss(cfg).offset_unit == unit
+
+
+def test_training_moments_by_hand():
+    """Moments in steps (seconds / duration * T) and the real length of each moment's video.
+    ``training_moments`` reads only these attributes of a split.  Kills x_training_moments 1-10
+    (run C of docs/MUTATION.md found no test of it in the fast selection)."""
+    from types import SimpleNamespace
+
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :8], mask[1, :5] = True, True
+    split = SimpleNamespace(
+        gt=torch.tensor([[0.0, 10.0], [5.0, 20.0], [2.0, 4.0]]),
+        duration=torch.tensor([20.0, 40.0, 16.0]),
+        num_steps=8,
+        video_mask=mask,
+        video_index=torch.tensor([1, 0, 1]),
+    )
+    gt, lengths = training_moments(split)
+    torch.testing.assert_close(gt, torch.tensor([[0.0, 4.0], [1.0, 4.0], [1.0, 2.0]]))
+    assert lengths.tolist() == [5, 8, 5]
