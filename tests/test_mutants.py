@@ -25,7 +25,7 @@ from fian.metrics import (
     temporal_iou,
 )
 from fian.model.attention import MultiHeadAttention
-from fian.model.localization import CMINHead, ModelOutput, TGNHead, anchor_grid
+from fian.model.localization import CMINHead, ModelOutput, TGNHead, anchor_grid, sliding_windows
 
 NAN = float("nan")
 
@@ -469,3 +469,31 @@ def test_training_moments_by_hand():
     gt, lengths = training_moments(split)
     torch.testing.assert_close(gt, torch.tensor([[0.0, 4.0], [1.0, 4.0], [1.0, 2.0]]))
     assert lengths.tolist() == [5, 8, 5]
+
+
+# ---- second run, run C: sliding_windows, fian.model.build
+
+
+def test_sliding_windows_of_size_one():
+    """Window 1 at stride 1 on 3 steps: [0, 1), [1, 2), [2, 3).  Kills x_sliding_windows__mutmut_13
+    and _14 (window 1 rejected)."""
+    assert sliding_windows(3, (1,), (1,)).tolist() == [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]]
+
+
+def test_model_strides_of_the_content_head_and_build_model_message():
+    """Content head: theta_s = round(theta_k * 0.125) = 1, 2, 4, 8 for 8, 16, 32, 64 (S4.3), or
+    ``stride_steps`` for every window.  Kills x_model_strides__mutmut_2-_4 (content given the anchor
+    heads' 1s), _9 (``stride_steps`` dropped); x_build_model__mutmut_6 (the message)."""
+    import dataclasses
+    from pathlib import Path
+
+    from fian.config import load_params
+    from fian.model.build import build_model, model_strides
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    model = dataclasses.replace(cfg.model, head="content", window_sizes=[8, 16, 32, 64], stride_ratio=0.125)
+    assert model_strides(dataclasses.replace(cfg, model=model)) == [1, 2, 4, 8]
+    model = dataclasses.replace(model, stride_steps=3)
+    assert model_strides(dataclasses.replace(cfg, model=model)) == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match=r"^build_model needs the embeddings matrix \(or, for tests, a vocab_size\)$"):
+        build_model(cfg)
