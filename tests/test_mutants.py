@@ -497,3 +497,27 @@ def test_model_strides_of_the_content_head_and_build_model_message():
     assert model_strides(dataclasses.replace(cfg, model=model)) == [3, 3, 3, 3]
     with pytest.raises(ValueError, match=r"^build_model needs the embeddings matrix \(or, for tests, a vocab_size\)$"):
         build_model(cfg)
+
+
+def test_build_model_uses_the_given_embeddings_frozen_as_configured():
+    """The GloVe matrix given is the model's one embedding table, frozen iff
+    ``model.freeze_embeddings``.  Kills x_build_model__mutmut_31, _51 (matrix not passed: a random
+    table), _34, _54 (``freeze_embeddings`` not passed: None, not frozen) and _11 (the width check
+    reads the row count: a [300, 301] matrix passes it)."""
+    import dataclasses
+    from pathlib import Path
+
+    from torch import nn
+
+    from fian.config import load_params
+    from fian.model.build import build_model
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    emb = torch.randn(7, cfg.text.word_dim)
+    for freeze in (True, False):
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_embeddings=freeze))
+        tables = [m for m in build_model(c, emb).modules() if isinstance(m, nn.Embedding)]
+        assert len(tables) == 1 and torch.equal(tables[0].weight, emb)
+        assert tables[0].weight.requires_grad is (not freeze)
+    with pytest.raises(ValueError, match=r"^embeddings are \(300, 301\), text.word_dim is 300$"):
+        build_model(cfg, torch.zeros(300, 301))
