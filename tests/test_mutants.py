@@ -14,10 +14,18 @@ import pytest
 import torch
 
 from fian.inference import predicted_segments
-from fian.losses import FIANLoss, seconds_to_steps
-from fian.metrics import evaluate_predictions, mean_iou, nms_1d, recall_at, temporal_iou
+from fian.losses import CMINLoss, FIANLoss, TGNLoss, seconds_to_steps, tgn_scale_weights, training_moments
+from fian.metrics import (
+    evaluate_predictions,
+    mean_iou,
+    nms_1d,
+    protocol,
+    rank_with_nms,
+    recall_at,
+    temporal_iou,
+)
 from fian.model.attention import MultiHeadAttention
-from fian.model.localization import ModelOutput
+from fian.model.localization import CMINHead, ModelOutput, TGNHead, anchor_grid, sliding_windows
 
 NAN = float("nan")
 
@@ -213,3 +221,303 @@ def test_attention_dropout_acts_in_training_mode_only():
         assert not torch.allclose(att.train()(q, kv, mask), ref, atol=1e-3)
         att.dropout = 0.0
         torch.testing.assert_close(att(q, kv, mask), ref)
+
+
+# ---- second run (docs/MUTATION.md section 3): fian.metrics.protocol / rank_with_nms
+
+
+def test_protocol_words_in_full():
+    """Every key of both protocols, written out by hand.  Kills x_protocol__mutmut_27 (fixed
+    ``nms_at`` None), _32 _33 _35 _36 (per-level ``nms_at`` text), _37-_40 (per-level text),
+    _42 _44-_46 _48 (the source named for ``gt``)."""
+    assert protocol("gt", "per_level", 0.5, (0.1, 0.5)) == {
+        "iou_rule": "gt",
+        "hit": "IoU > m",
+        "nms": "per_level",
+        "nms_threshold": "0.5",
+        "nms_at": "m - 0.05 (m=0.1: 0.05, m=0.5: 0.45)",
+        "text": "hit: IoU > m (S4.2 wording); one ranked list per m, NMS at m - 0.05 (CMIN's evaluation, criteria.py)",
+    }
+    assert protocol("ge", "fixed", 0.4, (0.5, 0.7)) == {
+        "iou_rule": "ge",
+        "hit": "IoU >= m",
+        "nms": "fixed",
+        "nms_threshold": "0.4",
+        "nms_at": "0.4 at every m",
+        "text": "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m",
+    }
+
+
+def test_protocol_rejects_an_unknown_rule_with_a_value_error_naming_it():
+    """Kills x_protocol__mutmut_3 (KeyError instead) and _16 (message None)."""
+    with pytest.raises(ValueError, match=r"iou_rule must be one of \('gt', 'ge'\), got 'GT'"):
+        protocol("GT", "fixed", 0.5, (0.5,))
+
+
+def test_rank_with_nms_of_integer_inputs_pads_with_nan_and_minus_inf():
+    """Integer segments and scores (lists): [0, 10] twice (IoU 1 > .5: the second dropped), then
+    [20, 30].  Kills x_rank_with_nms__mutmut_3 _5 (segments kept int: no NaN padding), _8 _10
+    (scores kept int: no -inf) and _45 (kept scores not copied)."""
+    seg, sc = rank_with_nms([[[0, 10], [0, 10], [20, 30]]], [[3, 2, 1]], 0.5)
+    np.testing.assert_array_equal(seg, [[[0.0, 10.0], [20.0, 30.0], [NAN, NAN]]])
+    np.testing.assert_array_equal(sc, [[3.0, 1.0, -np.inf]])
+
+
+def test_iou_rule_is_passed_on_by_evaluate_and_per_level_recall():
+    """Prediction [0, 10] for ground truth [0, 20]: IoU exactly 10 / 20 = 0.5, a hit at m = 0.5
+    under ``ge`` only.  Kills x_evaluate_predictions__mutmut_13 (mapping branch) and _50 (array
+    branch) and x_recall_at__mutmut_22 (per-level branch): the rule was dropped (default ``gt``)."""
+    pred, gt = np.array([[[0.0, 10.0]]]), np.array([[0.0, 20.0]])
+    for p in (pred, {0.5: pred}):
+        assert evaluate_predictions(p, gt, ns=(1,), ms=(0.5,), iou_rule="ge") == {"R@1,IoU=0.5": 1.0, "mIoU": 0.5}
+        assert evaluate_predictions(p, gt, ns=(1,), ms=(0.5,), iou_rule="gt") == {"R@1,IoU=0.5": 0.0, "mIoU": 0.5}
+    assert recall_at({0.5: pred}, gt, ns=(1,), ms=(0.5,), iou_rule="ge") == {"R@1,IoU=0.5": 1.0}
+
+
+def test_per_level_lists_with_zero_predictions_score_zero():
+    """Per-level lists of K = 0 predictions: every recall and mIoU 0.  Kills
+    x_evaluate_predictions__mutmut_27 and _33 (mIoU of an empty list: IndexError) and _34 (1.0)."""
+    empty = np.zeros((2, 0, 2))
+    got = evaluate_predictions({0.3: empty, 0.5: empty}, np.array([[0.0, 1.0], [2.0, 3.0]]), ns=(1,), ms=(0.3, 0.5))
+    assert got == {"R@1,IoU=0.3": 0.0, "R@1,IoU=0.5": 0.0, "mIoU": 0.0}
+
+
+# ---- second run: fian.losses.TGNLoss
+
+
+def _tgn_case(valid):
+    """Four width-1 anchors [t, t + 1) on T = 4, logits 0, ground truth [0, 1) (IoU 1 with anchor 0)."""
+    cands = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]])
+    logits = torch.zeros(1, 4)
+    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(1, 4, 2), cands, torch.tensor([valid]))
+    loss = TGNLoss(torch.tensor([2.0]), torch.tensor([3.0]), torch.zeros(4, dtype=torch.long))
+    return loss, out
+
+
+def test_tgn_loss_of_a_one_step_video_divides_by_one_step():
+    """A video of one real step: only anchor 0 is valid, a positive: 2 * softplus(0) = 2 ln 2 over
+    1 real step.  Kills xǁTGNLossǁforward__mutmut_65 (the step count clamped at 2)."""
+    loss, out = _tgn_case([True, False, False, False])
+    got = loss(out, torch.tensor([[0.0, 1.0]]))
+    assert got["align"].item() == pytest.approx(2 * math.log(2))
+    assert got["n_pos"].item() == 1 and got["boundary"].item() == 0.0
+    # the whole video (4 steps): + 3 negatives at 3 * softplus(0) each, over 4 steps
+    got = loss(*_tgn_case([True] * 4)[1:], torch.tensor([[0.0, 1.0]]))
+    assert got["align"].item() == pytest.approx((2 + 3 * 3) * math.log(2) / 4)
+
+
+def test_tgn_loss_names_the_bad_ground_truth_shape():
+    """Kills xǁTGNLossǁforward__mutmut_4 (message None) and _5 (TypeError instead)."""
+    loss, out = _tgn_case([True] * 4)
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=1, 2\] steps, got \(1, 3\)$"):
+        loss(out, torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize(
+    "gt,lengths,match",
+    [
+        # lengths of the wrong size: x_tgn_scale_weights__mutmut_2 (``or`` -> ``and``)
+        (torch.zeros(3, 2), torch.ones(2), r"^gt_steps must be \[M, 2\] and lengths \[M\], got \(3, 2\), \(2,\)$"),
+        # gt of three columns: _3 (``and``); the message: _11, _12, _13
+        (torch.zeros(3, 3), torch.ones(3), r"^gt_steps must be \[M, 2\] and lengths \[M\], got \(3, 3\), \(3,\)$"),
+        # no moment: _14 (``shape[1] == 0``) and the message: _17-_20
+        (torch.zeros(0, 2), torch.ones(0), r"^TGN's scale weights need at least one training moment$"),
+    ],
+)
+def test_tgn_scale_weights_reject_bad_training_moments(gt, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        tgn_scale_weights(gt, lengths, 8, (1, 2), 0.5)
+
+
+@pytest.mark.parametrize(
+    "gt,lengths,widths,chunk,p",
+    [
+        # 4 moments [0, 4) in 4-step videos, width 4: 4 anchors, 4 positives -> #pos kept at
+        # #all - 1 = 3: p = 3/4.  Kills x_tgn_scale_weights__mutmut_101 (p = 1) and _102 (p = 1/2).
+        ([[0, 4]] * 4, [4] * 4, (4,), 512, [3 / 4]),
+        # 2 of them: 2 anchors, 2 positives -> min(2, 1) / 2.  Kills _103 (clamp at 2: p = 1).
+        ([[0, 4]] * 2, [4] * 2, (4,), 512, [1 / 2]),
+        # width 1: [0, 1) in a 4-step video: 4 anchors, 1 positive (IoU 1); [1, 3) in a 2-step video:
+        # 2 anchors, IoUs 0 and 0.5 (not > 0.5) -> 1 / 6.  Width 4: one anchor ([0, 4), IoU 1/4,
+        # the 2-step video has none) -> #pos kept at 1: p = 1.  Kills _81 (raised at #all == 1).
+        ([[0, 1], [1, 3]], [4, 2], (1, 4), 512, [1 / 6, 1]),
+        # + [2, 3) in a 4-step video (width 1: 4 anchors, 1 positive; width 4: one, IoU 1/4), one
+        # moment per chunk: width 1 -> 2 / 10, width 4 -> min(1, 1) / 2.  Kills _48 (chunks over
+        # range(gt.shape[1]): the third moment left out).
+        ([[0, 1], [1, 3], [2, 3]], [4, 2, 4], (1, 4), 1, [1 / 5, 1 / 2]),
+    ],
+)
+def test_tgn_scale_weights_by_hand(gt, lengths, widths, chunk, p):
+    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk)
+    torch.testing.assert_close(w_neg, torch.tensor(p))
+    torch.testing.assert_close(w_pos, 1 - torch.tensor(p))
+
+
+def test_tgn_scale_weights_name_the_width_that_fits_no_video():
+    """Width 4 in a 2-step video: no anchor.  Kills x_tgn_scale_weights__mutmut_82-_84, _86, _87
+    (message None, TypeError, unpacking), _90 (lists the widths that fit) and _91 (lists none)."""
+    with pytest.raises(ValueError, match=r"^anchor widths \[4\] fit no training video$"):
+        tgn_scale_weights(torch.tensor([[0.0, 1.0]]), torch.tensor([2]), 4, (1, 4), 0.5)
+
+
+# ---- second run: fian.losses.CMINLoss, the anchor heads' buffers
+
+
+def _cmin_case(logits=(0.0, 0.0)):
+    """Anchors [0, 2), [2, 4); ground truth [0, 2) (IoUs 1 and 0: labels 1, 0); offsets of the best
+    anchor (1, -3) against target gt - anchor = (0, 0)."""
+    cands = torch.tensor([[0.0, 2.0], [2.0, 4.0]])
+    lg = torch.tensor([list(logits)])
+    off = torch.tensor([[[1.0, -3.0], [5.0, 5.0]]])
+    return ModelOutput(lg, torch.sigmoid(lg), off, cands, torch.ones(1, 2, dtype=torch.bool)), torch.tensor([[0.0, 2.0]])
+
+
+def test_cmin_loss_by_hand_with_its_defaults():
+    """BCE at logit 0 = ln 2 per anchor, over B * grid = 2: ln 2; smooth-L1 (beta 1) of (1, -3):
+    0.5 + 2.5, mean over 2 coordinates = 1.5; loss = ln 2 + 1e-3 * 1.5 (CMIN's alpha, the default).
+    Kills xǁCMINLossǁ__init____mutmut_1 (default alpha 1.001) and xǁCMINLossǁforward__mutmut_6
+    (a head of exactly grid_size anchors rejected); grid 1 allowed: __init___4, _5."""
+    got = CMINLoss(2)(*_cmin_case())
+    assert got["align"].item() == pytest.approx(math.log(2))
+    assert got["boundary"].item() == pytest.approx(1.5)
+    assert got["loss"].item() == pytest.approx(math.log(2) + 1e-3 * 1.5)
+    assert got["n_pos"].item() == 1
+    out, gt = _cmin_case()
+    one = ModelOutput(out.logits[:, :1], out.scores[:, :1], out.offsets[:, :1], out.candidates[:1], out.valid[:, :1])
+    assert CMINLoss(1)(one, gt)["align"].item() == pytest.approx(math.log(2))
+
+
+def test_cmin_loss_checks_finiteness_by_default():
+    """Kills xǁCMINLossǁ__init____mutmut_3 (check_finite default False)."""
+    with pytest.raises(FloatingPointError, match="non-finite loss term"):
+        CMINLoss(2)(*_cmin_case((NAN, 0.0)))
+
+
+def test_cmin_loss_arguments_and_inputs_are_checked_with_their_messages():
+    """min_ratio 0 allowed, 1 not: kills __init____mutmut_9 (0 rejected), _10 _11 (1 accepted);
+    messages: __init___6, _12, forward_4, _5 (gt shape), _7 (more anchors than the grid)."""
+    CMINLoss(2, min_ratio=0.0)
+    with pytest.raises(ValueError, match=r"^min_ratio must be in \[0, 1\), got 1.0$"):
+        CMINLoss(2, min_ratio=1.0)
+    with pytest.raises(ValueError, match=r"^grid_size must be >= 1, got 0$"):
+        CMINLoss(0)
+    out, _ = _cmin_case()
+    with pytest.raises(ValueError, match=r"^gt_steps must be \[B=1, 2\] steps, got \(1, 3\)$"):
+        CMINLoss(2)(out, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"^the head has 2 anchors, more than the grid of 1$"):
+        CMINLoss(1)(out, torch.zeros(1, 2))
+
+
+def test_anchor_buffers_stay_out_of_the_state_dict():
+    """The anchor grid is rebuilt from the config: a checkpoint holds only the layers' weights.
+    Kills xǁ_AnchorHeadǁ__init____mutmut_11, _14, _17, _20 (and the other ``persistent=`` ones)."""
+    assert set(TGNHead(3, 6, (1, 2)).state_dict()) == {"score.weight", "score.bias"}
+    assert set(CMINHead(3, 6, (1, 3)).state_dict()) == {"score.weight", "score.bias", "reg.weight", "reg.bias"}
+
+
+def test_anchor_grid_of_a_full_width_anchor_and_no_width():
+    """Width T = 4 ending at the last step: the one anchor [0, 4) (step 3, width index 0).  Kills
+    x_anchor_grid__mutmut_14 (``w < num_steps``); no widths: _2-_4 (the message)."""
+    cands, steps, width = anchor_grid(4, (4,), "end")
+    assert cands.tolist() == [[0.0, 4.0]] and steps.tolist() == [3] and width.tolist() == [0]
+    with pytest.raises(ValueError, match="^no anchor widths$"):
+        anchor_grid(4, (), "end")
+
+
+def test_build_loss_passes_tgn_pos_iou_and_asks_for_the_training_moments():
+    """Kills x_build_loss__mutmut_37, _38 (``tgn_pos_iou`` / ``tgn_neg_iou`` not passed: TGNLoss's
+    defaults 0.5) and _7, _8 (the message of a missing ``train_moments``)."""
+    import dataclasses
+    from pathlib import Path
+
+    from fian.config import load_params
+    from fian.losses import build_loss
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "tgn")
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, tgn_pos_iou=0.7, tgn_neg_iou=0.3))
+    loss = build_loss(cfg, (torch.tensor([[10.0, 30.0]]), torch.tensor([200])))
+    assert (loss.pos_iou, loss.neg_iou) == (0.7, 0.3)
+    with pytest.raises(ValueError, match=r"^FIAN-TGN's loss weights come from the training set: build_loss\(cfg, "):
+        build_loss(cfg)
+    # CMIN's alpha and min_ratio, FIAN's offset unit, each set away from the losses' defaults:
+    # kill _46, _47 (not passed) and _54 (offset_unit not passed)
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "cmin")
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, alpha=0.25, cmin_min_iou_ratio=0.4))
+    loss = build_loss(cfg)
+    assert isinstance(loss, CMINLoss) and (loss.alpha, loss.min_ratio) == (0.25, 0.4)
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    for unit in ("steps", "window"):
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, offset_unit=unit))
+        assert build_loss(cfg).offset_unit == unit
+
+
+def test_training_moments_by_hand():
+    """Moments in steps (seconds / duration * T) and the real length of each moment's video.
+    ``training_moments`` reads only these attributes of a split.  Kills x_training_moments 1-10
+    (run C of docs/MUTATION.md found no test of it in the fast selection)."""
+    from types import SimpleNamespace
+
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :8], mask[1, :5] = True, True
+    split = SimpleNamespace(
+        gt=torch.tensor([[0.0, 10.0], [5.0, 20.0], [2.0, 4.0]]),
+        duration=torch.tensor([20.0, 40.0, 16.0]),
+        num_steps=8,
+        video_mask=mask,
+        video_index=torch.tensor([1, 0, 1]),
+    )
+    gt, lengths = training_moments(split)
+    torch.testing.assert_close(gt, torch.tensor([[0.0, 4.0], [1.0, 4.0], [1.0, 2.0]]))
+    assert lengths.tolist() == [5, 8, 5]
+
+
+# ---- second run, run C: sliding_windows, fian.model.build
+
+
+def test_sliding_windows_of_size_one():
+    """Window 1 at stride 1 on 3 steps: [0, 1), [1, 2), [2, 3).  Kills x_sliding_windows__mutmut_13
+    and _14 (window 1 rejected)."""
+    assert sliding_windows(3, (1,), (1,)).tolist() == [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]]
+
+
+def test_model_strides_of_the_content_head_and_build_model_message():
+    """Content head: theta_s = round(theta_k * 0.125) = 1, 2, 4, 8 for 8, 16, 32, 64 (S4.3), or
+    ``stride_steps`` for every window.  Kills x_model_strides__mutmut_2-_4 (content given the anchor
+    heads' 1s), _9 (``stride_steps`` dropped); x_build_model__mutmut_6 (the message)."""
+    import dataclasses
+    from pathlib import Path
+
+    from fian.config import load_params
+    from fian.model.build import build_model, model_strides
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    model = dataclasses.replace(cfg.model, head="content", window_sizes=[8, 16, 32, 64], stride_ratio=0.125)
+    assert model_strides(dataclasses.replace(cfg, model=model)) == [1, 2, 4, 8]
+    model = dataclasses.replace(model, stride_steps=3)
+    assert model_strides(dataclasses.replace(cfg, model=model)) == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match=r"^build_model needs the embeddings matrix \(or, for tests, a vocab_size\)$"):
+        build_model(cfg)
+
+
+def test_build_model_uses_the_given_embeddings_frozen_as_configured():
+    """The GloVe matrix given is the model's one embedding table, frozen iff
+    ``model.freeze_embeddings``.  Kills x_build_model__mutmut_31, _51 (matrix not passed: a random
+    table), _34, _54 (``freeze_embeddings`` not passed: None, not frozen) and _11 (the width check
+    reads the row count: a [300, 301] matrix passes it)."""
+    import dataclasses
+    from pathlib import Path
+
+    from torch import nn
+
+    from fian.config import load_params
+    from fian.model.build import build_model
+
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params", "tacos", "fian")
+    emb = torch.randn(7, cfg.text.word_dim)
+    for freeze in (True, False):
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_embeddings=freeze))
+        tables = [m for m in build_model(c, emb).modules() if isinstance(m, nn.Embedding)]
+        assert len(tables) == 1 and torch.equal(tables[0].weight, emb)
+        assert tables[0].weight.requires_grad is (not freeze)
+    with pytest.raises(ValueError, match=r"^embeddings are \(300, 301\), text.word_dim is 300$"):
+        build_model(cfg, torch.zeros(300, 301))
