@@ -20,22 +20,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fian.config import ConfigError
+from fian.config import ConfigError, read_yaml
 
 
 @lru_cache(maxsize=256)
 def _read(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
+    return read_yaml(path)  # cached per (path, mtime, size)
 
 
 def read_layer(path: str | Path) -> dict[str, Any]:
