@@ -178,8 +178,8 @@ def _refusal(path: Path, names: list[str]) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path}: refused to load: the file holds pickled Python objects ({', '.join(names[:8])}), and "
         f"unpickling them could run code from the file. A fian checkpoint (format {CHECKPOINT_FORMAT}) holds "
-        f"only tensors and plain types and is read with torch.load(weights_only=True).{hint} Do not load it "
-        "with weights_only=False unless you trust where it came from."
+        f"only tensors and plain types and is read with torch.load(weights_only=True).{hint} Do not unpickle "
+        "it unless you trust where it came from."
     )
 
 
