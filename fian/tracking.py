@@ -28,7 +28,9 @@ Many jobs, one store: a ``sqlite:`` store is created and migrated once, under a 
 (``<db>.lock``), before any run is logged, and experiments are created under that lock too;
 every call that writes retries while SQLite says "database is locked".  A run left RUNNING by a
 process that died (SIGKILL, node loss) is marked KILLED by the next run of the same job in the
-same project folder (Snakemake and DVC never run one job twice at once).
+same project folder (Snakemake and DVC never run one job twice at once); a parent run left RUNNING
+by a killed workflow invocation, with no job left running under it, is ended by the next job of
+the same project folder (:meth:`Tracker.end_orphan_parents`).
 
 MLflow metric names may not contain ``@``, ``,`` or ``=``: :func:`metric_key` maps our names
 (``R@1,IoU=0.5``) to ``R1_IoU0.5``.
@@ -245,10 +247,6 @@ class Tracker:
         self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         self._client = MlflowClient(self.uri)
-        with store_lock(self.uri):  # experiments and parent runs: created once, whoever comes first
-            self.experiment_id = retry(self._experiment, "set the experiment")
-            if self.workflow:
-                self.parent_run_id = retry(self._parent, "find the parent run")
         tags = {
             "git_commit": git_commit(),
             "git_dirty": git_dirty(),
@@ -257,14 +255,22 @@ class Tracker:
             **({"fian.out": self.out} if self.out else {}),
             **self.tags,
         }
-        if self.parent_run_id:
-            tags.update({"mlflow.parentRunId": self.parent_run_id, "fian.workflow_run": self.workflow})
-        run = retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags),
-                    "start the run")  # fmt: skip
+        # experiments and parent runs: created once, whoever comes first; a new parent and its first
+        # child are started under one lock, so that no other job sees a parent without a child
+        # (which, below, means "its invocation died in between")
+        with store_lock(self.uri):
+            self.experiment_id = retry(self._experiment, "set the experiment")
+            if self.workflow:
+                self.parent_run_id = retry(self._parent, "find the parent run")
+                tags.update({"mlflow.parentRunId": self.parent_run_id, "fian.workflow_run": self.workflow})
+            run = retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name,
+                                                 tags=tags), "start the run")  # fmt: skip
         self.run_id = run.info.run_id
         log.info("MLflow run %s (%s) at %s", self.run_name, self.run_id, self.uri)
         same_job = {"fian.job": self.job, **({"fian.out": self.out} if self.out else {"fian.project": tags["fian.project"]})}
         self.end_stale_runs(same_job)
+        with store_lock(self.uri):
+            retry(lambda: self.end_orphan_parents(tags["fian.project"]), "end the parent runs of dead invocations")
         return self
 
     def _experiment(self) -> str:
@@ -312,15 +318,47 @@ class Tracker:
                 else:
                     os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
 
-    def _settle(self, parent_id: str) -> None:
-        """End the parent run when none of its jobs runs any more: FINISHED, or the worst status."""
+    def _settle(self, parent_id: str, experiment_id: str | None = None, orphan: bool = False) -> str | None:
+        """End the parent run when none of its jobs runs any more: FINISHED, or the worst status.
+
+        A parent without any job is left alone, unless ``orphan`` (its invocation is known to be
+        gone): then it ends KILLED.  Returns the status it was given, or None.
+        """
         client = self._client
-        kids = client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+        kids = client.search_runs([experiment_id or self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=5000)  # fmt: skip
         states = {r.info.status for r in kids}
-        if "RUNNING" in states or not states:
-            return
-        status = next((s for s in ("FAILED", "KILLED") if s in states), "FINISHED")
+        if "RUNNING" in states or not (states or orphan):
+            return None
+        status = next((s for s in ("FAILED", "KILLED") if s in states), "FINISHED" if states else "KILLED")
         client.set_terminated(parent_id, status=status)
+        return status
+
+    def end_orphan_parents(self, project: str) -> list[str]:
+        """End the RUNNING parent runs that other workflow invocations of ``project`` left behind.
+
+        A Snakemake killed with its jobs (SIGKILL of the process group, a lost node) cannot end its
+        parent runs: a job killed between ending its run and settling the parent, or between
+        creating a parent and its first child, leaves one RUNNING with no job running under it.
+        Called (under the store lock) by every job: a parent of another invocation of this project
+        folder whose children all ended is settled as :meth:`_settle` does; one without children
+        ends KILLED; one with a RUNNING child is left alone (on a cluster, jobs of a killed
+        Snakemake may still run; their own exit settles it).  Returns the ids it ended.
+        """
+        client = self._client
+        exps = [e.experiment_id for e in client.search_experiments()]
+        where = (f"tags.`fian.kind` = 'workflow' and tags.`fian.project` = '{project}' "
+                 "and attributes.status = 'RUNNING'")  # fmt: skip
+        ended = []
+        for r in client.search_runs(exps, where, max_results=5000) if exps else []:
+            if r.data.tags.get("fian.workflow_run") == self.workflow:
+                continue
+            status = self._settle(r.info.run_id, r.info.experiment_id, orphan=True)
+            if status is not None:
+                log.warning("MLflow parent run %s of a dead workflow invocation was left RUNNING: ended %s",
+                            r.info.run_id, status)  # fmt: skip
+                ended.append(r.info.run_id)
+        return ended
 
     def end_stale_runs(self, tags: Mapping[str, str]) -> list[str]:
         """Mark KILLED every other RUNNING run of this experiment carrying ``tags``; return their ids.

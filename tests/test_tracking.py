@@ -315,3 +315,88 @@ def test_data_hashes_skip_a_killed_writers_temp(tmp_path) -> None:
     (folder / "train.parquet").write_bytes(b"rows")
     (folder / ".train.parquet.fian-tmp.host.123-456.0badc0de.parquet").write_bytes(b"half")
     assert data_hashes([folder]) == {"data_sha256.annotations/train.parquet": hashlib.sha256(b"rows").hexdigest()}
+
+
+# a killed workflow invocation's parent runs (the CI failure of stop 14: the rehearsal's rerun left
+# `workflow <id>` RUNNING after its Snakemake was SIGKILLed with its jobs)
+_DIE_IN = """
+import sys, time
+import mlflow
+from fian.tracking import Tracker
+where = sys.argv[2]
+if where == "before-child":  # the parent exists, its first child not yet
+    def stuck(*a, **k):
+        print("stuck", flush=True); time.sleep(600)
+    mlflow.start_run = stuck
+t = Tracker(enabled=True, tracking_uri=sys.argv[1], dataset=sys.argv[3], variant="fian", stage="train", out="r")
+with t:
+    if where == "before-settle":  # the child ends, then the parent is not settled
+        def stuck(self, *a, **k):
+            print("stuck", flush=True); time.sleep(600)
+        Tracker._settle = stuck
+    if where == "alive":
+        print("stuck", flush=True); time.sleep(600)
+"""
+
+
+def _die_in(tmp_path: Path, store: str, where: str, dataset: str, workflow: str) -> subprocess.Popen:
+    """A job of workflow invocation ``workflow`` stopped at ``where``; the caller SIGKILLs it."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FIAN_WORKFLOW_RUN": workflow}
+    proc = subprocess.Popen([sys.executable, "-c", _DIE_IN, store, where, dataset], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "stuck"
+    return proc
+
+
+def test_parents_left_running_by_a_killed_invocation_are_ended_by_the_next_one(tmp_path, monkeypatch, store) -> None:
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from fian.tracking import WORKFLOW_ENV
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(store)
+
+    def parents(dataset: str) -> list:
+        exp = client.get_experiment_by_name(f"fian/{dataset}")
+        return client.search_runs([exp.experiment_id], "tags.`fian.kind` = 'workflow'")
+
+    live = _die_in(tmp_path, store, "alive", "c", "wf-live")  # a job still running (a cluster job)
+    for where, dataset in (("before-child", "a"), ("before-settle", "b")):
+        proc = _die_in(tmp_path, store, where, dataset, "wf-dead")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        (parent,) = parents(dataset)
+        assert parent.info.status == "RUNNING"
+    try:
+        # the next invocation runs one job, of another dataset: every dead parent of this folder ends
+        monkeypatch.setenv(WORKFLOW_ENV, "wf-next")
+        with Tracker(enabled=True, tracking_uri=store, dataset="d", variant="fian", stage="train", out="r"):
+            pass
+        (a,) = parents("a")
+        assert a.info.status == "KILLED"  # no job ever ran under it
+        (b,) = parents("b")
+        assert b.info.status == "FINISHED"  # its one job had finished
+        (c,) = parents("c")
+        assert c.info.status == "RUNNING"  # a job of it still runs: not touched
+        (d,) = parents("d")
+        assert d.info.status == "FINISHED"
+    finally:
+        live.send_signal(signal.SIGKILL)
+        live.wait(timeout=30)
+    # another project folder's dead parents are not this folder's business
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    proc = _die_in(other, store, "before-child", "e", "wf-dead2")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    monkeypatch.chdir(tmp_path)
+    with Tracker(enabled=True, tracking_uri=store, dataset="d", variant="fian", stage="train", out="r"):
+        pass
+    (e,) = parents("e")
+    assert e.info.status == "RUNNING"
