@@ -232,9 +232,12 @@ class TGNLoss(nn.Module):
         term = torch.where(pos, w_pos * F.softplus(-logits), 0.0) + torch.where(
             neg, w_neg * F.softplus(logits), 0.0
         )
-        # real steps per video: the anchors end at every step, so the last valid end is the length
-        steps = torch.where(out.valid, cands[None, :, 1], 0.0).amax(1).sum()
-        align = term.sum() / steps.clamp(min=1)
+        # real steps of the batch (from the heads' lengths: the last valid anchor end would count 0
+        # steps for a video shorter than the narrowest anchor)
+        if out.lengths is None or out.lengths.shape != (B,):
+            got = None if out.lengths is None else tuple(out.lengths.shape)
+            raise ValueError(f"TGNLoss averages over the real steps: needs ModelOutput.lengths [B={B}], got {got}")
+        align = term.sum() / out.lengths.sum().clamp(min=1)
         boundary = torch.zeros((), device=logits.device)
         if self.check_finite:
             _finite_or_raise(align, boundary)

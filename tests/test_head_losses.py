@@ -12,7 +12,7 @@ import torch
 
 from fian.config import load_params
 from fian.losses import CMINLoss, TGNLoss, build_loss, cmin_labels, tgn_labels, tgn_scale_weights
-from fian.model.localization import ModelOutput, anchor_grid
+from fian.model.localization import CMINHead, ModelOutput, TGNHead, anchor_grid
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
@@ -35,9 +35,10 @@ def out_for(cands, logits, offsets=None, lengths=None) -> ModelOutput:
     logits = torch.as_tensor(logits, dtype=torch.float32)
     B, N = logits.shape
     offsets = torch.zeros(B, N, 2) if offsets is None else torch.as_tensor(offsets, dtype=torch.float32)
-    lengths = torch.full((B,), 1e9) if lengths is None else torch.as_tensor(lengths, dtype=torch.float32)
+    T = int(cands[:, 1].max())  # default: every video is the whole T steps
+    lengths = torch.full((B,), T) if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
     valid = cands[None, :, 1] <= lengths[:, None]
-    return ModelOutput(logits, torch.sigmoid(logits), offsets, cands, valid)
+    return ModelOutput(logits, torch.sigmoid(logits), offsets, cands, valid, lengths)
 
 
 # ----------------------------------------------------------------------------------------- TGN
@@ -90,6 +91,31 @@ def test_tgn_weighted_bce_by_hand():
     assert out["align"].item() == pytest.approx((row0 + row1) / steps, rel=1e-5)
     assert out["loss"].item() == pytest.approx((row0 + row1) / steps, rel=1e-5)
     assert out["boundary"].item() == 0.0 and out["n_pos"].item() == 3
+
+
+def test_tgn_loss_counts_the_steps_of_a_video_shorter_than_every_anchor():
+    """Widths [2, 3] on T = 4: anchors [0,2] [1,3] [0,3] [2,4] [1,4].  Video 0 has 4 steps, video 1
+    one step: none of its anchors is valid, it adds no term, but its step counts (4 + 1 = 5)."""
+    cands, _, width = anchor_grid(4, [2, 3], "end")
+    assert cands.tolist() == [[0.0, 2.0], [1.0, 3.0], [0.0, 3.0], [2.0, 4.0], [1.0, 4.0]]
+    loss_fn = TGNLoss(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]), width, pos_iou=0.5, neg_iou=0.5)
+    gt = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    out = loss_fn(out_for(cands, torch.zeros(2, 5), lengths=[4, 1]), gt)
+    # row 0, gt [0, 2]: IoUs 1, 1/3, 2/3, 0, 1/4 -> pos [0,2], [0,3]; neg the other three
+    # (logit 0: softplus(0) = ln 2 for each of the 5); row 1: nothing valid
+    assert out["align"].item() == pytest.approx(5 * math.log(2) / 5, rel=1e-6)
+    assert out["n_pos"].item() == 2
+    # without the lengths the loss refuses (it cannot know the real steps)
+    bare = out_for(cands, torch.zeros(2, 5), lengths=[4, 1])
+    bare.lengths = None
+    with pytest.raises(ValueError, match=r"needs ModelOutput.lengths \[B=2\], got None"):
+        loss_fn(bare, gt)
+
+
+def test_heads_report_the_real_lengths():
+    for head in (TGNHead(3, 4, [1, 2]), CMINHead(3, 4, [1, 3])):
+        mask = torch.tensor([[True] * 4, [True, True, False, False]])
+        assert head(torch.randn(2, 4, 3), mask).lengths.tolist() == [4, 2]
 
 
 def test_tgn_loss_checks_its_anchor_count_and_thresholds():

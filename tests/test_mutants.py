@@ -289,7 +289,8 @@ def _tgn_case(valid):
     """Four width-1 anchors [t, t + 1) on T = 4, logits 0, ground truth [0, 1) (IoU 1 with anchor 0)."""
     cands = torch.tensor([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]])
     logits = torch.zeros(1, 4)
-    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(1, 4, 2), cands, torch.tensor([valid]))
+    out = ModelOutput(logits, torch.sigmoid(logits), torch.zeros(1, 4, 2), cands, torch.tensor([valid]),
+                      torch.tensor([sum(valid)]))  # fmt: skip
     loss = TGNLoss(torch.tensor([2.0]), torch.tensor([3.0]), torch.zeros(4, dtype=torch.long))
     return loss, out
 

@@ -31,6 +31,8 @@ class ModelOutput:
     offsets:    [B, N, 2] predicted (delta_s, delta_e), in the unit of ``loss.offset_unit``
     candidates: [N, 2]    (start, end) in steps, float, end exclusive
     valid:      [B, N]    bool, candidate inside the video's real steps
+    lengths:    [B]       int64, the video's real steps (the heads set it; a loss that averages
+                          over steps, TGN's, needs it; None only in hand-built outputs)
     """
 
     logits: torch.Tensor
@@ -38,6 +40,7 @@ class ModelOutput:
     offsets: torch.Tensor
     candidates: torch.Tensor
     valid: torch.Tensor
+    lengths: torch.Tensor | None = None
 
 
 def sliding_windows(num_steps: int, window_sizes: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
@@ -116,7 +119,8 @@ class ContentHead(nn.Module):
         logits = torch.cat([conv(x)[:, 0] for conv in self.score], dim=1)  # [B, N]
         offsets = torch.cat([conv(x).transpose(1, 2) for conv in self.offset], dim=1)  # [B, N, 2]
         return ModelOutput(
-            logits, torch.sigmoid(logits), offsets, self.candidates, _valid(self.candidates, video_mask)
+            logits, torch.sigmoid(logits), offsets, self.candidates, _valid(self.candidates, video_mask),
+            video_mask.sum(1),
         )
 
 
@@ -133,7 +137,8 @@ class _AnchorHead(nn.Module):
 
     def _output(self, logits: torch.Tensor, offsets: torch.Tensor, video_mask: torch.Tensor) -> ModelOutput:
         return ModelOutput(
-            logits, torch.sigmoid(logits), offsets, self.candidates, _valid(self.candidates, video_mask)
+            logits, torch.sigmoid(logits), offsets, self.candidates, _valid(self.candidates, video_mask),
+            video_mask.sum(1),
         )
 
 
