@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from fian.io import write_json
+from fian.io import TEMP_MARK, write_json
 from fian.train import UnsafeCheckpointError, load_checkpoint
 
 log = logging.getLogger("fian.resume")
@@ -126,11 +126,14 @@ class TrainState:
             self._lock = None
 
     def _remove_temps(self) -> None:
-        """Temp files of a killed writer (``.<name>.<random>.pt``): stale, since we hold the lock."""
-        for p in self.folder.glob(f".{self.key}.*"):
-            log.info("removing %s (left by a killed writer)", p)
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        """Temp files of killed writers (:data:`fian.io.TEMP_MARK` in the name), of any run key:
+        stale, since we hold the folder's lock (a run killed before the code or data changed left
+        its temp under its own, old key)."""
+        for e in os.scandir(self.folder):
+            if TEMP_MARK in e.name and e.is_file(follow_symlinks=False):
+                log.info("removing %s (left by a killed writer)", e.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
 
     # -- candidates -----------------------------------------------------------------------------
     def states(self) -> list[Path]:

@@ -274,6 +274,29 @@ def test_a_second_job_on_the_same_state_is_refused(tmp_path) -> None:
         pass
 
 
+def test_a_killed_writers_temp_of_an_older_run_key_is_removed(tmp_path) -> None:
+    """A job SIGKILLed while writing its state; the code changes before the rerun (a new run key,
+    a fresh start): the old key's temp must not stay in the folder forever; its states stay."""
+    import signal
+
+    folder = tmp_path / "s"
+    job = ("import sys, time\nfrom fian.io import atomic_path\nfrom fian.resume import TrainState\n"
+           f"with TrainState({str(folder)!r}, 'oldkey') as st:\n"
+           "    st.live.write_bytes(b'epoch 1')\n"
+           "    with atomic_path(st.live) as tmp:\n"
+           "        tmp.write_bytes(b'half of epoch 2'); print(tmp, flush=True); time.sleep(600)\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", job], stdout=subprocess.PIPE, text=True)
+    try:
+        temp = Path(proc.stdout.readline().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert temp.is_file() and temp.name.startswith(".oldkey.pt.")
+    with TrainState(folder, "newkey"):
+        assert not temp.exists()
+        assert (folder / "oldkey.pt").read_bytes() == b"epoch 1"  # a state, not a temp: kept
+
+
 # --------------------------------------------------------------------------------------------
 # through a real Snakemake run: SIGKILL the whole process group mid-training, rerun
 # --------------------------------------------------------------------------------------------
