@@ -522,3 +522,107 @@ def test_build_model_uses_the_given_embeddings_frozen_as_configured():
         assert tables[0].weight.requires_grad is (not freeze)
     with pytest.raises(ValueError, match=r"^embeddings are \(300, 301\), text.word_dim is 300$"):
         build_model(cfg, torch.zeros(300, 301))
+
+
+# ---- second run, run D (docs/MUTATION.md section 3): build_attention, MaskedBiGRU.__init__,
+# FIAN.validate, _rows, ContentHead.__init__
+
+
+def test_build_attention_passes_the_dropout_on():
+    """Kills model.attention.x_build_attention__mutmut_9 (cga) and _18 (cma): dropout not passed,
+    the attention runs at the default 0.0 instead of the params' model.dropout."""
+    from fian.model.attention import GuidedAttention, build_attention
+
+    cga, cma = build_attention("cga", 8, 2, 0.3), build_attention("cma", 8, 2, 0.3)
+    assert isinstance(cga, GuidedAttention) and cga.cma.dropout == 0.3
+    assert isinstance(cma, MultiHeadAttention) and cma.dropout == 0.3
+
+
+def test_masked_bigru_odd_hidden_message():
+    """Kills model.encoders.xǁMaskedBiGRUǁ__init____mutmut_3 (message None)."""
+    from fian.model.encoders import MaskedBiGRU
+
+    with pytest.raises(ValueError, match=r"^BiGRU hidden size must be even \(two directions\), got 7$"):
+        MaskedBiGRU(4, 7)
+
+
+def _validate_case():
+    """A FIAN of T = 16 steps, windows (4, 8), 25 words, n_q = 6, and three good rows."""
+    from tests.test_model import inputs, tiny_model
+
+    return tiny_model(), *inputs()
+
+
+def test_validate_messages_in_full():
+    """Kills model.fian.xǁFIANǁvalidate__mutmut_11 (message None), _21 / _23 (the mask's name),
+    _31 (the shape in the message read from ``ref.shape[:3]``), _64 / _66 (the rows of a too long
+    query: None / any over everything), _69 / _70 (the end of that message)."""
+    model, video, video_mask, words, word_mask = _validate_case()
+    with pytest.raises(ValueError, match=r"^video must be a float tensor, got torch.int64$"):
+        model.validate(video.long(), video_mask, words, word_mask)
+    with pytest.raises(ValueError, match=r"^video_mask must be a bool tensor of shape \(3, 16\), got torch.int64 \(3, 16\)$"):
+        model.validate(video, video_mask.long(), words, word_mask)
+    with pytest.raises(ValueError, match=r"^word_mask must be a bool tensor of shape \(3, 5\), got torch.bool \(3, 4\)$"):
+        model.validate(video, video_mask, words, word_mask[:, :4])
+    long_words = torch.randint(2, 25, (3, 8))
+    long_mask = torch.ones(3, 8, dtype=torch.bool)
+    long_mask[0, 6:] = False  # row 0 fits n_q = 6; rows 1 and 2 do not
+    with pytest.raises(ValueError, match=r"^query longer than text.max_query_len=6 words in batch rows \[1, 2\] "
+                                         r"\(the data layer must truncate\)$"):  # fmt: skip
+        model.validate(video, video_mask, long_words, long_mask)
+
+
+def test_validate_vocabulary_range_is_zero_to_size_exclusive():
+    """Ids 0 .. V - 1 are words (0 is a real id: the first of the vocabulary), V is not.
+    Kills model.fian.xǁFIANǁvalidate__mutmut_74, _75 (id 0 refused) and _76 (id V accepted)."""
+    model, video, video_mask, words, word_mask = _validate_case()
+    words = words.clone()
+    words[0, 0] = 0
+    words[2, 0] = 24  # V - 1
+    model.validate(video, video_mask, words, word_mask)
+    words[1, 2] = 25
+    with pytest.raises(ValueError, match=r"^word ids outside the vocabulary \[0, 25\) in batch rows \[1\]$"):
+        model.validate(video, video_mask, words, word_mask)
+
+
+def test_validate_accepts_a_video_exactly_as_long_as_the_smallest_window():
+    """Windows (4, 8): 4 real steps are enough, 3 are not.  Kills model.fian.xǁFIANǁvalidate__mutmut_84
+    (``<=``: 4 refused) and _87 (the rows listed with ``<=``)."""
+    model, video, video_mask, words, word_mask = _validate_case()
+    video_mask = torch.zeros_like(video_mask)
+    video_mask[0, :4] = True
+    video_mask[1, :16] = True
+    video_mask[2, :4] = True
+    model.validate(video, video_mask, words, word_mask)
+    video_mask[1, 3:] = False  # row 1: 3 steps
+    with pytest.raises(ValueError, match=r"^video shorter than the smallest window \(4 steps\) in batch rows \[1\]$"):
+        model.validate(video, video_mask, words, word_mask)
+
+
+def test_rows_lists_at_most_ten():
+    """Kills model.fian.x__rows__mutmut_1 (11 rows)."""
+    from fian.model.fian import _rows
+
+    assert _rows(torch.ones(12, dtype=torch.bool)) == list(range(10))
+    assert _rows(torch.tensor([False, True, False, True])) == [1, 3]
+
+
+def test_content_head_shapes_and_state_dict_by_hand():
+    """Per window size k at stride s: a score Conv1d(d, 1, k, s) and an offset Conv1d(d, 2, k, s);
+    the candidates are a buffer outside the state_dict (checkpoints hold weights only).
+    Kills model.localization.xǁContentHeadǁ__init____mutmut_26 (2 score channels, one unused),
+    _6 and _15 (the candidates persistent)."""
+    from fian.model.localization import ContentHead
+
+    d, T = 5, 16
+    head = ContentHead(d, T, [4, 8], [2, 4])
+    sd = head.state_dict()
+    assert "candidates" not in sd
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        "score.0.weight": (1, d, 4), "score.0.bias": (1,), "score.1.weight": (1, d, 8), "score.1.bias": (1,),
+        "offset.0.weight": (2, d, 4), "offset.0.bias": (2,), "offset.1.weight": (2, d, 8), "offset.1.bias": (2,),
+    }  # fmt: skip
+    # parameters by hand: sum over k of (d k + 1) + (2 d k + 2)
+    assert sum(p.numel() for p in head.parameters()) == (5 * 4 + 1) + (10 * 4 + 2) + (5 * 8 + 1) + (10 * 8 + 2)
+    # windows [0,4] [2,6] ... [12,16] (7) and [0,8] [4,12] [8,16] (3)
+    assert head.candidates.shape == (10, 2) and head.candidates[-1].tolist() == [8.0, 16.0]
