@@ -9,10 +9,12 @@ clear line and exits non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from fian.config import Config, ConfigError, load_config
@@ -63,7 +65,9 @@ def load(args: argparse.Namespace) -> Config:
 
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
 
 
 def warn_loud(message: str) -> None:
@@ -88,6 +92,23 @@ def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
         f"loss {record['loss']:.4f}{tail}{took}",
         flush=True,
     )
+
+
+def interrupt_on_signal(signum: int, frame: object) -> None:
+    """A signal handler that raises KeyboardInterrupt (see :func:`sigterm_unwinds`)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a cancelled job (Snakemake,
+    SLURM at its time limit, torchrun send SIGTERM) unwinds, so ``finally`` blocks and atomic writes
+    clean up and the MLflow run ends KILLED (not left RUNNING for the next attempt to find)."""
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,15 @@ import pandas as pd
 import yaml
 
 from fian.io import atomic_path, write_json
-from fian_pipeline.common import StageError, load, parser, print_epoch, run_stage, warn_loud
+from fian_pipeline.common import (
+    StageError,
+    interrupt_on_signal,
+    load,
+    parser,
+    print_epoch,
+    run_stage,
+    warn_loud,
+)
 
 log = logging.getLogger("fian.train")
 
@@ -68,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.train import NonFiniteLossError, fit, seed_everything
 
     # a cancelled job (Snakemake, SLURM, torchrun send SIGTERM) unwinds: the MLflow run ends KILLED
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
     info, device = init_from_env(args.device)
     try:
         train_path = args.data / "train.h5"
@@ -216,10 +224,6 @@ def _log_inputs(tracker, dataset: str, splits: dict) -> None:  # noqa: ANN001
         if split is not None:
             tracker.log_dataset(f"{dataset}/{name}", path, context="training" if name == "train" else "validation",
                                 digests=split_digests(split.records, split.video))  # fmt: skip
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int, protocol: dict[str, str]) -> dict:

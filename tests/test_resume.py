@@ -274,6 +274,46 @@ def test_a_second_job_on_the_same_state_is_refused(tmp_path) -> None:
         pass
 
 
+_STUCK_EVALUATE = """
+import sys, time
+import fian.evaluate
+def stuck(*a, **k):
+    print("evaluating", flush=True); time.sleep(600)
+fian.evaluate.evaluate = stuck  # the stage imports it when it runs: it blocks mid-evaluation
+from fian_pipeline.common import run_stage
+from fian_pipeline.evaluate import main
+sys.exit(run_stage(main, sys.argv[1:]))
+"""
+
+
+def test_evaluate_cancelled_by_sigterm_ends_its_run_killed_and_writes_nothing(project) -> None:
+    """SLURM at a time limit and Snakemake on Ctrl-C send SIGTERM: the evaluate stage unwinds (its
+    MLflow run KILLED at once, not left RUNNING) and leaves no metrics, predictions or temp."""
+    from mlflow.tracking import MlflowClient
+
+    from fian.io import TEMP_MARK
+
+    root, params, data, text, uri = project
+    out = root / "results" / "eval-sigterm"
+    argv = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint",
+            str(root / "results/ref/checkpoint.pt"), "--split", "val", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_EVALUATE, *argv], cwd=root, env=_env(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "evaluating", proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc != 0
+    assert not [p for p in out.rglob("*") if p.name.startswith(("metrics_", "predictions_", "info_")) or TEMP_MARK in p.name]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fian/tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`fian.out` = '{out.resolve()}'")
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
 def test_a_killed_writers_temp_of_an_older_run_key_is_removed(tmp_path) -> None:
     """A job SIGKILLed while writing its state; the code changes before the rerun (a new run key,
     a fresh start): the old key's temp must not stay in the folder forever; its states stay."""
