@@ -185,6 +185,8 @@ def _bad(kind: str):
         word_mask = torch.ones(3, NQ + 2, dtype=torch.bool)
     elif kind == "out of vocabulary":
         words[0, 0] = V + 3
+    elif kind == "padding id at a real word":
+        words[1, 0] = 0
     elif kind == "short video":
         video_mask[2, 3:] = False
     elif kind == "nan":
@@ -206,6 +208,7 @@ BAD = {
     "not a prefix": r"prefix.*rows \[1\]",
     "too long": "max_query_len",
     "out of vocabulary": r"vocabulary.*rows \[0\]",
+    "padding id at a real word": r"padding id 0.*rows \[1\]",
     "short video": r"smallest window.*rows \[2\]",
     "nan": r"NaN or inf.*rows \[0\]",
     "inf": r"NaN or inf.*rows \[2\]",

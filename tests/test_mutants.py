@@ -572,17 +572,27 @@ def test_validate_messages_in_full():
         model.validate(video, video_mask, long_words, long_mask)
 
 
-def test_validate_vocabulary_range_is_zero_to_size_exclusive():
-    """Ids 0 .. V - 1 are words (0 is a real id: the first of the vocabulary), V is not.
-    Kills model.fian.xǁFIANǁvalidate__mutmut_74, _75 (id 0 refused) and _76 (id V accepted)."""
+def test_validate_vocabulary_range_and_the_padding_id():
+    """Ids 1 .. V - 1 are words; V is outside the vocabulary; 0 is <pad> (fian.data.text.Vocab) and
+    may not stand at a real position (a data-layer bug the model would read as a zero vector).
+    Kills model.fian.xǁFIANǁvalidate__mutmut_76 (id V accepted) and _74, _75 (``words <= 0`` /
+    ``< 1``: id 0 reported as outside the vocabulary, not as padding)."""
     model, video, video_mask, words, word_mask = _validate_case()
     words = words.clone()
-    words[0, 0] = 0
+    words[0, 0] = 1  # <unk>
     words[2, 0] = 24  # V - 1
     model.validate(video, video_mask, words, word_mask)
     words[1, 2] = 25
     with pytest.raises(ValueError, match=r"^word ids outside the vocabulary \[0, 25\) in batch rows \[1\]$"):
         model.validate(video, video_mask, words, word_mask)
+    words[1, 2] = 0
+    words[0, 1] = 0
+    with pytest.raises(ValueError, match=r"^the padding id 0 \(<pad>\) at a real word position \(word_mask true\) "
+                                         r"in batch rows \[0, 1\]$"):  # fmt: skip
+        model.validate(video, video_mask, words, word_mask)
+    words[~word_mask] = 0  # padding positions hold 0: fine
+    words[1, 2], words[0, 1] = 3, 3
+    model.validate(video, video_mask, words, word_mask)
 
 
 def test_validate_accepts_a_video_exactly_as_long_as_the_smallest_window():
@@ -626,3 +636,30 @@ def test_content_head_shapes_and_state_dict_by_hand():
     assert sum(p.numel() for p in head.parameters()) == (5 * 4 + 1) + (10 * 4 + 2) + (5 * 8 + 1) + (10 * 8 + 2)
     # windows [0,4] [2,6] ... [12,16] (7) and [0,8] [4,12] [8,16] (3)
     assert head.candidates.shape == (10, 2) and head.candidates[-1].tolist() == [8.0, 16.0]
+
+
+def test_build_model_passes_every_model_key_on():
+    """Values unlike FIAN's constructor defaults (heads 8, self_attn_heads 8, ffn_dim 1024, dropout
+    0.1, word_dim 300, iterate True) must reach the modules.  Kills model.build.x_build_model__mutmut_42
+    (heads), _43 (self_attn_heads), _44 (ffn_dim), _45 (dropout), _48 (iterate), _53 (word_dim): each
+    left to the constructor's default, which equals params/base.yaml's value."""
+    import dataclasses
+
+    from torch import nn
+
+    from fian.model.attention import GuidedAttention
+    from fian.model.build import build_model
+    from tests.test_model import tiny_cfg
+
+    cfg = tiny_cfg()  # hidden 16, heads 2, self_attn_heads 2, ffn_dim 24, word_dim 8
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, self_attn_heads=4, dropout=0.25))
+    model = build_model(cfg, vocab_size=25)
+    assert isinstance(model.enc_a.attention, GuidedAttention) and model.enc_a.attention.cma.heads == 2
+    assert model.video_encoder.self_attn.heads == 4
+    assert [m.out_features for m in model.enc_a.ffn if isinstance(m, nn.Linear)] == [24, 16]
+    assert {m.p for m in model.modules() if isinstance(m, nn.Dropout)} == {0.25}
+    assert {m.dropout for m in model.modules() if isinstance(m, MultiHeadAttention)} == {0.25}
+    assert model.query_encoder.embed.weight.shape == (25, 8)
+    no_iter = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, iterate=False))  # fusion stays gate
+    with pytest.raises(ValueError, match=r"^branch 'qv' without iterate gives no video representation"):
+        build_model(no_iter, vocab_size=25)

@@ -172,6 +172,10 @@ class FIAN(nn.Module):
             raise ValueError(
                 f"word ids outside the vocabulary [0, {self.query_encoder.vocab_size}) in batch rows {_rows(oov.any(1))}"
             )
+        padded = word_mask & (words == 0)
+        if padded.any():
+            raise ValueError(f"the padding id 0 (<pad>) at a real word position (word_mask true) in batch rows "
+                             f"{_rows(padded.any(1))}")  # fmt: skip
         n_steps = video_mask.sum(1)
         if (n_steps < self.min_window).any():
             raise ValueError(
