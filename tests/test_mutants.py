@@ -663,3 +663,119 @@ def test_build_model_passes_every_model_key_on():
     no_iter = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, iterate=False))  # fusion stays gate
     with pytest.raises(ValueError, match=r"^branch 'qv' without iterate gives no video representation"):
         build_model(no_iter, vocab_size=25)
+
+
+# ---- third run (docs/MUTATION.md section 4): the functions the first two runs never reached on
+# the current code, and the code changed since
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, -0.1, 1.5])
+def test_fian_loss_tau_is_in_the_open_interval(tau):
+    """tau = 0 would make every overlapping candidate positive, tau = 1 none.  Kills
+    losses.xǁFIANLossǁ__init____mutmut_6 (``0 <= tau``) and _7 (``tau <= 1``)."""
+    with pytest.raises(ValueError, match=rf"^tau must be in \(0, 1\), got {tau}$"):
+        FIANLoss(tau=tau, alpha=1.0)
+    FIANLoss(tau=0.55, alpha=1.0)  # the paper's value
+
+
+def test_tgn_loss_names_the_shape_of_bad_lengths():
+    """Kills losses.xǁTGNLossǁforward__mutmut_54, _56, _58 (the shape of wrong lengths not shown)."""
+    loss, out = _tgn_case([True] * 4)
+    out.lengths = torch.tensor([4, 4, 4])
+    with pytest.raises(ValueError, match=r"needs ModelOutput.lengths \[B=1\], got \(3,\)$"):
+        loss(out, torch.tensor([[0.0, 1.0]]))
+
+
+def test_length_projection_starts_as_nn_linear_does():
+    """W and b ~ U(-1/sqrt(n_q), 1/sqrt(n_q)) (nn.Linear's default, fan_in = n_q = 16: bound 0.25).
+    Kills model.integration.xǁLengthProjectionǁ__init____mutmut_3, _4 (bound sqrt(n_q), 2 / sqrt),
+    _10, _11, _16 (W ~ U(bound, 1), U(-bound, 1), constant bound), _21, _22, _24 (the same for b)."""
+    from fian.model.integration import LengthProjection
+
+    torch.manual_seed(0)
+    proj = LengthProjection(16, 400)
+    for p in (proj.weight, proj.bias):
+        assert p.abs().max() <= 0.25
+        assert p.min() < -0.2 and p.max() > 0.2  # both ends of the interval are reached
+    assert proj.weight.shape == (400, 16) and proj.bias.shape == (400,)
+
+
+def test_every_head_reports_the_real_lengths():
+    """Kills model.localization.xǁContentHeadǁforward__mutmut_34, _40, _46 (lengths None, left out,
+    summed over everything)."""
+    from fian.model.localization import ContentHead
+
+    mask = torch.tensor([[True] * 8, [True] * 5 + [False] * 3])
+    for head in (ContentHead(3, 8, [2, 4], [1, 2]), TGNHead(3, 8, [1, 2]), CMINHead(3, 8, [1, 3])):
+        assert head(torch.randn(2, 8, 3), mask).lengths.tolist() == [8, 5]
+
+
+def test_constructor_defaults_are_the_papers_values():
+    """FIAN built directly (no params) is the paper's model: what its keyword defaults build equals
+    params/base.yaml (read here with yaml, not through fian.config); the attention modules' own
+    dropout default is 0 (a plain module).  Kills model.fian.xǁFIANǁ__init____mutmut_1-_16 (a
+    default changed) and model.attention.xǁGuidedAttentionǁ__init____mutmut_1 (default 1.0)."""
+    from pathlib import Path
+
+    import yaml
+    from torch import nn
+
+    from fian.model.attention import GuidedAttention
+    from fian.model.fian import FIAN
+    from fian.model.localization import ContentHead
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "params/base.yaml").read_text())
+    m, text = base["model"], base["text"]
+    assert (m["hidden"], m["heads"], text["word_dim"]) == (512, 8, 300)  # S4.3 (d_h, n heads), GloVe 300-d
+    model = FIAN(feature_dim=4, num_steps=16, max_query_len=5, window_sizes=[4], strides=[1], vocab_size=7)
+    assert model.query_encoder.embed.weight.shape == (7, text["word_dim"])
+    assert model.query_encoder.embed.weight.requires_grad is (not m["freeze_embeddings"])
+    assert model.video_encoder.proj.out_features == m["hidden"]
+    assert model.video_encoder.self_attn.heads == m["self_attn_heads"]
+    encs = [model.enc_a, model.enc_b, model.enc_c, model.enc_d]  # branches qv + vq, iterate: all four
+    assert all(e is not None for e in encs) == (m["branches"] == ["qv", "vq"] and m["iterate"] and m["fusion"] == "gate")
+    assert m["attention"] == "cga" and all(isinstance(e.attention, GuidedAttention) for e in encs)
+    assert {e.attention.cma.heads for e in encs} == {m["heads"]}
+    assert {e.ffn[0].out_features for e in encs} == {m["ffn_dim"]}
+    assert {d.p for d in model.modules() if isinstance(d, nn.Dropout)} == {m["dropout"]}
+    assert model.fusion.kind == model.fusion_kind == m["fusion"]
+    assert m["head"] == "content" and isinstance(model.head, ContentHead)
+    assert model.check_inputs is True
+    assert GuidedAttention(8, 2).cma.dropout == 0.0 and MultiHeadAttention(8, 2).dropout == 0.0
+
+
+def test_query_encoder_random_table_padding_row_freeze_and_message():
+    """The random table (tests, benchmarks): 300-d and frozen by default; row 0 is the padding row
+    (zeros, ``padding_idx`` 0, as in the GloVe branch).  Kills model.encoders.xǁQueryEncoderǁ__init__
+    _1 (default 301), _2 (default not frozen), _20, _23, _24 (padding_idx None / 1), _26 (frozen
+    when ``freeze=False``), _27-_30 (the message)."""
+    from fian.model.encoders import QueryEncoder
+
+    enc = QueryEncoder(16, vocab_size=7)
+    assert enc.embed.weight.shape == (7, 300) and enc.embed.weight.requires_grad is False
+    assert enc.embed.padding_idx == 0 and torch.equal(enc.embed.weight[0], torch.zeros(300))
+    assert QueryEncoder(16, vocab_size=7, word_dim=8, freeze=False).embed.weight.requires_grad is True
+    with pytest.raises(ValueError, match=r"^QueryEncoder needs embeddings \[V, word_dim\] or a vocab_size$"):
+        QueryEncoder(16)
+
+
+def _fian(**kw):
+    from fian.model.fian import FIAN
+
+    return FIAN(feature_dim=4, num_steps=16, max_query_len=5, window_sizes=[4], strides=[1], vocab_size=7,
+                hidden=8, heads=2, self_attn_heads=2, ffn_dim=8, **kw)  # fmt: skip
+
+
+def test_fian_refuses_impossible_structures_with_their_messages():
+    """Kills model.fian.xǁFIANǁ__init____mutmut_17 (an unknown branch name passes), _26, _27 (its
+    message), _29, _30 (the qv check never matches), _33-_36 (its message), _39, _40 (the gate check
+    never matches), _42-_45 (its message)."""
+    with pytest.raises(ValueError, match=r"^branches must be one or both of 'qv', 'vq', got \['qv', 'xx'\]$"):
+        _fian(branches=("qv", "xx"))
+    with pytest.raises(ValueError, match=r"^branches must be one or both of 'qv', 'vq', got \['vq', 'vq'\]$"):
+        _fian(branches=("vq", "vq"))
+    with pytest.raises(ValueError, match=r"^branch 'qv' without iterate gives no video representation \(Q1 only\)$"):
+        _fian(branches=("qv",), iterate=False, fusion="concat")
+    with pytest.raises(ValueError, match=r"^fusion 'gate' needs iterate=True \(it reads Q1/Q2\)$"):
+        _fian(branches=("vq",), iterate=False, fusion="gate")
+    _fian(branches=("vq",), iterate=False, fusion="none")  # FIAN-VQ: fine
