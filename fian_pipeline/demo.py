@@ -53,6 +53,24 @@ def headline(results: Path, dataset: str, variants: Sequence[str], split: str) -
     return rows
 
 
+def headline_protocol(results: Path, dataset: str, variants: Sequence[str], split: str) -> str:
+    """How the headline's metrics were computed, as their metrics files record it (the evaluate
+    stage's ``info_<split>.json``): one protocol for all runs, or a note that they differ."""
+    from fian.reports.tables import read_protocol
+
+    texts = {}
+    for v in [*variants, "prior"]:
+        path = results / dataset / v / f"metrics_{split}.json"
+        if path.exists():
+            p = read_protocol(path)
+            texts[v] = p.get("text", p.get("hit", "?")) if p else "not recorded"
+    if not texts:
+        return "no metrics yet"
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "protocols differ between runs: " + "; ".join(f"{v}: {t}" for v, t in texts.items())
+
+
 def record_in_dvc(env: dict[str, str]) -> str:
     """Record the finished run in dvc.lock (`dvc commit`): dvc.yaml runs the same commands (rendered
     from the same registry, tests/test_render_drift.py), so `dvc repro` then has nothing to do."""
@@ -162,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  MLflow   sqlite:///mlflow.db  ->  mlflow ui --backend-store-uri sqlite:///mlflow.db")
     print("  logs     logs/<stage>/<wildcards>.log")
     for d in plan.datasets:
-        print(f"\nheadline ({d.name}, {plan.eval_split} split; a hit is IoU >= m):")
+        print(f"\nheadline ({d.name}, {plan.eval_split} split; "
+              f"{headline_protocol(root / 'results', d.name, d.variants, plan.eval_split)}):")  # fmt: skip
         for row in headline(root / "results", d.name, d.variants, plan.eval_split):
             print("  " + row)
     return 0

@@ -96,6 +96,8 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert demo.returncode == 0, out[-3000:]
     assert "Nothing to do: every output is up to date" in out
     assert "synthetic/fian" in out and "synthetic/prior (baseline)" in out and "%" in out
+    # the headline says the protocol its metrics files record (the default: IoU > m, per-level NMS)
+    assert "split; hit: IoU > m (S4.2 wording); one ranked list per m, NMS at m - 0.05" in out, out[-2000:]
     from fian_pipeline.demo import loud_warnings
 
     warnings = "\n".join(loud_warnings(proj / "logs", since=0))
@@ -174,3 +176,29 @@ def test_paper_dry_run_says_first_which_file_to_fetch_by_hand(tmp_path: Path) ->
     assert note not in out
     planned = re.findall(r"^rule download_features:\n(?:    .*\n)*?    wildcards: dataset=(\w+)", again.stdout, re.M)
     assert sorted(planned) == ["activitynet", "charades"], planned
+
+
+def test_headline_protocol_comes_from_the_metrics_files(tmp_path) -> None:
+    """The demo's headline states the protocol the info files record, not a fixed phrase."""
+    import json
+
+    from fian_pipeline.demo import headline_protocol
+
+    def run(v: str, rule: str | None) -> None:
+        d = tmp_path / "synthetic" / v
+        d.mkdir(parents=True)
+        (d / "metrics_test.json").write_text(json.dumps({"mIoU": 0.5}))
+        if rule is not None:
+            text = {"gt": "hit: IoU > m", "ge": "hit: IoU >= m"}[rule]
+            (d / "info_test.json").write_text(json.dumps({"protocol": {"iou_rule": rule, "text": text}}))
+
+    assert headline_protocol(tmp_path, "synthetic", ["fian"], "test") == "no metrics yet"
+    run("fian", "gt")
+    run("prior", "gt")
+    assert headline_protocol(tmp_path, "synthetic", ["fian"], "test") == "hit: IoU > m"
+    run("cma", "ge")
+    assert headline_protocol(tmp_path, "synthetic", ["fian", "cma"], "test") == (
+        "protocols differ between runs: fian: hit: IoU > m; cma: hit: IoU >= m; prior: hit: IoU > m"
+    )
+    run("old", None)
+    assert "old: not recorded" in headline_protocol(tmp_path, "synthetic", ["old"], "test")
