@@ -274,12 +274,25 @@ class Tracker:
         return self
 
     def _experiment(self) -> str:
+        """This dataset's experiment: found, or created.  On a server there is no store lock: two
+        jobs may both find none and both create it; the second gets RESOURCE_ALREADY_EXISTS and
+        uses the one the first created."""
+        from mlflow.exceptions import MlflowException
+
         client = self._client
         exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
-        if exp is None or exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-            client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
-        return exp_id
+        if exp is None:
+            try:
+                exp = client.get_experiment(client.create_experiment(self.experiment))
+            except MlflowException as e:
+                raced = e.error_code == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(e)
+                exp = client.get_experiment_by_name(self.experiment) if raced else None
+                if exp is None:
+                    raise
+                log.info("experiment %s was created by another job at the same moment: using it", self.experiment)
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+        return exp.experiment_id
 
     def _parent(self) -> str:
         """The parent run of this workflow invocation in this experiment: found, or created."""

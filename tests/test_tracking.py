@@ -400,3 +400,26 @@ def test_parents_left_running_by_a_killed_invocation_are_ended_by_the_next_one(t
         pass
     (e,) = parents("e")
     assert e.info.status == "RUNNING"
+
+
+def test_an_experiment_created_by_another_job_at_the_same_moment_is_used(tmp_path, monkeypatch, store) -> None:
+    """On a server (no store lock) two jobs may both find no experiment and both create it: the
+    second gets RESOURCE_ALREADY_EXISTS (seen in tests/test_mlflow_server.py under load).  Simulated:
+    the experiment exists, but this job's first lookup misses it."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(store)
+    exp = client.create_experiment("fian/raced")
+    real, calls = MlflowClient.get_experiment_by_name, []
+
+    def late(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", late)
+    with Tracker(enabled=True, tracking_uri=store, dataset="raced", variant="fian", stage="train", out="r") as t:
+        t.log_metrics({"loss": 1.0}, step=1)
+    assert t.experiment_id == exp and len(calls) >= 2
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_run(t.run_id).info.status == "FINISHED"
