@@ -9,12 +9,10 @@ clear line and exits non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import re
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fian.config import Config, ConfigError, load_config
@@ -65,9 +63,7 @@ def load(args: argparse.Namespace) -> Config:
 
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def warn_loud(message: str) -> None:
@@ -95,20 +91,11 @@ def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
 
 
 def interrupt_on_signal(signum: int, frame: object) -> None:
-    """A signal handler that raises KeyboardInterrupt (see :func:`sigterm_unwinds`)."""
+    """SIGTERM handler of the long stages (train, evaluate): raise KeyboardInterrupt, as Ctrl-C
+    does, so that a cancelled job (Snakemake, SLURM at its time limit, torchrun send SIGTERM)
+    unwinds: ``finally`` blocks and atomic writes clean up and the MLflow run ends KILLED (not
+    left RUNNING for the next attempt to find)."""
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Inside the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does: a cancelled job (Snakemake,
-    SLURM at its time limit, torchrun send SIGTERM) unwinds, so ``finally`` blocks and atomic writes
-    clean up and the MLflow run ends KILLED (not left RUNNING for the next attempt to find)."""
-    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

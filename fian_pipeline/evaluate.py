@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian_pipeline.common import StageError, load, parser, run_stage, sigterm_unwinds
+from fian_pipeline.common import StageError, interrupt_on_signal, load, parser, run_stage
 
 log = logging.getLogger("fian.evaluate")
 
@@ -42,55 +43,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.tracking import build_tracker
     from fian.train import build_model_from_checkpoint, load_checkpoint
 
-    # a cancelled job unwinds: the MLflow run ends KILLED, nothing is half-written
-    with sigterm_unwinds():
-        info, device = init_from_env(args.device)
+    # a cancelled job (SLURM at its time limit, Snakemake) unwinds: the MLflow run ends KILLED,
+    # nothing is half-written
+    previous = signal.signal(signal.SIGTERM, interrupt_on_signal)
+    info, device = init_from_env(args.device)
+    try:
+        if not info.is_main:
+            return 0
+        split_path = args.data / f"{args.split}.h5"
+        split = GroundingSplit.load(split_path)
+        embeddings, _ = load_embeddings(args.text)
+        ckpt = load_checkpoint(args.checkpoint)
         try:
-            if not info.is_main:
-                return 0
-            split_path = args.data / f"{args.split}.h5"
-            split = GroundingSplit.load(split_path)
-            embeddings, _ = load_embeddings(args.text)
-            ckpt = load_checkpoint(args.checkpoint)
-            try:
-                model, trained_cfg = build_model_from_checkpoint(ckpt, embeddings, check_inputs=device.type != "cuda")
-            except (ValueError, RuntimeError) as e:
-                raise StageError(f"{args.checkpoint}: cannot rebuild the model: {e}") from None
-            check_params(args.checkpoint, trained_cfg, cfg)
-            if split.num_steps != trained_cfg.features.num_steps:
-                raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
-            model.to(device)
-            trained_by = (ckpt.get("tracking") or {}).get("run_id")  # the train run that wrote the checkpoint
-            tracker = build_tracker(
-                cfg, stage="evaluate", inputs=[split_path, args.checkpoint], split=args.split, out=args.out,
-                tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")),
-                      **({"fian.train_run_id": str(trained_by)} if trained_by else {})},
-            )  # fmt: skip
-            with tracker:
-                tracker.log_params(cfg.flat())
-                if tracker.run_id is not None:
-                    from fian.tracking import split_digests
+            model, trained_cfg = build_model_from_checkpoint(ckpt, embeddings, check_inputs=device.type != "cuda")
+        except (ValueError, RuntimeError) as e:
+            raise StageError(f"{args.checkpoint}: cannot rebuild the model: {e}") from None
+        check_params(args.checkpoint, trained_cfg, cfg)
+        if split.num_steps != trained_cfg.features.num_steps:
+            raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
+        model.to(device)
+        trained_by = (ckpt.get("tracking") or {}).get("run_id")  # the train run that wrote the checkpoint
+        tracker = build_tracker(
+            cfg, stage="evaluate", inputs=[split_path, args.checkpoint], split=args.split, out=args.out,
+            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")),
+                  **({"fian.train_run_id": str(trained_by)} if trained_by else {})},
+        )  # fmt: skip
+        with tracker:
+            tracker.log_params(cfg.flat())
+            if tracker.run_id is not None:
+                from fian.tracking import split_digests
 
-                    tracker.log_dataset(f"{cfg.dataset.name}/{args.split}", split_path, context="evaluation",
-                                        digests=split_digests(split.records, split.video))  # fmt: skip
-                frame, metrics = evaluate(
-                    model, split.to(device), eval_cfg=cfg.eval, num_steps=trained_cfg.features.num_steps,
-                    device=device, amp=cfg.train.amp, offset_unit=trained_cfg.loss.offset_unit,
-                )  # fmt: skip
-                pred_path = args.out / f"predictions_{args.split}.jsonl"
-                metrics_path = args.out / f"metrics_{args.split}.json"
-                write_predictions(pred_path, frame)
-                write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
-                              best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json")  # fmt: skip
-                tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
-                tracker.log_artifact(pred_path)
-                tracker.log_artifact(metrics_path)
-            log.info(
-                "%s/%s %s: %s", cfg.dataset.name, cfg.variant, args.split,
-                ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()),
+                tracker.log_dataset(f"{cfg.dataset.name}/{args.split}", split_path, context="evaluation",
+                                    digests=split_digests(split.records, split.video))  # fmt: skip
+            frame, metrics = evaluate(
+                model, split.to(device), eval_cfg=cfg.eval, num_steps=trained_cfg.features.num_steps,
+                device=device, amp=cfg.train.amp, offset_unit=trained_cfg.loss.offset_unit,
             )  # fmt: skip
-        finally:
-            shutdown()
+            pred_path = args.out / f"predictions_{args.split}.jsonl"
+            metrics_path = args.out / f"metrics_{args.split}.json"
+            write_predictions(pred_path, frame)
+            write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
+                          best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json")  # fmt: skip
+            tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
+            tracker.log_artifact(pred_path)
+            tracker.log_artifact(metrics_path)
+        log.info(
+            "%s/%s %s: %s", cfg.dataset.name, cfg.variant, args.split,
+            ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()),
+        )  # fmt: skip
+    finally:
+        shutdown()
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
