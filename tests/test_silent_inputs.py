@@ -1,0 +1,121 @@
+"""The last inputs that passed silently (issue 18, "Silent inputs that remain"): each is now a clear
+error naming the file and the record (or a counted, reported drop), and nothing is written on error.
+Unit-level: every test reads or writes a few small files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fian.config import PolicyConfig
+from fian.data.annotations import AnnotationError, read_activitynet, read_split, read_tacos, validate
+from fian_pipeline.common import run_stage
+
+# ------------------------------------------------------------------------------------- annotations
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [   # JSON's NaN / Infinity literals: Python's parser reads them as floats
+        ('{"v": {"duration": 10, "timestamps": [[NaN, 4]], "sentences": ["a"]}}', r"a\.json:v\[0\]: start is nan"),
+        ('{"v": {"duration": 10, "timestamps": [[1, NaN]], "sentences": ["a"]}}', r"a\.json:v\[0\]: end is nan"),
+        ('{"v": {"duration": Infinity, "timestamps": [[1, 4]], "sentences": ["a"]}}', r"a\.json:v: duration is inf"),
+        ('{"v": {"duration": 10, "timestamps": [[-Infinity, 4]], "sentences": ["a"]}}', r"a\.json:v\[0\]: start is -inf"),
+    ],
+)
+def test_activitynet_nan_and_infinity_literals_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    (tmp_path / "a.json").write_text(text)
+    with pytest.raises(AnnotationError, match=match + ", not a finite number"):
+        read_activitynet(tmp_path / "a.json", "train")
+
+
+def test_tacos_and_charades_non_finite_numbers_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "t.json").write_text('{"s1.avi": {"num_frames": 300, "fps": NaN, "timestamps": [[0, 30]], "sentences": ["a"]}}')
+    with pytest.raises(AnnotationError, match=r"t\.json:s1\.avi: fps is nan, not a finite number"):
+        read_tacos(tmp_path / "t.json", "train")
+    (tmp_path / "sta.txt").write_text("AAA 0 1##ok\nAAA nan 2.0##a person sits\n")
+    (tmp_path / "v1.csv").write_text("id,length\nAAA,10\n")
+    with pytest.raises(AnnotationError, match=r"sta\.txt:2: start is nan, not a finite number"):
+        read_split(tmp_path, "charades", "train", ["sta.txt", "v1.csv"])
+    (tmp_path / "sta.txt").write_text("AAA 0 1##ok\n")
+    (tmp_path / "v1.csv").write_text("id,length\nAAA,inf\n")
+    with pytest.raises(AnnotationError, match=r"v1\.csv:2 \(video AAA\): length is inf, not a finite number"):
+        read_split(tmp_path, "charades", "train", ["sta.txt", "v1.csv"])
+
+
+def test_validate_counts_an_infinite_duration_as_missing_and_refuses_nan_times() -> None:
+    """A table not built by the parsers (bring your own): the same rules hold in :func:`validate`."""
+    rows = [dict(video_id="v", duration=math.inf, start=1.0, end=4.0, sentence="s", split="train", source="f:1"),
+            dict(video_id="w", duration=9.0, start=1.0, end=4.0, sentence="s", split="train", source="f:2")]
+    with pytest.raises(AnnotationError, match=r"missing_duration and policy 'fail': f:1 \(video v: duration inf\)"):
+        validate(pd.DataFrame(rows), PolicyConfig())
+    out, counts = validate(pd.DataFrame(rows), PolicyConfig(missing_duration="drop"))
+    assert counts["missing_duration"] == 1 and out["video_id"].tolist() == ["w"]
+    rows[1]["start"] = math.nan
+    with pytest.raises(AnnotationError, match=r"1 pair\(s\) with a non-finite start or end: f:2 \(video w: \[nan, 4\.0\]\)"):
+        validate(pd.DataFrame(rows), PolicyConfig(missing_duration="drop"))
+
+
+def test_annotations_stage_writes_nothing_for_an_infinite_duration(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from fian_pipeline.annotations import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.json").write_text('{"v": {"duration": 10, "timestamps": [[1, 4]], "sentences": ["a man"]},\n'
+                                    ' "w": {"duration": Infinity, "timestamps": [[1, 4]], "sentences": ["a dog"]}}')
+    params = tmp_path / "p.yaml"
+    params.write_text("dataset:\n  format: activitynet\n  splits: {train: [train.json]}\n")
+    out = tmp_path / "out"
+    assert run_stage(main, ["--params", str(params), "--raw", str(raw), "--out", str(out)]) == 1
+    assert "train.json:w: duration is inf, not a finite number" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ word vectors
+
+
+def test_a_row_with_one_number_too_many_is_an_error_not_an_unknown_word(tmp_path: Path) -> None:
+    from fian.data.text import TextError, Vocab, read_glove
+
+    g = tmp_path / "g.txt"
+    g.write_text("person 1 2 3 4\nat 1 2 3 4 5\n")  # word_dim 4: 'at' has 5 numbers
+    with pytest.raises(TextError, match=r"g\.txt:2: 'at' is followed by 5 numbers, expected 4 \(text.word_dim\)"):
+        read_glove(g, Vocab(["person", "at"]), dim=4)
+    # 840B's "words" with spaces still read (their extra fields are not numbers), a trailing space too
+    g.write_text("person 1 2 3 4 \n. . . 5 5 5 5\nat name@domain.com 6 6 6 6\n2010 7 7 7 7\n")
+    hits = read_glove(g, Vocab(["person", ". . .", "at name@domain.com", "2010"]), dim=4)
+    assert [hits.vectors[i].tolist() for i in (2, 3, 4, 5)] == [[1, 2, 3, 4], [5] * 4, [6] * 4, [7] * 4]
+
+
+def test_a_duplicate_word_keeps_its_first_vector_and_is_counted_and_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fian.data.text import Vocab, read_glove
+    from fian_pipeline.text import main
+
+    g = tmp_path / "glove.txt"
+    g.write_text("the 1 0 0 0\nman 0 1 0 0\nruns 0 0 1 0\nman 9 9 9 9\nzebra 1 1 1 1\nzebra 2 2 2 2\n")
+    hits = read_glove(g, Vocab(["the", "man", "runs"]), dim=4)
+    assert hits.duplicates == [("man", 2, 4)]  # zebra is not a vocabulary word: never parsed
+    assert hits.vectors[3].tolist() == [0, 1, 0, 0]
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for split, sentence in (("train", "the man runs"), ("val", "the man")):
+        pd.DataFrame({"video_id": "v", "duration": 9.0, "start": 0.0, "end": 1.0, "sentence": [sentence],
+                      "split": split, "source": [f"{split}.json:v[0]"]}).to_parquet(ann / f"{split}.parquet")
+    params = tmp_path / "p.yaml"
+    params.write_text("text:\n  word_dim: 4\ndataset:\n  splits: {train: [t.json], val: [v.json]}\n")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert run_stage(main, ["--params", str(params), "--annotations", str(ann), "--glove", str(g),
+                                "--out", str(out)]) == 0
+    report = json.loads((out / "coverage.json").read_text())
+    assert report["duplicate_words"] == {"count": 1, "kept": "first", "examples": [["man", 2, 4]]}
+    assert "1 vocabulary word(s) listed more than once, e.g. 'man' (lines 2 and 4)" in caplog.text
+    emb, vocab = np.load(out / "embeddings.npy"), json.loads((out / "vocab.json").read_text())
+    assert emb[vocab.index("man")].tolist() == [0, 1, 0, 0]
