@@ -119,3 +119,76 @@ def test_a_duplicate_word_keeps_its_first_vector_and_is_counted_and_reported(
     assert "1 vocabulary word(s) listed more than once, e.g. 'man' (lines 2 and 4)" in caplog.text
     emb, vocab = np.load(out / "embeddings.npy"), json.loads((out / "vocab.json").read_text())
     assert emb[vocab.index("man")].tolist() == [0, 1, 0, 0]
+
+
+# ------------------------------------------------------------------------------------------ params
+
+
+def test_a_key_given_twice_in_a_params_file_is_an_error_naming_file_key_and_lines(tmp_path: Path) -> None:
+    from fian.config import ConfigError, load_config
+    from fian_pipeline.layers import read_layer
+
+    p = tmp_path / "variant.yaml"
+    p.write_text("train:\n  lr: 0.001\n  epochs: 3\n  lr: 0.1\n")
+    for read in (load_config, read_layer):
+        with pytest.raises(ConfigError, match=r"variant\.yaml: key\(s\) given twice in one mapping: 'train\.lr' at "
+                                              r"lines 2 and 4; YAML would silently keep only the last"):
+            read(p)
+    p.write_text("model: {hidden: 16}\ntrain: {epochs: 2}\nmodel: {heads: 2}\n")  # a whole section twice
+    with pytest.raises(ConfigError, match=r"'model' at lines 1 and 3"):
+        load_config(p)
+    # YAML merge keys may repeat what they merge: that is YAML's rule, not a duplicate
+    p.write_text("x: &a {lr: 0.5}\n")
+    assert read_layer(p) == {"x": {"lr": 0.5}}
+    p.write_text("base: &b {lr: 0.5, epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.25\n")
+    assert read_layer(p)["train"] == {"lr": 0.25, "epochs": 2}
+
+
+def test_a_workflow_config_key_given_twice_is_an_error(tmp_path: Path, repo_root: Path) -> None:
+    from fian_pipeline.common import StageError
+    from fian_pipeline.render import load_plan
+
+    (tmp_path / "c.yaml").write_text("datasets:\n  synthetic: {variants: [fian]}\nparams_dir: params\nparams_dir: p2\n")
+    with pytest.raises(StageError, match=r"c\.yaml: key\(s\) given twice in one mapping: 'params_dir' at lines 3 and 4"):
+        load_plan(tmp_path / "c.yaml", repo_root)
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.lr", ".nan"), ("loss.tau", ".nan"), ("train.grad_clip", ".inf"),
+                                            ("model.dropout", ".nan"), ("eval.iou_thresholds", "[0.5, .nan]"),
+                                            ("text.glove_x_max", "-.inf")])
+def test_non_finite_float_params_are_refused_naming_file_and_key(tmp_path: Path, repo_root: Path,
+                                                                 key: str, value: str) -> None:
+    from fian.config import ConfigError, load_config
+
+    section, name = key.split(".")
+    (tmp_path / "v.yaml").write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"v\.yaml: {key}(\[1\])?: expected a finite number, got -?(nan|inf)"):
+        load_config(repo_root / "params/base.yaml", tmp_path / "v.yaml")
+
+
+@pytest.mark.parametrize(("key", "value", "bound"), [("text.max_query_len", 100_000_000, 512),
+                                                     ("features.num_steps", 10**7, 2048)])
+def test_sizes_that_would_exhaust_memory_are_refused(tmp_path: Path, repo_root: Path, key: str, value: int,
+                                                     bound: int) -> None:
+    from fian.config import ConfigError, load_config
+
+    section, name = key.split(".")
+    (tmp_path / "v.yaml").write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{key} = {value} \(in .*v\.yaml\): must be in \[1, {bound}\]"):
+        load_config(repo_root / "params/base.yaml", tmp_path / "v.yaml")
+    (tmp_path / "v.yaml").write_text(f"{section}:\n  {name}: {bound}\n")  # the bound itself is allowed
+    cfg = load_config(repo_root / "params/base.yaml", tmp_path / "v.yaml")
+    assert getattr(getattr(cfg, section), name) == bound
+
+
+def test_a_params_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path, repo_root: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from fian_pipeline.annotations import main
+
+    data = b"dataset:\n  name: tiny\n  # caf\xe9 au lait\n"  # Latin-1
+    (tmp_path / "d.yaml").write_bytes(data)
+    argv = ["--params", str(repo_root / "params/base.yaml"), str(tmp_path / "d.yaml"), "--raw", str(tmp_path),
+            "--out", str(tmp_path / "out")]
+    assert run_stage(main, argv) == 1
+    assert f"d.yaml: not UTF-8: byte 0xe9 at byte offset {data.index(0xE9)} (line 3)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
