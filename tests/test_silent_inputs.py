@@ -192,3 +192,56 @@ def test_a_params_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path, r
     assert run_stage(main, argv) == 1
     assert f"d.yaml: not UTF-8: byte 0xe9 at byte offset {data.index(0xE9)} (line 3)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- JSON and text input files
+
+DEEP = "[" * 100_000  # Python's JSON parser recurses once per bracket: RecursionError, not a message
+
+
+def _deep_readers(tmp: Path) -> list:
+    from fian.data.dataset import load_embeddings
+    from fian.data.text import Vocab
+    from fian.reports.tables import read_metrics
+    from fian_pipeline.predict import read_queries
+
+    (tmp / "text").mkdir()
+    np.save(tmp / "text/embeddings.npy", np.zeros((2, 4), np.float32))
+    return [(lambda p: read_activitynet(p, "train"), "a.json", DEEP), (Vocab.load, "vocab.json", DEEP),
+            (lambda p: load_embeddings(p.parent), "text/vocab.json", DEEP), (read_metrics, "metrics_val.json", DEEP),
+            (read_queries, "q.jsonl", '{"query": "a", "video": "v.mp4"}\n' + DEEP)]
+
+
+def test_json_nested_too_deeply_is_a_clear_error_naming_the_file(tmp_path: Path) -> None:
+    from fian_pipeline.common import StageError
+
+    for read, name, text in _deep_readers(tmp_path):
+        (tmp_path / name).write_text(text)
+        with pytest.raises((ValueError, StageError), match=rf"{name}(: line 2)?: JSON nested too deeply") as err:
+            read(tmp_path / name)
+        assert (": line 2:" in str(err.value)) == name.endswith(".jsonl")
+
+
+def test_queries_and_coverage_files_that_are_not_utf8_are_named_with_the_line(tmp_path: Path, repo_root: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    from fian_pipeline.common import StageError
+    from fian_pipeline.predict import read_queries
+    from fian_pipeline.prepare import main
+
+    q = tmp_path / "q.jsonl"
+    q.write_bytes(b'{"query": "a man", "video": "a.mp4"}\n{"query": "un caf\xe9", "video": "b.mp4"}\n')
+    with pytest.raises(StageError, match=r"q\.jsonl: not UTF-8: byte 0xe9 at byte offset \d+ \(line 2\)"):
+        read_queries(q)
+    ann, text = tmp_path / "ann", tmp_path / "text"
+    ann.mkdir(), text.mkdir()
+    pd.DataFrame({"video_id": ["v"], "duration": [9.0], "start": [0.0], "end": [1.0], "sentence": ["a man"],
+                  "split": ["train"], "source": ["t.json:v[0]"]}).to_parquet(ann / "train.parquet")
+    (text / "vocab.json").write_text('["<pad>", "<unk>", "a", "man"]')
+    (text / "coverage.json").write_bytes(b'{"glove": "g.txt",\n "oov_words": ["caf\xe9"]}\n')
+    (tmp_path / "d.yaml").write_text("dataset:\n  splits: {train: [t.json]}\n")
+    out = tmp_path / "out"
+    argv = ["--params", str(repo_root / "params/base.yaml"), str(tmp_path / "d.yaml"), "--annotations", str(ann),
+            "--features", str(tmp_path / "none.h5"), "--text", str(text), "--out", str(out)]
+    assert run_stage(main, argv) == 1
+    assert "coverage.json: not UTF-8: byte 0xe9 at byte offset 38 (line 2)" in capsys.readouterr().err  # by hand
+    assert not out.exists()

@@ -109,8 +109,8 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
     try:
         rec = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None  # no usable validator: the .part restarts
     return rec if isinstance(rec, dict) else None
 
 

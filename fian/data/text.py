@@ -99,11 +99,10 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
+        from fian.io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TextError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
+        data = read_json(path, TextError)
         if not isinstance(data, list) or data[:2] != list(SPECIALS):
             raise TextError(f"{path}: expected a JSON list starting with {list(SPECIALS)}")
         try:
