@@ -245,3 +245,41 @@ def test_queries_and_coverage_files_that_are_not_utf8_are_named_with_the_line(tm
     assert run_stage(main, argv) == 1
     assert "coverage.json: not UTF-8: byte 0xe9 at byte offset 38 (line 2)" in capsys.readouterr().err  # by hand
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(tmp_path: Path, repo_root: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Such weights score every candidate NaN: evaluate wrote all-zero metrics with exit 0 and
+    predict printed [] before; now load_checkpoint refuses the file, before anything is written."""
+    import torch
+    from train_helpers import VOCAB, marked_split, tiny_config
+
+    from fian.model.build import build_model
+    from fian.predict import Predictor
+    from fian.train import load_checkpoint, save_checkpoint
+    from fian_pipeline.evaluate import main
+
+    cfg = tiny_config()
+    state = build_model(cfg, vocab_size=VOCAB).state_dict()
+    name = next(k for k, t in state.items() if t.is_floating_point() and t.dim() == 2 and "embed" not in k)
+    poisoned = {**state, name: state[name].clone()}
+    poisoned[name][0, :3] = torch.tensor([math.nan, math.inf, math.nan])
+    ckpt = tmp_path / "checkpoint.pt"
+    save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": state, "best_model": poisoned, "epoch": 1})
+    want = rf"checkpoint\.pt: best_model tensor '{name}' \[\d+, \d+\] holds 3 non-finite value\(s\) \(inf, nan\)"
+    for load in (load_checkpoint, Predictor.from_checkpoint):
+        with pytest.raises(ValueError, match=want):
+            load(ckpt)
+    marked_split().save(tmp_path / "data/val.h5")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text/vocab.json").write_text(json.dumps(["<pad>", "<unk>", *(f"w{i}" for i in range(VOCAB - 2))]))
+    np.save(tmp_path / "text/embeddings.npy", np.zeros((VOCAB, cfg.text.word_dim), np.float32))
+    out = tmp_path / "results"
+    argv = ["--params", str(repo_root / "params/base.yaml"), "--data", str(tmp_path / "data"), "--text",
+            str(tmp_path / "text"), "--checkpoint", str(ckpt), "--split", "val", "--out", str(out), "--device", "cpu"]
+    assert run_stage(main, argv) == 1
+    assert f"best_model tensor '{name}'" in capsys.readouterr().err
+    assert not out.exists()
