@@ -283,3 +283,25 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(tmp_path: Pa
     assert run_stage(main, argv) == 1
     assert f"best_model tensor '{name}'" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------- raw feature files
+
+
+def test_a_dead_writers_temp_is_never_the_feature_file(tmp_path: Path) -> None:
+    from fian.data.features import find_feature_file
+    from fian.io import temp_name
+    from fian_pipeline.extract import find_videos
+
+    temp = tmp_path / temp_name(tmp_path / "mine.h5", ".h5")  # what a writer killed mid-write leaves
+    temp.write_bytes(b"half an HDF5 file")
+    assert temp.name.startswith(".mine.h5.fian-tmp.")
+    with pytest.raises(FileNotFoundError, match=r"expected a single \*\.hdf5/\*\.h5 file for layout i3d_hdf5, found \[\]"):
+        find_feature_file(tmp_path, "i3d_hdf5")  # alone in the folder: it was taken as THE file
+    (tmp_path / "mine.h5").write_bytes(b"the real one")
+    assert find_feature_file(tmp_path, "i3d_hdf5") == tmp_path / "mine.h5"  # not "two candidates"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"v")
+    (videos / temp_name(videos / "clip2.mp4", ".mp4")).write_bytes(b"half a copy")
+    assert find_videos(videos) == {"clip": videos / "clip.mp4"}
