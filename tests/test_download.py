@@ -280,19 +280,26 @@ def test_unchanged_etag_resumes(server, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "last_modified", "resumed"),
-    [(PAYLOAD, LM1, True),  # same Last-Modified and length: the same file
-     (NEW, LM2, False),  # modified (same length)
-     (PAYLOAD + b"more", LM1, False)],  # same Last-Modified but another length
+    ("body", "last_modified", "pinned", "resumed"),
+    [(NEW, LM1, False, False),  # rewritten, same Last-Modified (1 s resolution) and length: was spliced
+     (PAYLOAD, LM1, False, False),  # unchanged, but nothing proves it: restarts all the same
+     (NEW, LM2, False, False),  # modified (same length)
+     (PAYLOAD + b"more", LM1, False, False),  # same Last-Modified but another length
+     (PAYLOAD, LM1, True, True),  # pinned: resumed under If-Range, the sha256 decides at the end
+     (NEW, LM2, True, False)],  # pinned, changed: the server ignores If-Range; its new Last-Modified restarts it
 )
-def test_last_modified_and_length_decide_without_etag(server, tmp_path: Path, body: bytes, last_modified: str,
-                                                      resumed: bool) -> None:
+def test_without_a_strong_etag_an_unpinned_part_restarts(server, tmp_path: Path, body: bytes, last_modified: str,
+                                                         pinned: bool, resumed: bool) -> None:
     dest = begin_part(server, tmp_path, "/m.bin", {"last_modified": LM1})  # the server ignores If-Range
     server.files["/m.bin"], server.validators["/m.bin"]["last_modified"] = body, last_modified
-    f = run(server.url("/m.bin"), dest, None)
+    f = run(server.url("/m.bin"), dest, sha(body) if pinned else None)
     assert dest.read_bytes() == body and f.sha256 == sha(body)
-    assert server.if_range[1] == LM1
-    assert [r for _, r in server.log[1:]] == (["bytes=3000-"] if resumed else ["bytes=3000-", None])
+    if pinned:
+        assert server.if_range[1] == LM1
+        assert [r for _, r in server.log[1:]] == (["bytes=3000-"] if resumed else ["bytes=3000-", None])
+    else:
+        assert server.log[1:] == [("/m.bin", None)]  # no Range, no If-Range: restarted from zero
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
 
 
 def test_no_validator_unpinned_part_restarts(server, tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ One file (:func:`fetch`):
 * a ``.part`` continues only the file it began with: when it begins, the server's validator
   (strong ETag, Last-Modified, full length) is recorded in ``<name>.part.json``; a resume sends
   ``If-Range`` and checks the answer, and continues only while the ETag (or, without one,
-  Last-Modified + length) still matches; otherwise it restarts from zero.  Without any validator
-  an unpinned ``.part`` restarts from zero; a pinned one continues (its sha256 decides).
+  Last-Modified + length) still matches; otherwise it restarts from zero.  An UNPINNED ``.part``
+  resumes only under a strong ETag: with Last-Modified + length alone (a file rewritten within
+  the same second, or to the same size, looks unchanged) or no validator it restarts from zero,
+  since its unverified bytes would become the recorded hash; a pinned one continues (its sha256
+  decides).
 * the target appears only by renaming the ``.part`` once its sha256 matches; a mismatch deletes
   the ``.part`` and raises :class:`ChecksumError`.  An HTTP 4xx (except 416 / 429), or an HTML
   page where a data file was expected (a share page, not a file), deletes it and raises at once.
@@ -125,8 +128,9 @@ def _resume_point(url: str, part: Path, pinned: bool) -> tuple[int, dict[str, An
     """Bytes of ``part`` that may be continued, and the validator they were begun with.
 
     A ``.part`` continues only when its validator (recorded when it began) names the same URL and
-    one that the server still has; a pinned sha256 also lets a ``.part`` without any validator
-    continue (the checksum decides at the end).  Otherwise the ``.part`` is deleted.
+    the server still has it: for an unpinned source only a strong ETag is such a validator
+    (Last-Modified + length is not: it restarts); a pinned sha256 lets a ``.part`` with any or no
+    validator continue (the checksum decides at the end).  Otherwise the ``.part`` is deleted.
     """
     have = part.stat().st_size if part.exists() else 0
     if not have:
@@ -134,11 +138,16 @@ def _resume_point(url: str, part: Path, pinned: bool) -> tuple[int, dict[str, An
     rec = _read_meta(_meta_path(part))
     if rec is not None and rec.get("url") != url:
         _restart(part, url, f"{part} was begun from another URL ({rec.get('url')})")
-    elif _has_validator(rec) or pinned:
+    elif pinned or (rec is not None and rec.get("etag")):
         return have, rec if _has_validator(rec) else None
+    elif _has_validator(rec):  # Last-Modified + length: a second-granular date and a size, not the bytes
+        _restart(part, url, f"{part} was begun under Last-Modified {rec['last_modified']} and length {rec['length']} "
+                            "only: without a strong ETag or a pinned sha256 nothing proves the bytes it holds are "
+                            "the server's now (a file rewritten in the same second, or with the same size, would be "
+                            "spliced)")
     else:
-        _restart(part, url, f"{part} has no recorded ETag or Last-Modified + length to prove the server's file "
-                            "is unchanged, and no pinned sha256")
+        _restart(part, url, f"{part} has no recorded strong ETag to prove the server's file is unchanged, and no "
+                            "pinned sha256")
     return 0, None
 
 
