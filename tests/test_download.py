@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import threading
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,6 +218,47 @@ def test_archive_member_outside_out_dir_is_refused(server, tmp_path: Path) -> No
     with pytest.raises(DownloadError, match="outside"):
         download_sources([src], tmp_path / "out", backoff=0, progress=False)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def _archive(kind: str, members: list[tuple[str, bytes]]) -> Path:
+    """A .zip or .tar.gz holding ``members`` in order (a name may repeat: zip and tar allow it)."""
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile warns "Duplicate name": that is the test
+            for n, b in members:
+                z.writestr(n, b)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for n, b in members:
+                info = tarfile.TarInfo(n)
+                info.size = len(b)
+                t.addfile(info, io.BytesIO(b))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_member_paths_are_normalised_and_a_repeated_member_refused(tmp_path: Path, kind: str) -> None:
+    """``a/../b.txt`` and a member listed twice gave an uncaught FileNotFoundError."""
+    from fian.data.download import extract
+
+    archive = tmp_path / f"x.{kind}"
+    archive.write_bytes(_archive(kind, [("a/../b.txt", b"B"), ("./c/d.txt", b"D")]))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert extract(archive, out) == [out / "b.txt", out / "c/d.txt"]
+    assert (out / "b.txt").read_bytes() == b"B" and (out / "c/d.txt").read_bytes() == b"D"
+    for members, why in (([("x.txt", b"1"), ("y.txt", b"2"), ("x.txt", b"3")], r"member 'x\.txt' listed twice"),
+                         ([("b2.txt", b"1"), ("a/../b2.txt", b"2")],
+                          r"member 'a/\.\./b2\.txt' and 'b2\.txt' name the same file 'b2\.txt'"),
+                         ([("a/../../up.txt", b"1")], r"member 'a/\.\./\.\./up\.txt' would be written outside")):
+        archive.write_bytes(_archive(kind, members))
+        fresh = tmp_path / f"fresh-{len(list(tmp_path.iterdir()))}"
+        fresh.mkdir()
+        with pytest.raises(DownloadError, match=rf"x\.{kind.replace('.', '[.]')}: {why}"):
+            extract(archive, fresh)
+        assert list(fresh.iterdir()) == []  # nothing extracted, no temp folder left
+    assert not (tmp_path / "up.txt").exists()
 
 
 def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import http.client
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -291,8 +292,32 @@ def _safe_target(root: Path, name: str, archive: Path) -> Path:
     return target
 
 
+def _member_paths(names: list[str], archive: Path, root: Path) -> list[str]:
+    """Each member's normalised relative path (``a/../b.txt`` -> ``b.txt``, ``./x`` -> ``x``); a
+    member outside ``root`` (absolute, ``..``) or two members with one path (listed twice, or
+    ``b.txt`` and ``a/../b.txt``) is refused naming the archive and the member."""
+    out: list[str] = []
+    first: dict[str, str] = {}
+    for name in names:
+        norm = posixpath.normpath(name)
+        if norm.startswith("/") or norm == ".." or norm.startswith("../") or norm == ".":
+            raise DownloadError(f"{archive}: member {name!r} would be written outside {root}; refused")
+        _safe_target(root, norm, archive)  # no escape through a symlink already in root either
+        if norm in first:
+            same = "listed twice" if first[norm] == name else f"and {first[norm]!r} name the same file {norm!r}"
+            raise DownloadError(f"{archive}: member {name!r} {same}: which copy is meant is ambiguous; refused "
+                                "(nothing extracted)")
+        first[norm] = name
+        out.append(norm)
+    return out
+
+
 def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
-    """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members)."""
+    """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members).
+
+    Only regular files are extracted (their bytes, streamed to their normalised paths: see
+    :func:`_member_paths`); every member is checked before the first byte is written.
+    """
     archive, out_dir = Path(archive), Path(out_dir)
     from fian.io import remove_stale_temps, temp_name
 
@@ -301,26 +326,33 @@ def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
     tmp = out_dir / temp_name(staging, ".d")
     tmp.mkdir()
     try:
-        if archive.suffix == ".zip":
-            with zipfile.ZipFile(archive) as z:
-                names = [m for m in z.namelist() if not m.endswith("/")]
-                for m in names:
-                    _safe_target(out_dir, m, archive)
-                z.extractall(tmp)
-        elif archive.name.endswith((".tar.gz", ".tgz")):
-            with tarfile.open(archive) as t:
-                members = [m for m in t.getmembers() if m.isfile()]
-                names = [m.name for m in members]
-                for m in names:
-                    _safe_target(out_dir, m, archive)
-                t.extractall(tmp, members=members, filter="data")
-        else:
-            raise DownloadError(f"{archive}: not an archive this stage extracts (.zip, .tar.gz, .tgz)")
+        with contextlib.ExitStack() as stack:
+            if archive.suffix == ".zip":
+                z: Any = stack.enter_context(zipfile.ZipFile(archive))
+                members = [m for m in z.infolist() if not m.is_dir()]
+                names = _member_paths([m.filename for m in members], archive, out_dir)
+                open_member = z.open
+            elif archive.name.endswith((".tar.gz", ".tgz")):
+                z = stack.enter_context(tarfile.open(archive))
+                members = [m for m in z.getmembers() if m.isfile()]  # no links, devices, folders
+                names = _member_paths([m.name for m in members], archive, out_dir)
+                open_member = z.extractfile
+            else:
+                raise DownloadError(f"{archive}: not an archive this stage extracts (.zip, .tar.gz, .tgz)")
+            for m, name in zip(members, names, strict=True):
+                dst = tmp / name
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    with open_member(m) as src, open(dst, "wb") as f:
+                        shutil.copyfileobj(src, f, CHUNK)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+                    raise DownloadError(f"{archive}: member {name!r} clashes with another member ({e}); "
+                                        "refused") from None
         out = []
-        for m in names:
-            target = _safe_target(out_dir, m, archive)
+        for name in names:
+            target = _safe_target(out_dir, name, archive)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / m, target)
+            os.replace(tmp / name, target)
             out.append(target)
         return out
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
