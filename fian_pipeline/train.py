@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.evaluate import protocol_info
     from fian.losses import build_loss, training_moments
     from fian.model.build import build_model
-    from fian.tracking import build_tracker, data_hashes
+    from fian.tracking import build_tracker, data_hashes, redact
     from fian.train import NonFiniteLossError, fit, seed_everything
 
     # a cancelled job (Snakemake, SLURM, torchrun send SIGTERM) unwinds: the MLflow run ends KILLED
@@ -163,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
                     with tempfile.TemporaryDirectory() as tmp:
                         cfg_file = Path(tmp) / "config.yaml"
-                        cfg_file.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+                        plain: dict = _plain(cfg.to_dict())  # type: ignore[assignment]
+                        plain["tracking"]["tracking_uri"] = redact(plain["tracking"]["tracking_uri"])  # no password
+                        cfg_file.write_text(yaml.safe_dump(plain, sort_keys=False))
                         tracker.log_artifact(cfg_file)
                     for name in ("history.csv", "train_metrics.json", "checkpoint.pt"):
                         tracker.log_artifact(args.out / name)

@@ -305,3 +305,41 @@ def test_a_dead_writers_temp_is_never_the_feature_file(tmp_path: Path) -> None:
     (videos / "clip.mp4").write_bytes(b"v")
     (videos / temp_name(videos / "clip2.mp4", ".mp4")).write_bytes(b"half a copy")
     assert find_videos(videos) == {"clip": videos / "clip.mp4"}
+
+
+# ------------------------------------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("at http://user:tok3n@host:5000 now", "at http://user:***@host:5000 now"),
+    ("https://alice:p@ss:w0rd@mlflow.example.org/x?y=1", "https://alice:***@mlflow.example.org/x?y=1"),  # raw @
+    ("http://tok3n@host/", "http://***@host/"),
+    ("postgresql://u:pw@db:5432/mlflow", "postgresql://u:***@db:5432/mlflow"),
+    ("https://h/x?token=abc&y=2&X-Amz-Signature=zz", "https://h/x?token=***&y=2&X-Amz-Signature=***"),
+    ("sqlite:///mlflow.db, file:///a/b@c, http://host:5000/a@b, user@example.com", None),  # nothing secret
+])
+def test_redact_hides_the_credentials_of_uris(text: str, want: str | None) -> None:
+    from fian.tracking import redact
+
+    assert redact(text) == (text if want is None else want)
+
+
+def test_stage_errors_and_log_lines_are_redacted(capsys: pytest.CaptureFixture) -> None:
+    import logging
+    import sys
+
+    from fian.tracking import RedactingFormatter
+
+    def failing(argv: object) -> int:
+        raise OSError("API request to http://fian-user:s3cret@127.0.0.1:5000/api/2.0/mlflow/runs/create failed")
+
+    assert run_stage(failing, []) == 1
+    assert capsys.readouterr().err == ("error: API request to http://fian-user:***@127.0.0.1:5000/api/2.0/mlflow/"
+                                       "runs/create failed\n")
+    try:
+        raise RuntimeError("no route to http://u:s3cret@h")
+    except RuntimeError:
+        record = logging.LogRecord("fian", logging.ERROR, __file__, 1, "store %s", ("http://u:s3cret@h",),
+                                   exc_info=sys.exc_info())
+    text = RedactingFormatter(logging.Formatter("%(message)s")).format(record)
+    assert "s3cret" not in text and text.startswith("store http://u:***@h") and "RuntimeError: no route to http://u:***@h" in text
