@@ -168,6 +168,10 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     with urllib.request.urlopen(f"{server}/get-artifact?path=config.yaml&run_uuid={run['info']['run_id']}") as r:
         logged_config = r.read().decode()
     assert "tracking_uri: http://fian-user:***@127.0.0.1" in logged_config and SECRET not in logged_config
+    from fian.train import load_checkpoint
+
+    stored = load_checkpoint(tmp_path / "results/tiny/fian/checkpoint.pt")["config"]  # logged to the server too
+    assert stored["tracking"]["tracking_uri"] == params["tracking.tracking_uri"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert "loss" in metrics and any(k.startswith("val/") for k in metrics), sorted(metrics)
     history = _get(
