@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from fian.data.batch import Batch
-from fian.io import atomic_path, read_json
+from fian.io import atomic_path, loads_json, read_json
 
 FORMAT_VERSION = 1
 RECORD_COLUMNS = ("video_id", "sentence", "start", "end", "duration", "source")
@@ -234,7 +234,7 @@ class GroundingSplit:
                         else values
                     )
                 num_steps = int(f.attrs["num_steps"])
-                attrs = json.loads(f.attrs.get("attrs_json", "{}"))
+                attrs = loads_json(f.attrs.get("attrs_json", "{}"), f"{path}: attrs_json", SplitError)
             except (OSError, RuntimeError, KeyError) as e:
                 raise SplitError(f"{path}: cannot read (corrupt?): {e}") from None
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in arrays.pop("video_ids")]

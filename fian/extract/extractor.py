@@ -309,7 +309,7 @@ def load_part(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         with np.load(path) as z:
             return z["features"], json.loads(str(z["attrs"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RecursionError) as e:
         raise ValueError(f"{path}: unreadable part file (delete it to re-extract that video): {e}") from None
 
 
