@@ -29,6 +29,7 @@ if not config:
 
 
 # the config's schema first, then every params layer the config uses (clear error naming file/key)
+R.check_config_files(workflow.configfiles)  # a key given twice, a byte that is not UTF-8
 validate(config, "workflow/schemas/config.schema.json")
 PLAN = R.plan_from_config(config)
 # files that only a person can fetch (share pages): said now, before any job runs (dry runs too)

@@ -14,6 +14,7 @@ type or an out-of-range value raises :class:`ConfigError` naming the file and th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -250,6 +251,12 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
+# upper bounds of the keys that size an allocation (ours): far above any setting of the paper, far
+# below what would exhaust memory before a clear message could say why
+MAX_QUERY_LEN = 512
+MAX_NUM_STEPS = 2048
+
+
 def _check_range(cfg: Config) -> None:
     m, tr, lo, fe, te = cfg.model, cfg.train, cfg.loss, cfg.features, cfg.text
     problems: list[tuple[str, str]] = []
@@ -295,15 +302,17 @@ def _check_range(cfg: Config) -> None:
         problems.append(("loss.offset_unit", "the cmin head regresses offsets in steps (as CMIN, in frames)"))
     if tr.sync_every < 1:
         problems.append(("train.sync_every", "must be >= 1"))
-    if fe.num_steps < 1:
-        problems.append(("features.num_steps", "must be >= 1"))
+    if not 1 <= fe.num_steps <= MAX_NUM_STEPS:
+        problems.append(("features.num_steps", f"must be in [1, {MAX_NUM_STEPS}] (S4.3 uses 64 and 200; a prepared "
+                                               "split holds [videos, num_steps, feature_dim] floats)"))
     for key, bad, rule in (("glove_epochs", te.glove_epochs < 0, ">= 0"), ("glove_window", te.glove_window < 1, ">= 1"),
                            ("glove_x_max", te.glove_x_max <= 0, "> 0"), ("glove_lr", te.glove_lr <= 0, "> 0"),
                            ("glove_batch_size", te.glove_batch_size < 1, ">= 1")):
         if bad:
             problems.append((f"text.{key}", f"must be {rule}"))
-    if te.max_query_len < 1:
-        problems.append(("text.max_query_len", "must be >= 1"))
+    if not 1 <= te.max_query_len <= MAX_QUERY_LEN:
+        problems.append(("text.max_query_len", f"must be in [1, {MAX_QUERY_LEN}] (the longest query of the releases "
+                                               "has 82 words; the token table is [queries, max_query_len])"))
     if any(not 0 < t < 1 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
     elif cfg.eval.nms == "per_level" and any(t < 0.05 for t in cfg.eval.iou_thresholds):
@@ -390,6 +399,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf pass every range check written as 'not x < 0'
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -426,14 +437,62 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def _duplicate_keys(node: Any, loader: yaml.SafeLoader, prefix: str = "") -> list[tuple[str, int, int]]:
+    """``(dotted key, first line, repeated line)`` for each key given twice in one mapping of ``node``."""
+    out: list[tuple[str, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' may repeat: YAML's own rule
+                continue
+            key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None:
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the constructor's own error names it
+                    first = line
+                if first != line:
+                    out.append((dotted, first, line))
+            out += _duplicate_keys(value_node, loader, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, loader, f"{prefix}[{i}]")
+    return out
+
+
+def load_yaml(path: str | Path, error: type[Exception] = ValueError, what: str = "file") -> Any:
+    """A YAML file read as ``yaml.safe_load`` does (data, never code), but strict: a byte that is not
+    UTF-8, or a key given twice in one mapping (YAML keeps the last one silently), raises ``error``
+    naming the file, the line and the (dotted) key.  Every params / workflow config reader uses it."""
+    from fian.io import read_utf8
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = read_utf8(path, error)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
+        raise error(f"{path}: {what} not found") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        dups = _duplicate_keys(node, loader)
+        if dups:
+            where = "; ".join(f"{k!r} at lines {a} and {b}" for k, a, b in dups[:5])
+            raise error(f"{path}: key(s) given twice in one mapping: {where}{' ...' * (len(dups) > 5)}; YAML would "
+                        "silently keep only the last: remove one")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise error(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    data = load_yaml(path, ConfigError, "params file")
     if data is None:
         return {}
     if not isinstance(data, dict):

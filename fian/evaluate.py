@@ -280,7 +280,7 @@ def write_predictions(path: str | Path, frame: pd.DataFrame) -> None:
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """Read a predictions file back; a malformed line raises naming the file and line number."""
     rows = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             try:
                 r = json.loads(line)
@@ -296,8 +296,9 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
                         "scores": [float("-inf") if s is None else s for s in r["scores"]],
                     }
                 )
-            except (ValueError, KeyError, TypeError, IndexError) as e:
-                raise ValueError(f"{path}: line {i}: not a predictions record ({e})") from None
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+                why = "JSON nested too deeply" if isinstance(e, RecursionError) else e
+                raise ValueError(f"{path}: line {i}: not a predictions record ({why})") from None
     return pd.DataFrame(rows)
 
 

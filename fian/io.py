@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,44 @@ def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_utf8(path: str | Path, error: type[Exception] = ValueError, *, data: bytes | None = None) -> str:
+    """The file (or its bytes ``data``) decoded as UTF-8, a leading BOM dropped; a byte that is not
+    UTF-8 raises ``error`` naming the file, the line and the byte offset."""
+    path = Path(path)
+    if data is None:
+        data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}: not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}): "
+                    f"{e.reason}; save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def loads_json(text: str, where: str | Path, error: type[Exception] = ValueError, *, first_line: int = 1,
+               **kwargs: Any) -> Any:
+    """``json.loads(text, **kwargs)``; malformed or too deeply nested JSON raises ``error`` naming
+    the file ``where`` and the line (``first_line``: the file's line number of the text's first
+    line, for one line of a JSON-lines file).
+
+    (Python's parser recurses once per ``[`` / ``{``: 100,000 of them raise RecursionError, which
+    no stage would otherwise report as a bad input.)"""
+    try:
+        return json.loads(text, **kwargs)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: line {first_line + e.lineno - 1} column {e.colno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        at = f": line {first_line}" if first_line != 1 else ""
+        raise error(f"{where}{at}: JSON nested too deeply (arrays/objects inside one another beyond Python's "
+                    f"recursion limit {sys.getrecursionlimit()}): not a file this project reads") from None
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError, **kwargs: Any) -> Any:
+    """A JSON file: :func:`read_utf8` then :func:`loads_json` (errors name the file and the line)."""
+    return loads_json(read_utf8(path, error), path, error, **kwargs)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -64,6 +64,7 @@ _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 WORKFLOW_ENV = "FIAN_WORKFLOW_RUN"  # one id per workflow invocation (the Snakefile sets it)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3: the model-training view
 RETRY_S = 120.0  # how long a write keeps retrying on "database is locked"
+SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # MLflow's own print of the run URL (with the URI's password)
 T = TypeVar("T")
 
 
@@ -109,6 +110,46 @@ def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
             name = f.relative_to(p.parent).as_posix()
             tags[f"data_sha256.{name}"] = sha256_file(f)
     return tags
+
+
+# credentials in a URI: the userinfo of scheme://user:password@host (up to the LAST @ before the
+# path, as URL parsers split it) and secret-looking query values (?token=..., &sig=...)
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]*(?:@[^/\s@]*)*)@(?=[^/\s@]*(?:[/?#\s]|$))")
+_SECRET_QUERY = re.compile(r"([?&;](?:access_token|token|password|passwd|pwd|secret|api_key|apikey|key|sig|signature|"
+                           r"auth|authorization|credential|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
+                           r"[^&;#\s\"']+", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it replaced by ``***``:
+    ``http://user:token@host`` -> ``http://user:***@host``, ``http://token@host`` ->
+    ``http://***@host``, ``?token=abc`` -> ``?token=***``.  Used wherever a URI may be printed or
+    logged (the stage logs, MLflow params, error messages): a tracking server's password must not
+    land in every job's log."""
+    def userinfo(m: re.Match[str]) -> str:
+        user, sep, _ = m[2].partition(":")
+        return f"{m[1]}{user}:{REDACTED}@" if sep else f"{m[1]}{REDACTED}@"
+
+    return _SECRET_QUERY.sub(rf"\g<1>{REDACTED}", _USERINFO.sub(userinfo, text))
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as ``inner`` does (message, traceback, stack), then :func:`redact` s the text."""
+
+    def __init__(self, inner: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def redact_handlers(logger: logging.Logger) -> None:
+    """Wrap the formatter of each of ``logger``'s handlers in a :class:`RedactingFormatter` (once)."""
+    for h in logger.handlers:
+        if not isinstance(h.formatter, RedactingFormatter):
+            h.setFormatter(RedactingFormatter(h.formatter))
 
 
 def resolve_uri(configured: str) -> str:
@@ -230,6 +271,7 @@ class Tracker:
         self._mlflow: Any = None
         self._client: Any = None
         self._env_uri: str | None = None
+        self._env_suppress: str | None | bool = False  # False: not changed by us
         if not enabled:
             log.info("MLflow tracking is off (tracking.enabled: false): %s is not logged", self.job)
 
@@ -241,6 +283,10 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         prepare_store(self.uri)
+        redact_handlers(logging.getLogger("mlflow"))  # MLflow's own handler (it does not propagate)
+        if redact(self.uri) != self.uri:  # MLflow prints "View run <name> at: <the URI>/#/..." on stdout
+            self._env_suppress = os.environ.get(SUPPRESS_URL_ENV)
+            os.environ[SUPPRESS_URL_ENV] = "true"
         self._mlflow = mlflow
         # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ, which would then win
         # over the configured URI of every later Tracker of this process: put it back on exit
@@ -266,7 +312,7 @@ class Tracker:
             run = retry(lambda: mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name,
                                                  tags=tags), "start the run")  # fmt: skip
         self.run_id = run.info.run_id
-        log.info("MLflow run %s (%s) at %s", self.run_name, self.run_id, self.uri)
+        log.info("MLflow run %s (%s) at %s", self.run_name, self.run_id, redact(self.uri))
         same_job = {"fian.job": self.job, **({"fian.out": self.out} if self.out else {"fian.project": tags["fian.project"]})}
         self.end_stale_runs(same_job)
         with store_lock(self.uri):
@@ -330,6 +376,12 @@ class Tracker:
                     os.environ.pop("MLFLOW_TRACKING_URI", None)
                 else:
                     os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
+                if self._env_suppress is not False:
+                    if self._env_suppress is None:
+                        os.environ.pop(SUPPRESS_URL_ENV, None)
+                    else:
+                        os.environ[SUPPRESS_URL_ENV] = str(self._env_suppress)
+                    self._env_suppress = False
 
     def _settle(self, parent_id: str, experiment_id: str | None = None, orphan: bool = False) -> str | None:
         """End the parent run when none of its jobs runs any more: FINISHED, or the worst status.
@@ -403,10 +455,11 @@ class Tracker:
 
     # -- logging --------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Params once per run (``Config.flat()``); values are stringified (tuples, None)."""
+        """Params once per run (``Config.flat()``); values are stringified (tuples, None), and the
+        credentials of a URI among them (``tracking.tracking_uri``) redacted (:func:`redact`)."""
         if self._mlflow is None:
             return
-        clean = {k: str(v) for k, v in params.items()}
+        clean = {k: redact(str(v)) for k, v in params.items()}
         retry(lambda: self._mlflow.log_params(clean), "log params")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

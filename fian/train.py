@@ -213,7 +213,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("config", "model", "best_model", "epoch") if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
+    check_finite_weights(ckpt, path)
     return ckpt
+
+
+def check_finite_weights(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Raise ``ValueError`` naming the file and the first tensor of ``model`` / ``best_model`` that
+    holds NaN or inf: such weights make every score NaN, and evaluation would write all-zero metrics
+    (a NaN never beats a threshold) and prediction an empty list, both with exit 0."""
+    for part in ("best_model", "model"):
+        state = ckpt[part]
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: {part} is a {type(state).__name__}, not a state dict")
+        for name, t in state.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = ~torch.isfinite(t)
+                kinds = sorted({"nan" if v != v else ("inf" if v > 0 else "-inf") for v in t[bad][:1000].tolist()})
+                raise ValueError(f"{path}: {part} tensor {name!r} {list(t.shape)} holds {int(bad.sum())} non-finite "
+                                 f"value(s) ({', '.join(kinds)}): the checkpoint is corrupt or its training diverged; "
+                                 "refusing to evaluate or predict with it (retrain, or resume from an earlier state)")
 
 
 def build_model_from_checkpoint(

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from fian.config import Config, ConfigError, load_config
 
@@ -62,8 +63,24 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def setup_logging() -> None:
+    """INFO logging on stderr (the stage's log); every line, and an uncaught traceback, passes
+    :func:`fian.tracking.redact` (a tracking URI's password never reaches a log)."""
+    from fian.tracking import RedactingFormatter
+
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(RedactingFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _redacted_traceback
+
+
+def _redacted_traceback(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    import traceback
+
+    from fian.tracking import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
 
 
 def warn_loud(message: str) -> None:
@@ -104,6 +121,8 @@ def run_stage(main: Callable[[Sequence[str] | None], int | None], argv: Sequence
     try:
         code = main(argv)
     except (StageError, ConfigError, ValueError, FileNotFoundError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from fian.tracking import redact
+
+        print(redact(f"error: {e}"), file=sys.stderr)
         return 1
     return int(code or 0)

@@ -11,7 +11,6 @@ says so.  The finished run is recorded in dvc.lock (``dvc commit``) so that ``dv
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fian.io import read_json
 from fian_pipeline import registry as R
 from fian_pipeline.common import command_parser
 from fian_pipeline.render import DEFAULT_CONFIG, check, load_plan, rendered_files
@@ -46,7 +46,7 @@ def headline(results: Path, dataset: str, variants: Sequence[str], split: str) -
         if not path.exists():
             rows.append(f"{label:<30}  (not run: {path} missing)")
             continue
-        m = json.loads(path.read_text())
+        m = read_json(path)
         rows.append(
             f"{label:<30}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
         )

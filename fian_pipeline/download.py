@@ -4,9 +4,10 @@
         --kind annotations|features|glove --out DIR
 
 Sources come from ``dataset.annotation_sources``, ``dataset.feature_sources`` or ``text.glove``.
-Downloads resume from ``<name>.part`` (HTTP Range; only while the server's ETag, or Last-Modified
-+ length, still match those recorded in ``<name>.part.json`` when the ``.part`` began; otherwise
-from zero), retry with backoff, and the file appears only once its sha256 matches.  A source without a published sha256 is downloaded with a loud
+Downloads resume from ``<name>.part`` (HTTP Range; only while the server's ETag, or for a pinned
+source Last-Modified + length, still match those recorded in ``<name>.part.json`` when the
+``.part`` began; an unpinned source resumes only under a strong ETag; otherwise from zero), retry
+with backoff, and the file appears only once its sha256 matches.  A source without a published sha256 is downloaded with a loud
 warning and its computed hash is recorded in ``DIR/SHA256SUMS``; later runs verify against it.
 Archives (.zip, .tar.gz, split ``.part-NN`` zips) are extracted into ``DIR`` after verification.
 """

@@ -28,12 +28,13 @@ log = logging.getLogger("fian.extract")
 
 
 def find_videos(folder: Path) -> dict[str, Path]:
-    """video id (file stem) -> file, for the video files directly in ``folder``."""
+    """video id (file stem) -> file, for the video files directly in ``folder`` (hidden files, such as
+    a killed copy's temp or macOS's ``._clip.mp4``, are not videos)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: video folder not found")
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES:
+        if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES and not f.name.startswith("."):  # no temps
             if f.stem in found:
                 raise StageError(
                     f"{folder}: two files for video id {f.stem!r}: {found[f.stem].name}, {f.name}"

@@ -49,13 +49,12 @@ def read_queries(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: queries file not found")
     items = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    from fian.io import loads_json, read_utf8
+
+    for i, line in enumerate(read_utf8(path, StageError).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StageError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+        obj = loads_json(line, path, StageError, first_line=i)
         if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
             raise StageError(f"{path}: line {i}: expected an object with a string 'query'")
         if ("video" in obj) == ("features" in obj):

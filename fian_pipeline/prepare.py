@@ -15,7 +15,6 @@ written; counts go to ``<out>/counts.json``.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fian.io import read_json
 from fian_pipeline.common import StageError, load, log, parser, run_stage
 
 RECORD_COLUMNS = ("video_id", "sentence", "start", "end", "duration", "source")
@@ -152,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"{path}: not found (run the text stage)")
     vocab = Vocab.load(vocab_path)
     try:
-        oov_words = json.loads(coverage_path.read_text())["oov_words"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        oov_words = read_json(coverage_path, StageError)["oov_words"]
+    except (KeyError, TypeError) as e:
         raise StageError(f"{coverage_path}: expected a JSON object with 'oov_words': {e}") from None
     known = known_mask(vocab, oov_words)  # [V] bool: words with a word vector
     with FeatureStore(args.features) as store:

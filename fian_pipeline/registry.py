@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fian.config import ConfigError, load_config, load_params
+from fian.config import ConfigError, load_config, load_params, load_yaml
 
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
@@ -480,6 +480,13 @@ def check_dataset_file(path: str | Path, name: str) -> None:
         )
     if data["dataset"]["name"] != name:
         raise ConfigError(f"{path}: dataset.name is {data['dataset']['name']!r}, but the file is {name!r}")
+
+
+def check_config_files(paths: Sequence[str | Path]) -> None:
+    """The workflow config files Snakemake read (``workflow.configfiles``), read again strictly
+    (:func:`fian.config.load_yaml`): Snakemake's own reader keeps the last of a key given twice."""
+    for p in paths:
+        load_yaml(p, ConfigError, "workflow config")
 
 
 def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from fian.config import load_yaml
 from fian.io import write_text
 from fian_pipeline import registry as R
 from fian_pipeline.common import StageError, command_parser, run_stage
@@ -263,10 +264,7 @@ def load_plan(config_path: str | Path, root: Path = Path(".")) -> R.Plan:
     import jsonschema
 
     path = root / config_path
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise StageError(f"{path}: workflow config not found") from None
+    config = load_yaml(path, StageError, "workflow config") or {}
     schema = json.loads((root / "workflow/schemas/config.schema.json").read_text())
     try:
         jsonschema.validate(config, schema)

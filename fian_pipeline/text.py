@@ -105,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "vocab_train_words": len(train_vocab) - 2, "vocab_added_words": len(added), "added_words": added[:50],
               **coverage(vocab, hits, tokens["train"], types_upto=len(train_vocab)), "splits": {},
               "oov_words": sorted(w for i, w in enumerate(vocab.itos) if i >= 2 and i not in hits.vectors)}
+    repeated = [[w, kept, dropped] for w, kept, dropped in hits.duplicates if w in vocab.stoi]
+    report["duplicate_words"] = {"count": len(repeated), "kept": "first", "examples": repeated[:20]}
+    if repeated:
+        shown = ", ".join(f"{w!r} (lines {a} and {b})" for w, a, b in repeated[:5])
+        log.warning("%s: %d vocabulary word(s) listed more than once, e.g. %s: the first vector of each is used, "
+                    "the repeats are ignored (coverage.json duplicate_words)", glove_path, len(repeated), shown)
     dups = near_duplicates(vocab, hits, threshold=NEAR_DUPLICATE_COS)
     report["near_duplicate_vectors"] = {"threshold": NEAR_DUPLICATE_COS, "pairs": len(dups),
                                         "examples": [[a, b, round(c, 4)] for a, b, c in dups[:20]]}

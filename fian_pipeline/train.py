@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from fian.config import Config
 from fian.io import atomic_path, write_json
 from fian_pipeline.common import (
     StageError,
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps,
                         checkpoint=state.live if state is not None else ckpt_path,
                         resume_from=start[1] if start is not None else None, extra=extra,
-                        on_epoch=on_epoch, config=cfg.to_dict(), device=device, dist_info=info,
+                        on_epoch=on_epoch, config=stored_config(cfg), device=device, dist_info=info,
                     )  # fmt: skip
                 except NonFiniteLossError as e:
                     raise StageError(f"{train_path}: {e}") from e
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
                     with tempfile.TemporaryDirectory() as tmp:
                         cfg_file = Path(tmp) / "config.yaml"
-                        cfg_file.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+                        cfg_file.write_text(yaml.safe_dump(_plain(stored_config(cfg)), sort_keys=False))
                         tracker.log_artifact(cfg_file)
                     for name in ("history.csv", "train_metrics.json", "checkpoint.pt"):
                         tracker.log_artifact(args.out / name)
@@ -250,6 +251,17 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
     text = {k: v for k, v in summary.items() if k not in numbers}
     write_json(out / "train_info.json", {**text, "protocol": protocol})  # the val/ metrics' protocol, text
     return summary
+
+
+def stored_config(cfg: Config) -> dict:
+    """``cfg.to_dict()`` as the checkpoint and the run's config.yaml artifact keep it: a password in
+    ``tracking.tracking_uri`` redacted (both are logged to the tracking server; the model does not
+    depend on the key)."""
+    from fian.tracking import redact
+
+    d = cfg.to_dict()
+    d["tracking"]["tracking_uri"] = redact(d["tracking"]["tracking_uri"])
+    return d
 
 
 def _plain(obj: object) -> object:

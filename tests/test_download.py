@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import threading
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,47 @@ def test_archive_member_outside_out_dir_is_refused(server, tmp_path: Path) -> No
     assert not (tmp_path / "escape.txt").exists()
 
 
+def _archive(kind: str, members: list[tuple[str, bytes]]) -> Path:
+    """A .zip or .tar.gz holding ``members`` in order (a name may repeat: zip and tar allow it)."""
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile warns "Duplicate name": that is the test
+            for n, b in members:
+                z.writestr(n, b)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for n, b in members:
+                info = tarfile.TarInfo(n)
+                info.size = len(b)
+                t.addfile(info, io.BytesIO(b))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_member_paths_are_normalised_and_a_repeated_member_refused(tmp_path: Path, kind: str) -> None:
+    """``a/../b.txt`` and a member listed twice gave an uncaught FileNotFoundError."""
+    from fian.data.download import extract
+
+    archive = tmp_path / f"x.{kind}"
+    archive.write_bytes(_archive(kind, [("a/../b.txt", b"B"), ("./c/d.txt", b"D")]))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert extract(archive, out) == [out / "b.txt", out / "c/d.txt"]
+    assert (out / "b.txt").read_bytes() == b"B" and (out / "c/d.txt").read_bytes() == b"D"
+    for members, why in (([("x.txt", b"1"), ("y.txt", b"2"), ("x.txt", b"3")], r"member 'x\.txt' listed twice"),
+                         ([("b2.txt", b"1"), ("a/../b2.txt", b"2")],
+                          r"member 'a/\.\./b2\.txt' and 'b2\.txt' name the same file 'b2\.txt'"),
+                         ([("a/../../up.txt", b"1")], r"member 'a/\.\./\.\./up\.txt' would be written outside")):
+        archive.write_bytes(_archive(kind, members))
+        fresh = tmp_path / f"fresh-{len(list(tmp_path.iterdir()))}"
+        fresh.mkdir()
+        with pytest.raises(DownloadError, match=rf"x\.{kind.replace('.', '[.]')}: {why}"):
+            extract(archive, fresh)
+        assert list(fresh.iterdir()) == []  # nothing extracted, no temp folder left
+    assert not (tmp_path / "up.txt").exists()
+
+
 def test_stage_downloads_annotations_from_params(server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fian_pipeline.download import main
 
@@ -280,19 +322,26 @@ def test_unchanged_etag_resumes(server, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "last_modified", "resumed"),
-    [(PAYLOAD, LM1, True),  # same Last-Modified and length: the same file
-     (NEW, LM2, False),  # modified (same length)
-     (PAYLOAD + b"more", LM1, False)],  # same Last-Modified but another length
+    ("body", "last_modified", "pinned", "resumed"),
+    [(NEW, LM1, False, False),  # rewritten, same Last-Modified (1 s resolution) and length: was spliced
+     (PAYLOAD, LM1, False, False),  # unchanged, but nothing proves it: restarts all the same
+     (NEW, LM2, False, False),  # modified (same length)
+     (PAYLOAD + b"more", LM1, False, False),  # same Last-Modified but another length
+     (PAYLOAD, LM1, True, True),  # pinned: resumed under If-Range, the sha256 decides at the end
+     (NEW, LM2, True, False)],  # pinned, changed: the server ignores If-Range; its new Last-Modified restarts it
 )
-def test_last_modified_and_length_decide_without_etag(server, tmp_path: Path, body: bytes, last_modified: str,
-                                                      resumed: bool) -> None:
+def test_without_a_strong_etag_an_unpinned_part_restarts(server, tmp_path: Path, body: bytes, last_modified: str,
+                                                         pinned: bool, resumed: bool) -> None:
     dest = begin_part(server, tmp_path, "/m.bin", {"last_modified": LM1})  # the server ignores If-Range
     server.files["/m.bin"], server.validators["/m.bin"]["last_modified"] = body, last_modified
-    f = run(server.url("/m.bin"), dest, None)
+    f = run(server.url("/m.bin"), dest, sha(body) if pinned else None)
     assert dest.read_bytes() == body and f.sha256 == sha(body)
-    assert server.if_range[1] == LM1
-    assert [r for _, r in server.log[1:]] == (["bytes=3000-"] if resumed else ["bytes=3000-", None])
+    if pinned:
+        assert server.if_range[1] == LM1
+        assert [r for _, r in server.log[1:]] == (["bytes=3000-"] if resumed else ["bytes=3000-", None])
+    else:
+        assert server.log[1:] == [("/m.bin", None)]  # no Range, no If-Range: restarted from zero
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
 
 
 def test_no_validator_unpinned_part_restarts(server, tmp_path: Path) -> None:

@@ -126,9 +126,21 @@ def server(tmp_path_factory):
             proc.wait(timeout=5)
 
 
+SECRET = "s3cret-t0ken"  # basic-auth credentials in the URI: MLflow sends them (this server ignores them)
+
+
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://fian-user:{SECRET}@", 1)
+
+
 def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) -> None:
+    """... and a tracking URI with a password (in the environment and in params) never reaches the
+    stage's output, nor the run's params or config artifact on the server (issue 18, "Secrets")."""
     _tiny_project(tmp_path)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    tiny = yaml.safe_load((tmp_path / "params/datasets/tiny.yaml").read_text())
+    tiny["tracking"] = {"tracking_uri": _with_credentials(server)}  # the environment wins; params are logged
+    (tmp_path / "params/datasets/tiny.yaml").write_text(yaml.safe_dump(tiny))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": _with_credentials(server), "PATH": f"{BIN}:{os.environ['PATH']}"}
     cmd = [
         sys.executable, "-m", "fian_pipeline.train",
         "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
@@ -137,6 +149,8 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists()  # logged to the server, not to a local store
+    assert SECRET not in proc.stdout + proc.stderr
+    assert f"at http://fian-user:***@127.0.0.1:{server.rsplit(':', 1)[1]}" in proc.stderr  # the tracker's line
 
     exps = _post(f"{server}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
     exp = next(e for e in exps if e["name"] == "fian/tiny")
@@ -150,6 +164,14 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     assert (
         params["train.epochs"] == "2" and params["model.hidden"] == "16" and params["dataset.name"] == "tiny"
     )
+    assert params["tracking.tracking_uri"] == _with_credentials(server).replace(SECRET, "***")
+    with urllib.request.urlopen(f"{server}/get-artifact?path=config.yaml&run_uuid={run['info']['run_id']}") as r:
+        logged_config = r.read().decode()
+    assert "tracking_uri: http://fian-user:***@127.0.0.1" in logged_config and SECRET not in logged_config
+    from fian.train import load_checkpoint
+
+    stored = load_checkpoint(tmp_path / "results/tiny/fian/checkpoint.pt")["config"]  # logged to the server too
+    assert stored["tracking"]["tracking_uri"] == params["tracking.tracking_uri"]
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert "loss" in metrics and any(k.startswith("val/") for k in metrics), sorted(metrics)
     history = _get(
@@ -171,6 +193,7 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     ]  # fmt: skip
     proc = subprocess.run(ev, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SECRET not in proc.stdout + proc.stderr and "fian-user:***@" in proc.stderr
     runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
                                                           "filter": "tags.stage = 'evaluate'"})["runs"]  # fmt: skip
     (evaluation,) = runs

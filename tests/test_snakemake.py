@@ -126,6 +126,11 @@ def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
     proc = _snakemake(proj, "-n", "--configfile", "bad.yaml", check=False)
     assert proc.returncode != 0
     assert "source" in proc.stdout + proc.stderr and "ftp" in proc.stdout + proc.stderr
+    # a key given twice: Snakemake's reader keeps the last silently; the Snakefile names file and key
+    (proj / "twice.yaml").write_text("datasets:\n  synthetic: {variants: [fian]}\n  synthetic: {variants: [cma]}\n")
+    proc = _snakemake(proj, "-n", "--configfile", "twice.yaml", check=False)
+    assert proc.returncode != 0
+    assert "twice.yaml: key(s) given twice in one mapping: 'datasets.synthetic' at lines 2 and 3" in proc.stdout + proc.stderr
 
 
 def test_bad_params_layer_fails_before_any_job(tmp_path: Path) -> None:

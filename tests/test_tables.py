@@ -134,7 +134,7 @@ def test_ties_are_all_bold(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "line 1 column 2: malformed JSON"),
         (json.dumps({"R@1,IoU=0.5": 55.0, "unit": "fraction"}), "'R@1,IoU=0.5'"),
         (json.dumps({"R@1,IoU=0.5": "high"}), "'R@1,IoU=0.5'"),
         (json.dumps({"R@1,IoU=0.5": 0.5, "unit": "percent"}), "'unit'"),

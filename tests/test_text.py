@@ -43,7 +43,7 @@ def test_vocab_build_encode_save_load(tmp_path: Path) -> None:
     assert ids.tolist() == [[2, 3, 0], [4, 4, 4]] and lengths.tolist() == [2, 3]
 
 
-@pytest.mark.parametrize(("text", "match"), [("{", "line 1: malformed JSON"), ('["a", "b"]', "starting with"),
+@pytest.mark.parametrize(("text", "match"), [("{", "line 1 column 2: malformed JSON"), ('["a", "b"]', "starting with"),
                                              ('["<pad>", "<unk>", "a", "a"]', "'a' appears twice")])
 def test_bad_vocab_file(tmp_path: Path, text: str, match: str) -> None:
     (tmp_path / "v.json").write_text(text)

@@ -34,7 +34,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from fian.io import loads_json, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +59,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def read_text(path: Path) -> str:
     """The file decoded as UTF-8 (a leading BOM dropped); a bad byte is named with its offset."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise AnnotationError(f"{path}: not UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} (line {line}): "
-                              f"{e.reason}; save the file as UTF-8") from None
-    return text.removeprefix("\ufeff")
+    return read_utf8(path, AnnotationError)
 
 
 def _key_lines(text: str, key: str) -> list[int]:
@@ -83,10 +79,7 @@ def _load_json(path: Path) -> dict[str, Any]:
             repeated.append((obj, sorted({k for k in keys if keys.count(k) > 1}, key=keys.index)))
         return obj
 
-    try:
-        data = json.loads(text, object_pairs_hook=no_duplicates)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
+    data = loads_json(text, path, AnnotationError, object_pairs_hook=no_duplicates)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected a JSON object {{video_id: record}}, got {type(data).__name__}")
     for obj, keys in repeated[::-1]:  # the top-level object comes last: report it first
@@ -103,8 +96,14 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def _number(value: Any, where: str, what: str) -> float:
+    """A finite number: JSON's ``NaN`` / ``Infinity`` literals (which Python's parser accepts) are
+    not times, and would pass every comparison of :func:`validate` (NaN) or reach the predictions
+    as ``[inf, inf]`` (an infinite duration)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AnnotationError(f"{where}: {what} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise AnnotationError(f"{where}: {what} is {value!r}, not a finite number: the release is corrupt "
+                              "(fix or delete the record)")
     return float(value)
 
 
@@ -177,9 +176,10 @@ def read_charades_durations(paths: Sequence[str | Path]) -> dict[str, float]:
             for row in reader:
                 where = f"{p}:{reader.line_num} (video {row['id']})"
                 try:
-                    out[row["id"]] = float(row["length"])
+                    length = float(row["length"])
                 except (TypeError, ValueError):
                     raise AnnotationError(f"{where}: length {row['length']!r} is not a number") from None
+                out[row["id"]] = _number(length, where, "length")
     return out
 
 
@@ -202,6 +202,7 @@ def read_charades(path: str | Path, split: str, durations: Mapping[str, float]) 
                 start, end = float(s), float(e)
             except ValueError:
                 raise AnnotationError(f"{where}: start/end {s!r} {e!r} are not numbers") from None
+            start, end = _number(start, where, "start"), _number(end, where, "end")
             rows.append(dict(video_id=vid, duration=durations.get(vid, math.nan), start=start, end=end,
                              sentence=sent.strip(), split=split, source=f"{path.name}:{n}"))
     return _frame(rows)
@@ -241,7 +242,7 @@ def validate(df: pd.DataFrame, policy: Any) -> tuple[pd.DataFrame, dict[str, Any
     Cases, checked in this order (a pair counts under the first that applies):
 
     * ``empty_sentence``: nothing but whitespace (drop / fail);
-    * ``missing_duration``: no duration, or duration <= 0 (drop / fail);
+    * ``missing_duration``: no duration, or duration <= 0 or infinite (drop / fail);
     * ``start_ge_end``: start >= end, a moment of no length (drop / fail);
     * ``past_end``: the moment leaves ``[0, duration]`` (clip / drop / fail).  ``clip`` cuts it to
       ``[max(start, 0), min(end, duration)]``; a moment lying wholly outside the video cannot be
@@ -250,10 +251,17 @@ def validate(df: pd.DataFrame, policy: Any) -> tuple[pd.DataFrame, dict[str, Any
     Returns the kept rows (index reset) and the counts of each case.
     """
     counts: dict[str, Any] = {"pairs_raw": len(df), "policy": {}}
+    times = df[["start", "end"]].to_numpy(dtype=float)
+    bad_time = pd.Series(~np.isfinite(times).all(axis=1), index=df.index)
+    if bad_time.any():  # the parsers refuse these; a table built elsewhere must not slip them through
+        rows = df[bad_time]
+        examples = "; ".join(f"{r.source} (video {r.video_id}: [{r.start}, {r.end}])" for r in rows.head(5).itertuples())
+        raise AnnotationError(f"{len(rows)} pair(s) with a non-finite start or end: {examples}"
+                              f"{' ...' if len(rows) > 5 else ''}")
     keep = pd.Series(True, index=df.index)
     checks = {
         "empty_sentence": (df["sentence"].str.strip() == "", "empty sentence"),
-        "missing_duration": (~(df["duration"] > 0), "duration {r.duration}"),
+        "missing_duration": (~(df["duration"] > 0) | np.isinf(df["duration"]), "duration {r.duration}"),
         "start_ge_end": (df["start"] >= df["end"], "start {r.start} >= end {r.end}"),
         "past_end": ((df["end"] > df["duration"]) | (df["start"] < 0),
                      "[{r.start}, {r.end}] outside [0, {r.duration}]"),

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from fian.data.batch import Batch
-from fian.io import atomic_path
+from fian.io import atomic_path, loads_json, read_json
 
 FORMAT_VERSION = 1
 RECORD_COLUMNS = ("video_id", "sentence", "start", "end", "duration", "source")
@@ -234,7 +234,7 @@ class GroundingSplit:
                         else values
                     )
                 num_steps = int(f.attrs["num_steps"])
-                attrs = json.loads(f.attrs.get("attrs_json", "{}"))
+                attrs = loads_json(f.attrs.get("attrs_json", "{}"), f"{path}: attrs_json", SplitError)
             except (OSError, RuntimeError, KeyError) as e:
                 raise SplitError(f"{path}: cannot read (corrupt?): {e}") from None
         ids = [v.decode() if isinstance(v, bytes) else str(v) for v in arrays.pop("video_ids")]
@@ -358,10 +358,7 @@ def load_embeddings(text_dir: str | Path) -> tuple[torch.Tensor, list[str]]:
     for p in (emb_path, vocab_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (run the text stage)")
-    try:
-        vocab = json.loads(vocab_path.read_text())
-    except json.JSONDecodeError as e:
-        raise SplitError(f"{vocab_path}: not valid JSON: {e}") from None
+    vocab = read_json(vocab_path, SplitError)
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
         raise SplitError(f"{vocab_path}: expected a JSON list of tokens")
     try:

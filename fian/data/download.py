@@ -9,8 +9,11 @@ One file (:func:`fetch`):
 * a ``.part`` continues only the file it began with: when it begins, the server's validator
   (strong ETag, Last-Modified, full length) is recorded in ``<name>.part.json``; a resume sends
   ``If-Range`` and checks the answer, and continues only while the ETag (or, without one,
-  Last-Modified + length) still matches; otherwise it restarts from zero.  Without any validator
-  an unpinned ``.part`` restarts from zero; a pinned one continues (its sha256 decides).
+  Last-Modified + length) still matches; otherwise it restarts from zero.  An UNPINNED ``.part``
+  resumes only under a strong ETag: with Last-Modified + length alone (a file rewritten within
+  the same second, or to the same size, looks unchanged) or no validator it restarts from zero,
+  since its unverified bytes would become the recorded hash; a pinned one continues (its sha256
+  decides).
 * the target appears only by renaming the ``.part`` once its sha256 matches; a mismatch deletes
   the ``.part`` and raises :class:`ChecksumError`.  An HTTP 4xx (except 416 / 429), or an HTML
   page where a data file was expected (a share page, not a file), deletes it and raises at once.
@@ -29,6 +32,7 @@ import contextlib
 import http.client
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -109,8 +113,8 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
     try:
         rec = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None  # no usable validator: the .part restarts
     return rec if isinstance(rec, dict) else None
 
 
@@ -125,8 +129,9 @@ def _resume_point(url: str, part: Path, pinned: bool) -> tuple[int, dict[str, An
     """Bytes of ``part`` that may be continued, and the validator they were begun with.
 
     A ``.part`` continues only when its validator (recorded when it began) names the same URL and
-    one that the server still has; a pinned sha256 also lets a ``.part`` without any validator
-    continue (the checksum decides at the end).  Otherwise the ``.part`` is deleted.
+    the server still has it: for an unpinned source only a strong ETag is such a validator
+    (Last-Modified + length is not: it restarts); a pinned sha256 lets a ``.part`` with any or no
+    validator continue (the checksum decides at the end).  Otherwise the ``.part`` is deleted.
     """
     have = part.stat().st_size if part.exists() else 0
     if not have:
@@ -134,11 +139,16 @@ def _resume_point(url: str, part: Path, pinned: bool) -> tuple[int, dict[str, An
     rec = _read_meta(_meta_path(part))
     if rec is not None and rec.get("url") != url:
         _restart(part, url, f"{part} was begun from another URL ({rec.get('url')})")
-    elif _has_validator(rec) or pinned:
+    elif pinned or (rec is not None and rec.get("etag")):
         return have, rec if _has_validator(rec) else None
+    elif _has_validator(rec):  # Last-Modified + length: a second-granular date and a size, not the bytes
+        _restart(part, url, f"{part} was begun under Last-Modified {rec['last_modified']} and length {rec['length']} "
+                            "only: without a strong ETag or a pinned sha256 nothing proves the bytes it holds are "
+                            "the server's now (a file rewritten in the same second, or with the same size, would be "
+                            "spliced)")
     else:
-        _restart(part, url, f"{part} has no recorded ETag or Last-Modified + length to prove the server's file "
-                            "is unchanged, and no pinned sha256")
+        _restart(part, url, f"{part} has no recorded strong ETag to prove the server's file is unchanged, and no "
+                            "pinned sha256")
     return 0, None
 
 
@@ -282,8 +292,32 @@ def _safe_target(root: Path, name: str, archive: Path) -> Path:
     return target
 
 
+def _member_paths(names: list[str], archive: Path, root: Path) -> list[str]:
+    """Each member's normalised relative path (``a/../b.txt`` -> ``b.txt``, ``./x`` -> ``x``); a
+    member outside ``root`` (absolute, ``..``) or two members with one path (listed twice, or
+    ``b.txt`` and ``a/../b.txt``) is refused naming the archive and the member."""
+    out: list[str] = []
+    first: dict[str, str] = {}
+    for name in names:
+        norm = posixpath.normpath(name)
+        if norm.startswith("/") or norm == ".." or norm.startswith("../") or norm == ".":
+            raise DownloadError(f"{archive}: member {name!r} would be written outside {root}; refused")
+        _safe_target(root, norm, archive)  # no escape through a symlink already in root either
+        if norm in first:
+            same = "listed twice" if first[norm] == name else f"and {first[norm]!r} name the same file {norm!r}"
+            raise DownloadError(f"{archive}: member {name!r} {same}: which copy is meant is ambiguous; refused "
+                                "(nothing extracted)")
+        first[norm] = name
+        out.append(norm)
+    return out
+
+
 def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
-    """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members)."""
+    """Extract a .zip / .tar.gz / .tgz into ``out_dir`` via a temporary folder (no half-extracted members).
+
+    Only regular files are extracted (their bytes, streamed to their normalised paths: see
+    :func:`_member_paths`); every member is checked before the first byte is written.
+    """
     archive, out_dir = Path(archive), Path(out_dir)
     from fian.io import remove_stale_temps, temp_name
 
@@ -292,26 +326,33 @@ def extract(archive: str | Path, out_dir: str | Path) -> list[Path]:
     tmp = out_dir / temp_name(staging, ".d")
     tmp.mkdir()
     try:
-        if archive.suffix == ".zip":
-            with zipfile.ZipFile(archive) as z:
-                names = [m for m in z.namelist() if not m.endswith("/")]
-                for m in names:
-                    _safe_target(out_dir, m, archive)
-                z.extractall(tmp)
-        elif archive.name.endswith((".tar.gz", ".tgz")):
-            with tarfile.open(archive) as t:
-                members = [m for m in t.getmembers() if m.isfile()]
-                names = [m.name for m in members]
-                for m in names:
-                    _safe_target(out_dir, m, archive)
-                t.extractall(tmp, members=members, filter="data")
-        else:
-            raise DownloadError(f"{archive}: not an archive this stage extracts (.zip, .tar.gz, .tgz)")
+        with contextlib.ExitStack() as stack:
+            if archive.suffix == ".zip":
+                z: Any = stack.enter_context(zipfile.ZipFile(archive))
+                members = [m for m in z.infolist() if not m.is_dir()]
+                names = _member_paths([m.filename for m in members], archive, out_dir)
+                open_member = z.open
+            elif archive.name.endswith((".tar.gz", ".tgz")):
+                z = stack.enter_context(tarfile.open(archive))
+                members = [m for m in z.getmembers() if m.isfile()]  # no links, devices, folders
+                names = _member_paths([m.name for m in members], archive, out_dir)
+                open_member = z.extractfile
+            else:
+                raise DownloadError(f"{archive}: not an archive this stage extracts (.zip, .tar.gz, .tgz)")
+            for m, name in zip(members, names, strict=True):
+                dst = tmp / name
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    with open_member(m) as src, open(dst, "wb") as f:
+                        shutil.copyfileobj(src, f, CHUNK)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+                    raise DownloadError(f"{archive}: member {name!r} clashes with another member ({e}); "
+                                        "refused") from None
         out = []
-        for m in names:
-            target = _safe_target(out_dir, m, archive)
+        for name in names:
+            target = _safe_target(out_dir, name, archive)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / m, target)
+            os.replace(tmp / name, target)
             out.append(target)
         return out
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:

@@ -262,7 +262,8 @@ def _candidate_keys(video_id: str) -> list[tuple[str, str]]:
 def find_feature_file(raw: Path, layout: str) -> Path:
     """The HDF5 file of an HDF5 layout inside ``raw`` (or ``raw`` itself when it is a file).
 
-    The release's own name wins; otherwise the only ``*.hdf5``/``*.h5`` file of the folder.
+    The release's own name wins; otherwise the only ``*.hdf5``/``*.h5`` file of the folder.  Hidden
+    files (temps of killed writers, ``.<name>.fian-tmp....h5``) are never candidates.
     """
     if raw.is_file():
         return raw
@@ -274,7 +275,9 @@ def find_feature_file(raw: Path, layout: str) -> Path:
         hits = sorted(h for h in raw.rglob(standard) if not any(q.startswith(".") for q in h.relative_to(raw).parts))
         if hits:
             return hits[0]
-    found = sorted(p for p in raw.iterdir() if p.is_file() and p.suffix in (".hdf5", ".h5"))
+    # never a hidden file: a temp of fian.io.atomic_path (".<name>.fian-tmp.<host>.<pid>-...h5", a writer
+    # killed mid-write) or another tool's (macOS "._x.h5") is not a release
+    found = sorted(p for p in raw.iterdir() if p.is_file() and p.suffix in (".hdf5", ".h5") and not p.name.startswith("."))
     if len(found) == 1:
         return found[0]
     want = f"{standard} or a single *.hdf5/*.h5 file" if standard else "a single *.hdf5/*.h5 file"

@@ -99,11 +99,10 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
+        from fian.io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise TextError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
+        data = read_json(path, TextError)
         if not isinstance(data, list) or data[:2] != list(SPECIALS):
             raise TextError(f"{path}: expected a JSON list starting with {list(SPECIALS)}")
         try:
@@ -131,6 +130,12 @@ class GloveHits:
     dim: int
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
     lines: int = 0
+    # vocabulary words the file lists more than once: (word, line of the vector kept, line ignored)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+# a decimal number as GloVe writes one (not "nan"/"inf": those are words too)
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
@@ -138,23 +143,34 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
 
     A word is matched exactly; a lowercase vocabulary word missing from a cased file (840B) takes
     the vector of its first cased variant (``Person`` for ``person``).  A line with fewer than
-    ``dim + 1`` fields, or a vector field that is not a finite number (nan, inf), raises
+    ``dim + 1`` fields, a line of a word and more than ``dim`` numbers (a file of another
+    dimension; a "word" with spaces, as 840B's ``. . .``, is allowed only when its extra fields are
+    not numbers), or a vector field that is not a finite number (nan, inf), raises
     :class:`TextError` naming the file and the line (only the vectors of vocabulary words are parsed).
+    A vocabulary word listed twice keeps its first vector; each repeat is counted in
+    ``hits.duplicates`` (the text stage warns and reports them in coverage.json).
     """
     path = Path(path)
     hits = GloveHits(dim)
-    exact: set[int] = set()
+    exact: dict[int, int] = {}  # vocabulary id -> line of its exact-match vector
     n = 0
     with open(path, encoding="utf-8", errors="replace") as f:  # a stray byte only spoils its word
         for n, line in enumerate(f, start=1):  # noqa: B007 (n is read after the loop)
-            line = line.rstrip("\n").rstrip("\r")
+            line = line.rstrip("\n\r ")  # a trailing space is not a field
             spaces = line.count(" ")
             if spaces < dim:
                 if not line.strip():
                     continue
                 raise TextError(f"{path}:{n}: expected a word and {dim} numbers, got {spaces} field(s) "
                                 f"after the word (wrong dimension?)")
-            word = line[: line.index(" ")] if spaces == dim else line.rsplit(" ", dim)[0]
+            if spaces == dim:
+                word = line[: line.index(" ")]
+            else:  # rare (a handful of 840B's 2.2M lines): a word with spaces, or too many numbers
+                word = line.rsplit(" ", dim)[0]
+                head, *extra = word.split(" ")
+                if all(_DECIMAL.fullmatch(x) for x in extra):
+                    raise TextError(f"{path}:{n}: {head!r} is followed by {spaces} numbers, expected {dim} "
+                                    f"(text.word_dim): a word-vector file of another dimension, or a broken line")
             i = vocab.stoi.get(word)
             lower = False
             if i is None:
@@ -163,6 +179,7 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
                 if i is None or i in hits.vectors:
                     continue
             elif i in exact:
+                hits.duplicates.append((word, exact[i], n))
                 continue
             if i < len(SPECIALS):
                 continue
@@ -177,7 +194,7 @@ def read_glove(path: str | Path, vocab: Vocab, dim: int = 300) -> GloveHits:
                                 "not a finite float32")
             hits.vectors[i] = vec
             if not lower:
-                exact.add(i)
+                exact[i] = n
     hits.lines = n
     if n == 0:
         raise TextError(f"{path}: empty GloVe file")
@@ -202,7 +219,8 @@ def vocab_with_glove(train: Vocab, others: Iterable[Sequence[str]], glove: str |
     found = read_glove(glove, candidates, dim=dim)
     added = [w for w in extra if candidates.stoi[w] in found.vectors]
     vocab = Vocab([*train.itos, *added])
-    hits = GloveHits(dim, {vocab.stoi[candidates.itos[i]]: v for i, v in found.vectors.items()}, found.lines)
+    hits = GloveHits(dim, {vocab.stoi[candidates.itos[i]]: v for i, v in found.vectors.items()}, found.lines,
+                     [d for d in found.duplicates if d[0] in vocab.stoi])
     return vocab, hits, added
 
 

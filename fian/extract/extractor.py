@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fian.extract.video import FrameSpec, VideoDecodeError, decode_video
-from fian.io import atomic_path, write_json
+from fian.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def _check_settings(parts: Path, settings: ExtractSettings) -> None:
     meta = parts / "settings.json"
     want = asdict(settings)
     if meta.is_file():
-        have = json.loads(meta.read_text())
+        have = read_json(meta)
         if have != json.loads(json.dumps(want)):
             diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
             raise ValueError(
@@ -309,7 +309,7 @@ def load_part(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         with np.load(path) as z:
             return z["features"], json.loads(str(z["attrs"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RecursionError) as e:
         raise ValueError(f"{path}: unreadable part file (delete it to re-extract that video): {e}") from None
 
 

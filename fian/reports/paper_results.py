@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 METRIC_RE = re.compile(r"^R@(\d+),IoU=(0\.\d+)$")
 
@@ -31,11 +29,10 @@ class TableSpec:
 
 def load_paper_results(path: str | Path = PAPER_RESULTS) -> dict[str, TableSpec]:
     """Read and validate the tables; a malformed entry raises ValueError naming file and table/row."""
+    from fian.config import load_yaml
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    data = load_yaml(path)  # strict: a table or row key given twice is an error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must map table keys to tables")
     tables: dict[str, TableSpec] = {}

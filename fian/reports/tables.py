@@ -14,12 +14,12 @@ numbers come from and the evaluation protocol of our rows (hit rule and NMS, rea
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fian.io import read_json
 from fian.reports.paper_results import TableSpec, load_paper_results
 
 DATASET_NAMES = {
@@ -60,10 +60,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     "fraction", or a metric that is not a number in [0, 1].
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of metrics")
     unit = data.get("unit", "fraction")
@@ -86,7 +83,7 @@ def read_protocol(path: str | Path) -> dict[str, str] | None:
     path = Path(path)
     info = path.with_name(path.name.replace("metrics_", "info_", 1))
     for f in (path, info):
-        data = json.loads(f.read_text()) if f.is_file() else None
+        data = read_json(f) if f.is_file() else None
         if isinstance(data, dict):
             for d in (data, *(v for v in data.values() if isinstance(v, dict))):
                 if isinstance(d.get("protocol"), dict):
