@@ -887,9 +887,10 @@ def test_served_model_without_weights_or_root_takes_bytes_and_features_only(serv
 
 def test_served_model_under_load(served, predictor, trained: SimpleNamespace) -> None:
     """200 concurrent small requests are all answered (right), alone and with 10 bad ones among them
-    (an hour-long video, 20,000 rows, top = 1e9, a 5 MB query, garbage bytes: each refused at once);
-    bound: the good requests' 95th percentile latency with the bad ones is at most twice the one
-    without them, plus 2 s.  Timings of a quiet machine: bench/serve_load.py, bench/RESULTS.md."""
+    (an hour-long video, 20,000 rows, top = 1e9, a 5 MB query, garbage bytes: refused, no later than
+    the slowest good one + 5 s: they queue for the server's threads as the good ones do); bound: the
+    good requests' 95th percentile latency with the bad ones is at most twice the one without them,
+    plus 2 s.  Timings of a quiet machine: bench/serve_load.py, bench/RESULTS.md."""
     from concurrent.futures import ThreadPoolExecutor
 
     bad = _bad_requests(served, trained)
@@ -919,7 +920,8 @@ def test_served_model_under_load(served, predictor, trained: SimpleNamespace) ->
             got = [[d["query_index"], d["rank"], d["start"], d["end"], d["score"]] for d in json.loads(text)["predictions"]]
             assert np.allclose(np.array(got, float), np.array(want[body["dataframe_records"][0]["query"]], float), atol=1e-5)
     refused = [r for r, b in zip(mixed, is_bad, strict=True) if b]
-    assert [c for c, _, _ in refused] == [400] * 10 and max(t for _, _, t in refused) < 30
+    assert [c for c, _, _ in refused] == [400] * 10  # queued like the others, then refused at once:
+    assert max(t for _, _, t in refused) <= max(t for c, _, t in mixed if c == 200) + 5.0
     p95 = [float(np.percentile([t for c, _, t in rs if c == 200], 95)) for rs in (alone, mixed)]
     assert p95[1] <= 2 * p95[0] + 2.0, p95
 
