@@ -18,7 +18,8 @@ Trust model (docs/ARCHITECTURE.md "The served model"):
   relative, without ``..``, and resolve (symlinks followed) to a file inside the root;
 - every row is checked against the limits of params section ``predict`` (rows per request, ``top``,
   query bytes and words, file bytes, feature rows) before any row is decoded; the video's seconds
-  and frames are checked from its header before decoding and again while decoding;
+  and frames are checked from its header before decoding and again while decoding; one video is
+  decoded at a time per server process (its frames are the largest allocation);
 - an error names the row and the problem, never a server path (a last pass replaces any absolute
   path left in a message by ``<server path>``), and is at most :data:`MAX_MESSAGE` characters.
 """
@@ -32,6 +33,7 @@ import logging
 import math
 import re
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,9 @@ class ServedModel:
         self.root = Path(path_root).resolve() if path_root is not None else None
         if self.root is not None and not self.root.is_dir():
             raise PredictError(f"predict.path_root {path_root}: not a folder")
+        # one video decoded at a time: MLflow's server runs requests in threads, a decoded video holds
+        # up to predict.max_video_frames frames, and the predictor's cache is not thread-safe
+        self._video_lock = threading.Lock()
         self._hide = {str(predictor.checkpoint.parent): "<model>", tempfile.gettempdir(): "<tmp>"}
         if self.root is not None:
             self._hide[f"{self.root}/"] = ""  # a file of the root is named as the client named it
@@ -245,9 +250,10 @@ class ServedModel:
         """Decode one row's source (limits on seconds / frames / rows apply inside)."""
         p = self.predictor
         if row.kind == "video":
-            return self._run(row, lambda: p.encode_video(row.value, name=row.name))
+            with self._video_lock:
+                return self._run(row, lambda: p.encode_video(row.value, name=row.name))
         if row.kind == "video_bytes":
-            with tempfile.TemporaryDirectory(prefix="fian-serve-") as tmp:
+            with self._video_lock, tempfile.TemporaryDirectory(prefix="fian-serve-") as tmp:
                 path = Path(tmp) / "video"
                 path.write_bytes(row.value)
                 hidden = Row(row.index, row.query, row.kind, path, row.name, None, None)

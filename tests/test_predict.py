@@ -885,6 +885,47 @@ def test_served_model_without_weights_or_root_takes_bytes_and_features_only(serv
         ServedModel.load(served.ckpt, {"predict": {"path_root": str(served.tmp / "nowhere")}})
 
 
+def test_served_model_of_released_features_refuses_video(served, trained: SimpleNamespace, tmp_path: Path) -> None:
+    from fian.predict import attach_bundle
+    from fian.serve import RequestError, ServedModel
+    from fian.train import load_checkpoint
+
+    ckpt = tmp_path / "released.pt"
+    shutil.copyfile(trained.ckpt, ckpt)
+    bundle = load_checkpoint(ckpt)["predict"]
+    attach_bundle(ckpt, {**bundle, "recipe": {**bundle["recipe"], "recomputable": False, "reason": "PCA-reduced"}})
+    m = ServedModel.load(ckpt, {"predict": {"path_root": str(served.root)}})
+    clip = (served.root / "clips" / "carphone_pristine.mp4").read_bytes()
+    for row in ({"video_bytes": clip}, {"video": "clips/carphone_pristine.mp4"}):
+        with pytest.raises(RequestError, match=r"row 0: this model's features cannot be recomputed from a video \(PCA"):
+            m.answer(pd.DataFrame([{"query": SENTENCES["bikes"][0], **row}]))
+    assert len(m.answer(pd.DataFrame([{"query": SENTENCES["bikes"][0], "features": "features.h5", "video_id": "bikes"}])))
+
+
+def test_pyfunc_errors_map_to_400_and_a_bare_500() -> None:
+    """The pyfunc model's own mapping (the server adds nothing): a RequestError is 400 with its row,
+    its message kept when MLflow's scoring server rewrites it; anything else a 500 that says nothing
+    of the failure (no path, no message, no traceback)."""
+    from fian.serve import RequestError
+    from fian_pipeline import pyfunc_model
+
+    model = pyfunc_model.FianModel()
+
+    def fail(exc: Exception):
+        model.served = SimpleNamespace(answer=lambda frame, params: (_ for _ in ()).throw(exc))
+        with pytest.raises(pyfunc_model.ServedModelError) as e:
+            model.predict(None, pd.DataFrame({"query": ["x"]}))
+        e.value.message = f"Failed to predict data '<the whole input>'. \nError: {e.value.message}"  # as the server does
+        return e.value, json.loads(e.value.serialize_as_json())
+
+    err, body = fail(RequestError("'query' must be a string, got 5", 2))
+    assert err.get_http_status_code() == 400 and body["row"] == 2
+    assert body["message"] == "row 2: 'query' must be a string, got 5"
+    err, body = fail(RuntimeError("/srv/secret/model.pt: CUDA out of memory"))
+    assert err.get_http_status_code() == 500 and body["message"] == "internal error of the served model (logged on the server)"
+    assert "secret" not in err.serialize_as_json() and err.__cause__ is None and err.__suppress_context__
+
+
 def test_served_model_under_load(served, predictor, trained: SimpleNamespace) -> None:
     """200 concurrent small requests are all answered (right), alone and with 10 bad ones among them
     (an hour-long video, 20,000 rows, top = 1e9, a 5 MB query, garbage bytes: refused, no later than
