@@ -216,6 +216,37 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """What one prediction may cost, and which server files the served model may read (issue 18).
+
+    ``fian predict`` and the served MLflow model (:mod:`fian.serve`) refuse a request over any
+    limit before decoding anything, with an error naming the key; docs/ARCHITECTURE.md "The
+    served model".  The values in effect are the training run's (in its checkpoint), overridden
+    at load time (``--limit KEY=VALUE``; the served model's ``model_config`` key ``predict``).
+    """
+
+    max_top: int = 100  # most windows one query may ask for ('top'); never more than the model's candidates
+    max_rows: int = 64  # most rows (queries) in one request to the served model
+    max_query_words: int = 200  # a longer query is refused (words past text.max_query_len are dropped, said)
+    max_query_bytes: int = 4096  # UTF-8 bytes of one query
+    max_file_bytes: int = 256 * 2**20  # size of one video file (or .npy features), on disk or in a request
+    max_video_seconds: float = 1800.0  # a longer video (header, or frames met while decoding) is refused
+    max_video_frames: int = 30000  # frames decoded at the recipe's rate (memory: crop^2 x 3 bytes each)
+    max_feature_rows: int = 100000  # rows of one video's precomputed features
+    path_root: str | None = None  # served model: folder whose files 'video'/'features' may name; null = none
+
+    def __post_init__(self) -> None:
+        for key in ("max_top", "max_rows", "max_query_words", "max_query_bytes", "max_file_bytes",
+                    "max_video_frames", "max_feature_rows"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ConfigError(f"predict.{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.max_video_seconds > 0:  # also NaN
+            raise ConfigError(f"predict.max_video_seconds: must be > 0, got {self.max_video_seconds}")
+        if self.path_root is not None and not self.path_root.strip():
+            raise ConfigError("predict.path_root: an empty string; use null for no server paths")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -226,6 +257,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     variant: str = "fian"
 
     def to_dict(self) -> dict[str, Any]:

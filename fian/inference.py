@@ -8,7 +8,8 @@ convert steps to seconds (``x duration / T``).
 The NMS is vectorised over the batch: one sort, then ``top_k`` rounds; each round takes every
 query's best remaining candidate and drops the ones overlapping it (an IoU row ``[B, N]``).  That
 is exactly greedy NMS stopped after ``top_k`` keeps, with no per-query Python loop, no ``[B, N, N]``
-matrix and no host-device sync.
+matrix and no host-device sync.  Work and memory are bounded by the number of candidates ``N``, never
+by the caller's ``top_k``: a ``top_k`` above ``N`` returns ``N`` columns (all there can be).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def decode(
     top_k: int,
     offset_unit: str = "steps",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ``(segments [B, K, 2] seconds, scores [B, K])``, K = top_k, best first.
+    """-> ``(segments [B, K, 2] seconds, scores [B, K])``, ``K = min(top_k, N)``, best first.
 
     Rows with fewer than K survivors are padded with (nan, nan) and score -inf.  ``offset_unit``
     must match ``loss.offset_unit`` of the training run.
@@ -51,6 +52,7 @@ def decode(
         raise ValueError(f"duration must be [B={B}], got {tuple(duration.shape)}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    top_k = min(int(top_k), N)  # no more than N windows exist: a client's top_k never sizes the work
     dev = out.logits.device
     seg = predicted_segments(out, num_steps, offset_unit)  # [B, N, 2] steps
     key = torch.where(out.valid, out.logits.float(), float("-inf"))  # invalid candidates never ranked

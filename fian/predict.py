@@ -21,13 +21,21 @@ features) are marked ``recomputable: false``: such a checkpoint accepts precompu
 
 Encoded videos are cached by the sha256 of the file's content: a second query on the same video
 (or on a copy of it) costs only the model.
+
+Every input is bounded by the limits of params section ``predict`` (:class:`fian.config.PredictConfig`;
+the checkpoint's values, overridable with ``limits=``): ``top``, the query's bytes and words, the
+file's size, the video's seconds and decoded frames, the features' rows.  A request over a limit
+raises :class:`PredictError` naming the key before anything is decoded.  A clip shorter than the
+smallest window is accepted, as the prepare stage accepts it (its rows are repeated to ``T``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
+import numbers
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -39,7 +47,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from fian.config import Config
+    from fian.config import Config, PredictConfig
 
 log = logging.getLogger("fian.predict")
 
@@ -64,6 +72,26 @@ NOT_RECOMPUTABLE = {
 
 class PredictError(ValueError):
     """Bad input to a prediction: the message names the input (file, video id, query, checkpoint)."""
+
+
+def short(value: Any, n: int = 60) -> str:
+    """``repr(value)`` cut to about ``n`` characters (a client's 50 MB query is not echoed)."""
+    text = repr(value)
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+def predict_limits(base: PredictConfig, overrides: Mapping[str, Any] | None = None) -> PredictConfig:
+    """``base`` with ``overrides`` (some keys of params section ``predict``), validated like a params file."""
+    from fian.config import ConfigError, PredictConfig, _build
+
+    if not overrides:
+        return base
+    if not isinstance(overrides, Mapping):
+        raise PredictError(f"predict limits: expected a mapping of predict.* keys, got {short(overrides)}")
+    try:
+        return _build(PredictConfig, {**dataclasses.asdict(base), **dict(overrides)}, "predict")
+    except ConfigError as e:
+        raise PredictError(f"predict limits: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -221,6 +249,8 @@ class Predictor:
         checkpoint: str | Path = "",
         backbone_weights: str | Path | None = None,
         cache_size: int = 16,
+        limits: PredictConfig | None = None,
+        label: str | None = None,
     ) -> None:
         from fian.data.text import Vocab
 
@@ -230,6 +260,8 @@ class Predictor:
         self.vocab = Vocab(bundle["vocab"])
         self.recipe: dict[str, Any] = dict(bundle["recipe"])
         self.checkpoint = Path(checkpoint)
+        self.label = label or str(checkpoint)  # how messages name the model (the served model: no server path)
+        self.limits: PredictConfig = limits or cfg.predict
         self.backbone_weights = Path(backbone_weights) if backbone_weights is not None else None
         self._backbone: Any = None
         self._cache: OrderedDict[str, EncodedVideo] = OrderedDict()
@@ -244,9 +276,12 @@ class Predictor:
         *,
         backbone_weights: str | Path | None = None,
         best: bool = True,
+        limits: Mapping[str, Any] | None = None,
+        label: str | None = None,
     ) -> Predictor:
         """Load a checkpoint written by the train stage; ``backbone_weights``: the C3D/I3D file of the
-        recipe (not needed for random-weight recipes or for precomputed features)."""
+        recipe (not needed for random-weight recipes or for precomputed features); ``limits``:
+        overrides of the checkpoint's params section ``predict``; ``label``: the model in messages."""
         from fian.train import build_model_from_checkpoint, load_checkpoint
 
         path = Path(path)
@@ -256,7 +291,8 @@ class Predictor:
             model, cfg = build_model_from_checkpoint(ckpt, vocab_size=len(bundle["vocab"]), best=best)
         except (ValueError, RuntimeError, KeyError) as e:
             raise PredictError(f"{path}: cannot rebuild the model: {e}") from None
-        p = cls(model, cfg, bundle, device=device, checkpoint=path, backbone_weights=backbone_weights)
+        p = cls(model, cfg, bundle, device=device, checkpoint=path, backbone_weights=backbone_weights,
+                limits=predict_limits(cfg.predict, limits), label=label)  # fmt: skip
         if p.recipe.get("random_weights"):
             log.warning(
                 "%s: the features of this model come from a %s backbone with RANDOM weights (offline fallback): "
@@ -289,7 +325,7 @@ class Predictor:
             if not r["random_weights"]:
                 if self.backbone_weights is None:
                     raise PredictError(
-                        f"{self.checkpoint}: its features come from {r['backbone']} weights {r['weights']} "
+                        f"{self.label}: its features come from {r['backbone']} weights {r['weights']} "
                         f"(sha256 {r.get('weights_sha256')}): pass that file (backbone_weights=... / --backbone-weights)"
                     )
                 if not self.backbone_weights.is_file():
@@ -308,30 +344,32 @@ class Predictor:
             )  # fmt: skip
             if bb.feature_dim != self.feature_dim:
                 raise PredictError(
-                    f"{self.checkpoint}: the {r['backbone']} backbone gives {bb.feature_dim}-d features, the model "
+                    f"{self.label}: the {r['backbone']} backbone gives {bb.feature_dim}-d features, the model "
                     f"takes {self.feature_dim}-d"
                 )
             bb.net.to(self.device)
             self._backbone = bb
         return self._backbone
 
-    def encode_video(self, path: str | Path) -> EncodedVideo:
+    def encode_video(self, path: str | Path, *, name: str | None = None) -> EncodedVideo:
         """decode -> backbone -> downsampling to ``num_steps``, as the extract and prepare stages do.
 
-        Cached by the sha256 of the file's content.
+        Cached by the sha256 of the file's content.  ``name``: the video in messages (default: the path).
         """
         from fian.data.features import downsample
         from fian.extract.extractor import extract_frames
-        from fian.extract.video import VideoDecodeError, decode_video
+        from fian.extract.video import VideoDecodeError, VideoTooLong, decode_video
 
         path = Path(path)
+        name = name or str(path)
         if not self.recomputable:
             raise PredictError(
-                f"{self.checkpoint}: this model's features cannot be recomputed from a video ({self.recipe['reason']}); "
-                f"it accepts precomputed features only (encode_features / --features FILE --video-id ID), not {path}"
+                f"{self.label}: this model's features cannot be recomputed from a video ({self.recipe['reason']}); "
+                f"it accepts precomputed features only (encode_features / --features FILE --video-id ID), not {name}"
             )
         if not path.is_file():
-            raise PredictError(f"{path}: video file not found")
+            raise PredictError(f"{name}: video file not found")
+        self.check_file_size(path.stat().st_size, name)
         digest = sha256_bytes_of(path)
         if digest in self._cache:
             self._cache.move_to_end(digest)
@@ -339,10 +377,16 @@ class Predictor:
         bb = self._get_backbone()
         r = self.recipe
         t0 = time.perf_counter()
+        lim = self.limits
         try:
-            decoded = decode_video(path, bb.spec, r["fps"])
+            decoded = decode_video(path, bb.spec, r["fps"], max_seconds=lim.max_video_seconds,
+                                   max_frames=lim.max_video_frames)  # fmt: skip
+        except VideoTooLong as e:
+            key = "max_video_seconds" if e.what == "seconds" else "max_video_frames"
+            raise PredictError(f"{name}: video too long: {e.value:g} {e.what} ({e.where}), over the limit "
+                               f"predict.{key} = {e.limit:g}") from None  # fmt: skip
         except VideoDecodeError as e:
-            raise PredictError(f"{path}: cannot decode the video: {e.reason}") from None
+            raise PredictError(f"{name}: cannot decode the video: {e.reason.replace(str(path), name)}") from None
         t1 = time.perf_counter()
         feats = extract_frames(
             bb, decoded.frames, clip_len=int(r["clip_len"]), stride=int(r["stride_frames"]),
@@ -350,8 +394,8 @@ class Predictor:
         )  # fmt: skip
         t2 = time.perf_counter()
         if not np.isfinite(feats).all():
-            raise PredictError(f"{path}: the backbone gave non-finite features")
-        enc = self._encode_rows(feats, decoded.duration, str(path), digest, downsample)
+            raise PredictError(f"{name}: the backbone gave non-finite features")
+        enc = self._encode_rows(feats, decoded.duration, name, digest, downsample)
         enc.timings.update(decode_s=t1 - t0, backbone_s=t2 - t1, downsample_s=time.perf_counter() - t2)
         self._cache[digest] = enc
         while len(self._cache) > self.cache_size:
@@ -362,12 +406,11 @@ class Predictor:
         """Precomputed features ``[n, D]`` of a video of ``duration`` seconds (``name`` for messages)."""
         from fian.data.features import downsample
 
+        self.check_feature_shape(np.shape(features), name)
         x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2:
-            raise PredictError(f"{name}: features must be [n, D], got shape {tuple(x.shape)}")
         if x.shape[1] != self.feature_dim:
             raise PredictError(
-                f"{name}: features are {x.shape[1]}-d, the model of {self.checkpoint} takes {self.feature_dim}-d "
+                f"{name}: features are {x.shape[1]}-d, the model of {self.label} takes {self.feature_dim}-d "
                 f"({self.recipe.get('backbone') or 'its'} features, dataset.feature_dim)"
             )
         if not np.isfinite(x).all():
@@ -399,6 +442,7 @@ class Predictor:
                 raise PredictError(f"{file}: video {video_id!r} not found ({layout} layout)")
             key = resolved[1]
             try:
+                self.check_feature_shape(src.shape(key), name)
                 x = src.read(key, video_id)
             except FeatureError as e:
                 raise PredictError(str(e)) from None
@@ -411,36 +455,61 @@ class Predictor:
             src.close()
         return self.encode_features(x, duration, name=name)
 
+    # -- limits -------------------------------------------------------------------------------
+    def check_top(self, top: Any) -> int:
+        """``top`` as an int in ``[1, predict.max_top]``; the answer holds at most the model's candidates."""
+        if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+            raise PredictError(f"top must be an integer >= 1, got {short(top)}")
+        if top > self.limits.max_top:
+            raise PredictError(f"top {top} is over the limit predict.max_top = {self.limits.max_top}")
+        return int(top)
+
+    def check_file_size(self, size: int, name: str) -> None:
+        if size > self.limits.max_file_bytes:
+            raise PredictError(f"{name}: {size} bytes, over the limit predict.max_file_bytes = {self.limits.max_file_bytes}")
+
+    def check_feature_shape(self, shape: Sequence[int], name: str) -> None:
+        """Before reading: ``[n, D]`` with ``1 <= n <= predict.max_feature_rows``."""
+        if len(shape) != 2 or shape[0] < 1:
+            raise PredictError(f"{name}: features must be [n >= 1, D], got shape {tuple(shape)}")
+        if shape[0] > self.limits.max_feature_rows:
+            raise PredictError(f"{name}: {shape[0]} feature rows, over the limit predict.max_feature_rows = "
+                               f"{self.limits.max_feature_rows}")  # fmt: skip
+
     def _encode_rows(self, x: np.ndarray, duration: float, name: str, digest: str | None, downsample: Any) -> EncodedVideo:
         n = int(x.shape[0])
         T = self.cfg.features.num_steps
-        if n < self.min_rows:
-            k = min(self.cfg.model.window_sizes)
-            extra = ""
-            r = self.recipe
-            if r.get("recomputable") and r.get("fps"):
-                need_s = ((self.min_rows - 1) * r["stride_frames"] + r["clip_len"]) / r["fps"]
-                extra = f" (about {need_s:.1f} s of video at {r['fps']:g} frames/s)"
-            raise PredictError(
-                f"{name}: too short: {duration:.2f} s gives {n} feature row(s); the model's smallest window "
-                f"({k} of {T} steps) needs at least {self.min_rows} rows{extra} to span one row"
-            )
+        if n < self.min_rows:  # accepted, as the prepare stage accepts it: its rows are repeated to T steps
+            log.info("%s: %d feature row(s), fewer than the %d the smallest window spans: repeated to %d steps "
+                     "(as the prepare stage does)", name, n, self.min_rows, T)  # fmt: skip
         video, mask = downsample(x, T, self.cfg.features.shorter)
         return EncodedVideo(torch.from_numpy(video), torch.from_numpy(mask), float(duration), n, name, digest)
 
     # -- queries ------------------------------------------------------------------------------
     def encode_query(self, query: str) -> list[int]:
-        """Token ids (``text.max_query_len`` kept); a query without any known word raises."""
+        """Token ids; a query over ``predict.max_query_bytes`` / ``max_query_words`` or without any
+        known word raises; words past ``text.max_query_len`` are dropped (as in training) with a warning."""
         from fian.data.text import tokenize
 
         if not isinstance(query, str):
             raise PredictError(f"query must be a string, got {type(query).__name__}")
+        lim, keep = self.limits, self.cfg.text.max_query_len
+        size = len(query.encode("utf-8", errors="surrogatepass"))
+        if size > lim.max_query_bytes:
+            raise PredictError(f"query {short(query)}: {size} bytes, over the limit predict.max_query_bytes = "
+                               f"{lim.max_query_bytes}")  # fmt: skip
         tokens = tokenize(query, self.cfg.text.lowercase)
-        ids = self.vocab.encode(tokens, self.cfg.text.max_query_len)
+        if len(tokens) > lim.max_query_words:
+            raise PredictError(f"query {short(query)}: {len(tokens)} words, over the limit predict.max_query_words = "
+                               f"{lim.max_query_words}")  # fmt: skip
+        if len(tokens) > keep:
+            log.warning("query %s: %d words; the model reads the first %d (text.max_query_len, as in training): "
+                        "dropped %s", short(query), len(tokens), keep, short(" ".join(tokens[keep:]), 40))  # fmt: skip
+        ids = self.vocab.encode(tokens, keep)
         if not any(i >= 2 for i in ids):
-            shown = ", ".join(tokens[:8]) or "no words"
+            shown = short(", ".join(tokens[:8]) or "no words", 80)
             raise PredictError(
-                f"query {query!r}: none of its words ({shown}) is in the model's vocabulary of "
+                f"query {short(query)}: none of its words ({shown}) is in the model's vocabulary of "
                 f"{len(self.vocab) - 2} words"
             )
         return ids
@@ -451,8 +520,7 @@ class Predictor:
         from fian.evaluate import _float_output
         from fian.inference import decode
 
-        if not isinstance(top, int) or top < 1:
-            raise PredictError(f"top must be an integer >= 1, got {top!r}")
+        top = self.check_top(top)
         if not queries:
             return []
         ids = [self.encode_query(q) for q in queries]

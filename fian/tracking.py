@@ -467,8 +467,9 @@ class Tracker:
             return
         retry(lambda: self._mlflow.set_tags(dict(tags)), "set tags")
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Finite numeric metrics, names mapped by :func:`metric_key`; ``step`` = epoch."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Finite numeric metrics, names mapped by :func:`metric_key`; ``step`` = epoch; ``model_id``:
+        also linked to that logged model (MLflow 3: shown on the model's page)."""
         if self._mlflow is None:
             return
         clean = {
@@ -476,7 +477,7 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
         }
-        retry(lambda: self._mlflow.log_metrics(clean, step=step), "log metrics")
+        retry(lambda: self._mlflow.log_metrics(clean, step=step, model_id=model_id), "log metrics")
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self._mlflow is None:

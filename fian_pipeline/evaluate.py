@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_predictions(pred_path, frame)
             write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
                           best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json")  # fmt: skip
-            tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
+            tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()},
+                                model_id=_logged_model(tracker, trained_by))  # fmt: skip
             tracker.log_artifact(pred_path)
             tracker.log_artifact(metrics_path)
         log.info(
@@ -95,6 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutdown()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _logged_model(tracker: Any, train_run_id: str | None) -> str | None:
+    """The id of the model logged by the train run that wrote the checkpoint (its metrics link to it)."""
+    if tracker.run_id is None or not train_run_id:
+        return None
+    from fian_pipeline.mlflow_model import logged_model_of
+
+    model_id = logged_model_of(str(train_run_id), tracker.uri)
+    if model_id is None:
+        log.info("train run %s logged no model: the metrics are the evaluate run's only", train_run_id)
+    return model_id
 
 
 def check_params(checkpoint: Path, trained: Any, given: Any) -> None:

@@ -8,9 +8,15 @@
 Prints a table of the top windows (start, end, score; best first, after the model's NMS), or with
 --json the list [{"start": s, "end": e, "score": p}, ...].  --queries reads one JSON object per
 line, {"query": ..., "video": FILE} or {"query": ..., "features": FILE, "video_id": ID
-[, "duration": S]} (optional "top"), and writes one line per query to --out: the input object
-plus "moments".  Every input is checked before anything is written; files are written atomically.
+[, "duration": S]} (optional "top"), and writes one line per input line to --out: the input object
+plus "moments", or, for a line that cannot be answered, plus "line" (its number) and "error"; each
+bad line is also reported on stderr and the exit status is then 1.  Files are written atomically.
 A video is decoded and run through the backbone once per call (cached by content hash).
+
+Limits (params section "predict", the checkpoint's values; --limit KEY=VALUE overrides one): top,
+the query's bytes and words (words past text.max_query_len are dropped, with a warning), the file's
+size, the video's seconds and decoded frames, the features' rows.  Over a limit: an error naming
+the key, before any decoding.
 """
 
 from __future__ import annotations
@@ -41,30 +47,70 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails (PNG)")
     p.add_argument("--backbone-weights", type=Path, help="C3D/I3D weights file of the checkpoint's feature recipe")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a limit of params section predict, e.g. max_video_seconds=7200 (repeatable)")  # fmt: skip
     return p
 
 
+def parse_limits(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["max_top=20", ...]`` -> ``{"max_top": 20}`` (values read as YAML scalars; keys checked later)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().removeprefix("predict.")
+        if not sep or not key:
+            raise StageError(f"--limit {pair!r}: expected KEY=VALUE, e.g. max_video_seconds=7200")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def read_queries(path: Path) -> list[dict[str, Any]]:
-    """The lines of a --queries file, each checked (names the file and the line)."""
+    """The non-empty lines of a --queries file, each ``{"line": n, "item": object or None, "error": str or None}``:
+    a line that is not UTF-8, not JSON or not a well-formed query object carries its error."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: queries file not found")
-    items = []
-    from fian.io import loads_json, read_utf8
-
-    for i, line in enumerate(read_utf8(path, StageError).splitlines(), 1):
-        if not line.strip():
+    lines = []
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        item, error = None, None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            lines.append({"line": i, "item": None, "error": f"not UTF-8 (byte {e.start + 1} of the line)"})
             continue
-        obj = loads_json(line, path, StageError, first_line=i)
-        if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
-            raise StageError(f"{path}: line {i}: expected an object with a string 'query'")
-        if ("video" in obj) == ("features" in obj):
-            raise StageError(f"{path}: line {i}: give exactly one of 'video' and 'features' (+ 'video_id')")
-        if "features" in obj and "video_id" not in obj:
-            raise StageError(f"{path}: line {i}: 'features' needs a 'video_id'")
-        items.append({"line": i, **obj})
-    if not items:
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            error = f"not valid JSON ({getattr(e, 'msg', 'nested too deeply')})"
+        else:
+            item = obj if isinstance(obj, dict) else None
+            error = _line_problem(obj)
+        lines.append({"line": i, "item": item, "error": error})
+    if not lines:
         raise StageError(f"{path}: no queries")
-    return items
+    return lines
+
+
+def _line_problem(obj: Any) -> str | None:
+    """What is wrong with one parsed --queries line (None: nothing)."""
+    from fian.predict import short
+
+    if not isinstance(obj, dict) or not isinstance(obj.get("query"), str):
+        return "expected an object with a string 'query'"
+    if ("video" in obj) == ("features" in obj):
+        return "give exactly one of 'video' and 'features' (+ 'video_id')"
+    for key in ("video", "features"):
+        if key in obj and not isinstance(obj[key], str):
+            return f"'{key}' must be a file path (a string), got {short(obj[key])}"
+    if "features" in obj and "video_id" not in obj:
+        return "'features' needs a 'video_id'"
+    top = obj.get("top")
+    if "top" in obj and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        return f"'top' must be an integer >= 1, got {short(top)}"
+    return None
 
 
 def _encode(p: Any, item: dict[str, Any], args: argparse.Namespace, base: Path | None) -> Any:
@@ -76,6 +122,44 @@ def _encode(p: Any, item: dict[str, Any], args: argparse.Namespace, base: Path |
         return p.encode_video(resolve(item["video"]))
     return p.load_features(resolve(item["features"]), str(item["video_id"]), duration=item.get("duration"),
                            layout=item.get("layout") or args.layout)  # fmt: skip
+
+
+def answer_lines(p: Any, items: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """--queries: the cheap checks of every line first (query, top), then the videos; a bad line is
+    answered with its error and reported on stderr; exit status 1 when any line failed."""
+    from fian.io import atomic_path
+
+    for it in items:  # the cheap checks of every line before any decoding
+        if it["error"] is None:
+            try:
+                p.encode_query(it["item"]["query"])
+                p.check_top(it["item"].get("top", args.top))
+            except ValueError as e:
+                it["error"] = str(e)
+    out_lines = []
+    for it in items:
+        item = it["item"] or {}
+        if it["error"] is None:
+            try:
+                v = _encode(p, item, args, args.queries.parent)
+                moments = p.predict(item["query"], v, top=item.get("top", args.top))
+                out_lines.append({**item, "moments": [m.to_dict() for m in moments]})
+                continue
+            except ValueError as e:  # PredictError, FeatureError: this line's input
+                it["error"] = str(e)
+        out_lines.append({**item, "line": it["line"], "error": it["error"]})
+    with atomic_path(args.out) as tmp:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in out_lines), encoding="utf-8")
+    bad = [it for it in items if it["error"] is not None]
+    for it in bad:
+        print(f"{args.queries}: line {it['line']}: {it['error']}", file=sys.stderr)
+    print(f"{len(items) - len(bad)} answers, {len(bad)} errors -> {args.out}")
+    if bad:
+        print(f"error: {len(bad)} of {len(items)} lines of {args.queries} could not be answered "
+              f"(lines {', '.join(str(it['line']) for it in bad[:20])}{' ...' if len(bad) > 20 else ''}): "
+              f"each has its \"error\" in {args.out}", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
 
 
 def table(moments: Sequence[Any], query: str, source: str) -> str:
@@ -98,37 +182,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StageError(f"--features {args.features} needs --video-id")
     if args.top < 1:
         raise StageError(f"--top must be >= 1, got {args.top}")
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is not None and path.is_dir():
+            raise StageError(f"{flag} {path}: is a folder; give a file path")
+    limits = parse_limits(args.limit)
     items = read_queries(args.queries) if args.queries else None
 
-    from fian.io import atomic_path, write_json
+    from fian.io import write_json
     from fian.predict import Predictor
 
-    p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)
+    p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights,
+                                  limits=limits)  # fmt: skip
+    p.check_top(args.top)  # before any decoding
     if p.random_weights:
         warn_loud(f"OFFLINE FALLBACK: {args.checkpoint} was trained on features of a {p.recipe.get('backbone')} "
                   "with RANDOM weights: these windows say nothing about the video's content")  # fmt: skip
 
-    if items is not None:  # many: encode and check everything, then answer, then write once
-        base = args.queries.parent
-        encoded = []
-        for check_only in (True, False):  # the cheap checks of every line first, then the videos
-            for it in items:
-                try:
-                    if check_only:
-                        p.encode_query(it["query"])
-                    else:
-                        encoded.append(_encode(p, it, args, base))
-                except ValueError as e:
-                    raise StageError(f"{args.queries}: line {it['line']}: {e}") from None
-        lines = []
-        for it, v in zip(items, encoded, strict=True):
-            moments = p.predict(it["query"], v, top=int(it.get("top", args.top)))
-            out = {k: val for k, val in it.items() if k != "line"}
-            lines.append(json.dumps({**out, "moments": [m.to_dict() for m in moments]}))
-        with atomic_path(args.out) as tmp:
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print(f"{len(lines)} answers -> {args.out}")
-        return 0
+    if items is not None:  # many: every line answered or given its error, then one write
+        return answer_lines(p, items, args)
 
     p.encode_query(args.query)  # before the video: a bad query costs nothing
     item = {"video": args.video, "features": args.features, "video_id": args.video_id, "duration": args.duration}

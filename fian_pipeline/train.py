@@ -158,10 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         package_model,  # predict bundle + MLflow pyfunc model
                     )
 
-                    package_model(ckpt_path, cfg, vocab, train.attrs, tracker)
+                    model_id = package_model(ckpt_path, cfg, vocab, train.attrs, tracker)
                     summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab),
                                             protocol=protocol_info(cfg.eval))  # fmt: skip
-                    tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)})
+                    tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)},
+                                        model_id=model_id)  # fmt: skip
                     with tempfile.TemporaryDirectory() as tmp:
                         cfg_file = Path(tmp) / "config.yaml"
                         cfg_file.write_text(yaml.safe_dump(_plain(stored_config(cfg)), sort_keys=False))

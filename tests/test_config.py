@@ -97,6 +97,18 @@ def test_out_of_range(tmp_path: Path) -> None:
         load_config(PARAMS / "base.yaml", bad)
 
 
+def test_predict_limits_are_checked(tmp_path: Path) -> None:
+    """Issue 18: the limits of predict / the served model are typed, range-checked params keys."""
+    cfg = load_config(PARAMS / "base.yaml")
+    assert (cfg.predict.max_top, cfg.predict.path_root) == (100, None)
+    for text, match in (("max_top: 0", r"predict\.max_top: must be >= 1"), ("max_rows: many", r"predict\.max_rows"),
+                        ("max_video_seconds: .nan", r"predict\.max_video_seconds: must be > 0"),
+                        ("path_root: ''", r"predict\.path_root"), ("max_tops: 3", "unknown key")):  # fmt: skip
+        bad = _write(tmp_path, "v.yaml", f"predict:\n  {text}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_config(PARAMS / "base.yaml", bad)
+
+
 def test_inconsistent_ablation_is_rejected(tmp_path: Path) -> None:
     bad = _write(tmp_path, "v.yaml", "model:\n  branches: [vq]\n  fusion: matrix\n")
     with pytest.raises(ConfigError, match="needs both branches"):

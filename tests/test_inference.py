@@ -98,6 +98,19 @@ def test_decode_agrees_with_slow_reference(thr, top_k):
     assert seg.shape == (B, top_k, 2) and sc.shape == (B, top_k)
 
 
+def test_decode_top_k_above_the_candidates_is_bounded_by_them():
+    """Issue 18: a client's top_k (1e9 allocated 12 GB) must not size the work: the answer has N
+    columns at most, equal to those of top_k = N (by hand: the survivors of NMS, best first).
+    (1000 here, so that a regression fails the assertion instead of allocating gigabytes.)"""
+    cands = torch.tensor([[0.0, 4.0], [2.0, 6.0], [4.0, 8.0], [6.0, 10.0]])
+    out = make_output([[1.0, 3.0, 2.0, 0.0]], [[[0.0, 0.0]] * 4], cands)
+    seg, sc = decode(out, torch.tensor([10.0]), num_steps=10, nms_threshold=0.9, top_k=1000)
+    assert seg.shape == (1, 4, 2) and sc.shape == (1, 4)
+    np.testing.assert_allclose(seg[0].numpy(), [[2, 6], [4, 8], [0, 4], [6, 10]])  # by score: 3, 2, 1, 0
+    same, _ = decode(out, torch.tensor([10.0]), num_steps=10, nms_threshold=0.9, top_k=4)
+    assert torch.equal(seg, same)
+
+
 def test_decode_bad_arguments():
     out = make_output([[0.0]], [[[0.0, 0.0]]], torch.tensor([[0.0, 4.0]]))
     with pytest.raises(ValueError, match="duration"):

@@ -14,6 +14,9 @@ carphone_pristine.mp4 120 frames at 29.97 fps = 4.004 s -> ceil(32.03) = 33 fram
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import json
 import os
 import shutil
@@ -358,22 +361,33 @@ def _old_checkpoint(path: Path, trained: SimpleNamespace) -> Path:
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown_words", "too_short", "unreadable", "zero_frames", "missing_video", "wrong_width", "older_checkpoint",
-     "older_format", "pickled_checkpoint", "bad_queries_line"],
+    ["unknown_words", "unreadable", "zero_frames", "missing_video", "wrong_width", "older_checkpoint",
+     "older_format", "pickled_checkpoint", "top_over_limit", "out_is_folder", "long_query", "hour_video"],
 )  # fmt: skip
 def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
     case: str, trained: SimpleNamespace, tmp_path: Path, capsys
 ) -> None:
-    from fian.extract.video import render_moving_square
     from fian_pipeline.cli import main
 
     ckpt, video, query = trained.ckpt, trained.videos / "bikes.mp4", SENTENCES["bikes"][0]
     extra: list[str] = []
+    out = tmp_path / "answer.json"
     if case == "unknown_words":
         query, named = "zebra quantum flux", "zebra quantum flux"
-    elif case == "too_short":
-        video = render_moving_square(tmp_path / "short.mp4", n_frames=6, fps=10)  # 0.6 s -> 5 frames -> 1 row
-        named = "short.mp4: too short"
+    elif case == "top_over_limit":  # issue 18: --top 1000000000 allocated 12 GB; the limit is predict.max_top
+        extra, named = ["--video", str(video), "--top", "101"], "top 101 is over the limit predict.max_top = 100"
+    elif case == "out_is_folder":
+        out = tmp_path / "folder"
+        out.mkdir()
+        named = f"--out {out}: is a folder"
+    elif case == "long_query":  # 10,000 words were cut to text.max_query_len silently
+        query, named = " ".join(["man"] * 10_000), "39999 bytes, over the limit predict.max_query_bytes = 4096"
+    elif case == "hour_video":  # 1.6 kB that decodes to an hour: refused from its header, at once
+        from test_video_decode import hour_long_video
+
+        video = hour_long_video(tmp_path / "hour.mp4")
+        named = ("hour.mp4: video too long: 3601 seconds (the container's header), over the limit "
+                 "predict.max_video_seconds = 1800")  # fmt: skip
     elif case == "unreadable":
         video = tmp_path / "garbage.mp4"
         video.write_bytes(b"this is not a video" * 100)
@@ -399,26 +413,133 @@ def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
         torch.save({"format": 1, "config": {}, "model": {}, "best_model": {}, "epoch": 1,
                     "rng": {"numpy": np.random.get_state()}}, ckpt)  # fmt: skip
         named = "format1.pt: refused to load"
-    else:  # bad_queries_line
-        qfile = tmp_path / "q.jsonl"
-        qfile.write_text(json.dumps({"video": str(video), "query": query}) + "\n"
-                         + json.dumps({"video": str(video), "query": "zebra"}) + "\n")  # fmt: skip
-        named = "q.jsonl: line 2"
-    out, plot = tmp_path / "answer.json", tmp_path / "plot.png"
-    if case == "bad_queries_line":
-        argv = ["predict", "--checkpoint", str(ckpt), "--queries", str(tmp_path / "q.jsonl"), "--out", str(out)]
-    else:
-        source = extra or ["--video", str(video)]
-        argv = ["predict", "--checkpoint", str(ckpt), *source, "--query", query, "--out", str(out), "--json"]
-        if not extra:
-            argv += ["--plot", str(plot)]
+    plot = tmp_path / "plot.png"
+    source = extra or ["--video", str(video)]
+    argv = ["predict", "--checkpoint", str(ckpt), *source, "--query", query, "--out", str(out), "--json"]
+    if not extra:
+        argv += ["--plot", str(plot)]
+    t0 = time.perf_counter()
     code = main(argv)
+    took = time.perf_counter() - t0
     err = capsys.readouterr()
     assert code != 0
     assert named in err.err, err.err
     assert err.out.strip() == ""  # no answer printed
-    assert not out.exists() and not plot.exists()
+    assert (list(out.iterdir()) == []) if case == "out_is_folder" else not out.exists()
+    assert not plot.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no half-written file
+    if case in ("hour_video", "top_over_limit", "long_query"):
+        assert took < 30, f"{case}: {took:.1f} s: refused before decoding"  # a decode of the hour took minutes
+
+
+def test_cli_top_not_an_integer(trained: SimpleNamespace, capsys) -> None:
+    from fian_pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--checkpoint", str(trained.ckpt), "--video", str(trained.videos / "bikes.mp4"),
+              "--query", SENTENCES["bikes"][0], "--top", "1e9"])  # fmt: skip
+    assert e.value.code == 2 and "argument --top: invalid int value: '1e9'" in capsys.readouterr().err
+
+
+def test_short_clip_is_answered_as_the_prepare_stage_accepts_it(predictor, trained: SimpleNamespace, tmp_path: Path,
+                                                                capsys) -> None:
+    """0.6 s at 10 frames/s -> 5 frames at 8 frames/s: one 16-frame clip (the last frame repeated), one
+    feature row; prepare repeats it to the T = 8 steps (features.shorter: repeat), so predict does too."""
+    from fian.extract.video import render_moving_square
+    from fian_pipeline.cli import main
+
+    video = render_moving_square(tmp_path / "short.mp4", n_frames=6, fps=10)
+    v = predictor.encode_video(video)
+    assert v.n_features == 1 and v.duration == pytest.approx(0.6)
+    assert torch.equal(v.features, v.features[:1].expand(8, -1))  # one row, repeated to every step
+    query = SENTENCES["bikes"][0]
+    assert main(["predict", "--checkpoint", str(trained.ckpt), "--video", str(video), "--query", query, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = [m.to_dict() for m in predictor.predict(query, v)]
+    assert got and np.allclose([list(d.values()) for d in got], [list(d.values()) for d in want], atol=1e-6)
+    assert all(0 <= d["start"] <= d["end"] <= 0.6 + 1e-5 for d in got)
+
+
+def test_cli_queries_answers_the_good_lines_and_reports_each_bad_one(predictor, trained: SimpleNamespace,
+                                                                     tmp_path: Path, capsys) -> None:
+    """Issue 18: one bad line cost every answer (exit 1, no output); now each line gets its answer or
+    its error, in order, and the exit status says that some failed."""
+    from fian_pipeline.cli import main
+
+    clip = str(trained.videos / "carphone_pristine.mp4")
+    good = {"video": clip, "query": SENTENCES["carphone_pristine"][0]}
+    lines = [
+        json.dumps(good),
+        json.dumps({"video": clip, "query": "zebra"}),  # 2: no known word
+        json.dumps({**good, "top": 0}),  # 3
+        json.dumps({**good, "top": "abc"}),  # 4
+        "",  # blank: skipped
+        json.dumps({"video": str(tmp_path / "nowhere.mp4"), "query": "a man"}),  # 6
+        "{not json",  # 7
+        json.dumps({"features": str(trained.store), "video_id": "bigbuckbunny", "query": SENTENCES["bigbuckbunny"][0],
+                    "top": 2}),  # 8: good  # fmt: skip
+        json.dumps({**good, "top": 101}),  # 9: over predict.max_top
+    ]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe{}\n")  # 10: not UTF-8
+    out = tmp_path / "answers.jsonl"
+    code = main(["predict", "--checkpoint", str(trained.ckpt), "--queries", str(qfile), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g.get("line") for g in got] == [None, 2, 3, 4, 6, 7, None, 9, 10]
+    reasons = {2: "none of its words", 3: "'top' must be an integer >= 1, got 0",
+               4: "'top' must be an integer >= 1, got 'abc'", 6: "nowhere.mp4: video file not found",
+               7: "not valid JSON", 9: "top 101 is over the limit predict.max_top = 100", 10: "not UTF-8"}  # fmt: skip
+    for g in got:
+        if g.get("line") is not None:
+            assert reasons[g["line"]] in g["error"] and "moments" not in g, g
+            assert f"q.jsonl: line {g['line']}: " in err and reasons[g["line"]] in err
+    assert "7 of 9 lines" in err
+    v = predictor.encode_video(clip)
+    want = [m.to_dict() for m in predictor.predict(good["query"], v)]
+    assert got[0]["query"] == good["query"] and np.allclose(
+        [list(d.values()) for d in got[0]["moments"]], [list(d.values()) for d in want], atol=1e-6)
+    f = predictor.load_features(trained.store, "bigbuckbunny")
+    want = [m.to_dict() for m in predictor.predict(SENTENCES["bigbuckbunny"][0], f, top=2)]
+    assert np.allclose([list(d.values()) for d in got[6]["moments"]], [list(d.values()) for d in want], atol=1e-6)
+
+
+def test_words_past_max_query_len_are_dropped_and_said(predictor, trained: SimpleNamespace, caplog) -> None:
+    """text.max_query_len is 10 in the fixture: a 14-word query is read as its first 10 words, loudly."""
+    v = predictor.load_features(trained.store, "bikes")
+    words = "a man rides a bike down the street cyclists pass by the camera now".split()
+    with caplog.at_level("WARNING", logger="fian.predict"):
+        got = predictor.predict(" ".join(words), v)
+    assert "14 words; the model reads the first 10 (text.max_query_len" in caplog.text
+    assert "dropped 'by the camera now'" in caplog.text
+    assert got == predictor.predict(" ".join(words[:10]), v)
+    with pytest.raises(ValueError, match="201 words, over the limit predict.max_query_words = 200"):
+        predictor.encode_query(" ".join(["man"] * 201))
+
+
+@pytest.mark.parametrize("case", ["file_bytes", "frames", "seconds", "feature_rows", "top"])
+def test_each_limit_is_refused_before_decoding(case: str, predictor, trained: SimpleNamespace, monkeypatch) -> None:
+    """bikes.mp4: 167 kB, 10 s, 80 frames at 8 frames/s, 9 feature rows (module docstring)."""
+    from collections import OrderedDict
+
+    import fian.extract.extractor as extractor
+
+    limit, value, key = {"file_bytes": ("max_file_bytes", 1000, "bytes"), "frames": ("max_video_frames", 79, "frames"),
+                         "seconds": ("max_video_seconds", 9.5, "seconds"), "feature_rows": ("max_feature_rows", 8, "rows"),
+                         "top": ("max_top", 3, "top")}[case]  # fmt: skip
+    monkeypatch.setattr(predictor, "limits", dataclasses.replace(predictor.limits, **{limit: value}))
+    monkeypatch.setattr(predictor, "_cache", OrderedDict())  # encoded videos of other tests: not a way around the limit
+    calls = []
+    monkeypatch.setattr(extractor, "extract_frames", lambda *a, **k: calls.append(1))  # the backbone never runs
+    with pytest.raises(ValueError, match=rf"over the limit predict\.{limit} = {value:g}"):
+        if case == "feature_rows":
+            predictor.load_features(trained.store, "bikes")
+        elif case == "top":
+            predictor.predict("a man", predictor.load_features(trained.store, "bikes"), top=4)
+        else:
+            predictor.encode_video(trained.videos / "bikes.mp4")
+    assert calls == []
 
 
 def test_not_recomputable_checkpoint_takes_features_only(trained: SimpleNamespace, tmp_path: Path, capsys) -> None:
@@ -442,7 +563,7 @@ def test_not_recomputable_checkpoint_takes_features_only(trained: SimpleNamespac
 
 
 # ----------------------------------------------------------------------------------------------
-# MLflow: the logged pyfunc model, loaded and served
+# MLflow: the logged model (issue 19 item 3) and the served model (issue 18)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -452,32 +573,177 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_mlflow_model_loaded_and_served_answer_as_the_api(predictor, trained: SimpleNamespace) -> None:
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=x.dtype == object)
+    return buf.getvalue()
+
+
+def _rows(moments_per_query) -> list[list[float]]:
+    """The served table's rows for lists of moments: query_index, rank, start, end, score."""
+    return [[i, r, m.start, m.end, m.score] for i, ms in enumerate(moments_per_query) for r, m in enumerate(ms, 1)]
+
+
+@pytest.fixture(scope="module")
+def logged(trained: SimpleNamespace) -> SimpleNamespace:
+    """The model the train stage logged and registered (the module fixture's train run)."""
     import mlflow
 
-    video = str(trained.videos / "carphone_pristine.mp4")
-    queries = SENTENCES["carphone_pristine"][:2]
-    api = [predictor.predict(q, predictor.encode_video(video), top=3) for q in queries]
-    want = [[i, r, m.start, m.end, m.score] for i, ms in enumerate(api) for r, m in enumerate(ms, 1)]
-    uri = f"runs:/{trained.run_id}/model"
-    mlflow.set_tracking_uri(f"sqlite:///{trained.db}")
-    info = mlflow.models.get_model_info(uri)
-    assert [c["name"] for c in info.signature.inputs.to_dict()][:2] == ["query", "video"]
-    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["query_index", "rank", "start", "end", "score"]
-    frame = pd.DataFrame({"query": queries, "video": [video, video]})
-    loaded = mlflow.pyfunc.load_model(uri).predict(frame, params={"top": 3})
-    assert np.allclose(loaded.to_numpy(dtype=float), np.array(want, dtype=float), atol=1e-6)
+    client = mlflow.MlflowClient(f"sqlite:///{trained.db}")
+    mv = client.get_model_version_by_alias("tiny-fian", "best")
+    model = client.get_logged_model(mv.source.removeprefix("models:/"))
+    return SimpleNamespace(client=client, version=mv, model=model, dir=Path(model.artifact_location.removeprefix("file://")))
 
+
+def test_train_logs_the_model_by_its_name_registered_with_an_input_example(logged, trained: SimpleNamespace) -> None:
+    import mlflow
+    import yaml
+
+    from fian.config import PredictConfig
+
+    assert (logged.model.name, logged.model.source_run_id) == ("tiny-fian", trained.run_id)
+    assert logged.version.version in (1, "1") and "best" in logged.version.aliases
+    assert logged.version.tags["fian.val_score"].count(",") == 1  # R@1,IoU=0.5 then mIoU of the best epoch
+    linked = {m.key for m in logged.model.metrics}  # the validation metrics of the best epoch, on the model
+    assert {"best/val/R1_IoU0.5", "best/val/mIoU"} <= linked
+    meta = yaml.safe_load((logged.dir / "MLmodel").read_text())
+    assert meta["saved_input_example_info"]["type"] == "dataframe"
+    config = meta["flavors"]["python_function"]["config"]
+    assert config == {"device": "cpu", "backbone_weights": None, "predict": dataclasses.asdict(PredictConfig())}
+    reqs = (logged.dir / "requirements.txt").read_text().split()
+    assert not [r for r in reqs if r.startswith("fian")] and {"numpy", "h5py", "av"} <= set(reqs)
+    assert (logged.dir / "code" / "fian" / "predict.py").is_file()
+    # the example is one row the model answers: a query of vocabulary words and one row of zero features
+    example = mlflow.models.Model.load(str(logged.dir)).load_input_example(str(logged.dir))
+    assert list(example.columns) == ["query", "features_bytes", "duration"]
+    got = mlflow.pyfunc.load_model(str(logged.dir)).predict(example)
+    assert len(got) >= 1 and list(got.columns) == ["query_index", "rank", "start", "end", "score"]
+
+
+def test_evaluate_links_the_test_metrics_to_the_logged_model(logged, trained: SimpleNamespace, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    from fian_pipeline import evaluate
+
+    monkeypatch.chdir(trained.root)  # the store's artifact root ./mlruns
+    argv = ["--params", *trained.params, "--data", str(trained.data), "--text", str(trained.text),
+            "--checkpoint", str(trained.ckpt), "--split", "test", "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    assert evaluate.run_stage(evaluate.main, argv) == 0
+    metrics = json.loads((tmp_path / "metrics_test.json").read_text())
+    linked = {m.key: m for m in logged.client.get_logged_model(logged.model.model_id).metrics}
+    assert linked["test/R1_IoU0.5"].value == pytest.approx(metrics["R@1,IoU=0.5"])
+    assert linked["test/mIoU"].run_id != trained.run_id  # logged by the evaluate run, linked to the model
+
+
+def test_alias_best_follows_the_validation_score(logged, trained: SimpleNamespace) -> None:
+    from fian_pipeline.mlflow_model import register
+
+    uri, name = f"models:/{logged.model.model_id}", "alias-test"
+    holder = []
+    for score in ((0.5, 0.4), (0.4, 0.9), (0.5, 0.5), None, (0.2, 0.1)):
+        register(uri, name, score, f"sqlite:///{trained.db}")
+        holder.append(int(logged.client.get_model_version_by_alias(name, "best").version))
+    assert holder == [1, 1, 3, 3, 3]  # by hand: (0.5, 0.5) beats (0.5, 0.4); nothing beats it after
+
+
+CHILD = r"""
+import json, sys
+# the checkout and its editable install out of reach: only the model's own code/ can give `fian`
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path_hooks = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
+try:
+    import fian
+    sys.exit("fian is importable before the model is loaded: " + str(fian.__file__))
+except ModuleNotFoundError:
+    pass
+import mlflow
+model_dir = sys.argv[1]
+model = mlflow.pyfunc.load_model(model_dir)
+answer = model.predict(mlflow.models.Model.load(model_dir).load_input_example(model_dir))
+files = {n: getattr(m, "__file__", None) for n, m in list(sys.modules.items())}
+print(json.dumps({"answer": answer.to_dict("records"), "files": files, "path": sys.path}))
+"""
+
+
+def test_logged_model_runs_without_the_checkout(logged, trained: SimpleNamespace, tmp_path: Path) -> None:
+    """A fresh, isolated Python (-I: no PYTHONPATH, no cwd on sys.path; cwd elsewhere) with the
+    checkout's editable install removed loads the logged model and answers its input example: every
+    module of fian comes from the model's folder, and no file of the checkout is imported."""
+    import mlflow
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    r = subprocess.run([sys.executable, "-I", "-c", CHILD, str(logged.dir)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    fian_files = {n: f for n, f in out["files"].items() if n == "fian" or n.startswith("fian.")}
+    assert "fian.serve" in fian_files and "fian.predict" in fian_files
+    assert all(f and Path(f).resolve().is_relative_to(logged.dir.resolve()) for f in fian_files.values()), fian_files
+    venv = Path(sys.prefix).resolve()  # this checkout's venv lies inside it
+    assert not [f for f in out["files"].values()
+                if f and Path(f).is_absolute() and Path(f).resolve().is_relative_to(REPO)
+                and not Path(f).resolve().is_relative_to(venv)]  # fmt: skip
+    assert not [n for n in out["files"] if n.startswith("fian_pipeline.") and n != "fian_pipeline.pyfunc_model"]
+    here = mlflow.pyfunc.load_model(str(logged.dir)).predict(
+        mlflow.models.Model.load(str(logged.dir)).load_input_example(str(logged.dir)))  # fmt: skip
+    assert np.allclose(pd.DataFrame(out["answer"]).to_numpy(float), here.to_numpy(float), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def served(trained: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory):
+    """One `mlflow models serve` (a real server on 127.0.0.1) for every served test: the fixture's
+    model with a real-weights recipe (the C3D weights of the fixture's seeded random init, saved to a
+    file, sha256 in the recipe), logged with log_model and served with SERVING_MODEL_CONFIG giving the
+    weights, a served folder (predict.path_root) and small limits."""
+    import mlflow
+
+    from fian.extract.extractor import build_backbone
+    from fian.io import sha256_file
+    from fian.predict import attach_bundle
+    from fian.train import build_model_from_checkpoint, load_checkpoint
+    from fian_pipeline.mlflow_model import log_model
+
+    tmp = tmp_path_factory.mktemp("served")
+    root = tmp / "root"
+    (root / "clips").mkdir(parents=True)
+    for vid in ("carphone_pristine", "bigbuckbunny"):
+        shutil.copyfile(trained.videos / f"{vid}.mp4", root / "clips" / f"{vid}.mp4")
+    shutil.copyfile(trained.store, root / "features.h5")
+    os.symlink(trained.videos / "bikes.mp4", root / "escape.mp4")  # inside the root, pointing outside it
+    ckpt = load_checkpoint(trained.ckpt)
+    recipe = ckpt["predict"]["recipe"]
+    weights = tmp / "c3d_test.pt"
+    bb = build_backbone("c3d", None, layer=recipe["layer"], allow_random_weights=True, seed=int(recipe["seed"]))
+    torch.save(bb.net.state_dict(), weights)
+    del bb
+    real = tmp / "checkpoint.pt"
+    shutil.copyfile(trained.ckpt, real)
+    attach_bundle(real, {**ckpt["predict"], "recipe": {**recipe, "random_weights": False, "weights": weights.name,
+                                                       "weights_sha256": sha256_file(weights)}})  # fmt: skip
+    _, cfg = build_model_from_checkpoint(ckpt, vocab_size=len(ckpt["predict"]["vocab"]))
+    store = f"sqlite:///{trained.db}"
+    client = mlflow.MlflowClient(store)
+    exp = client.create_experiment("served", artifact_location=(tmp / "mlruns").as_uri())
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run(experiment_id=exp):
+        info = log_model(real, cfg, ckpt["predict"]["vocab"])
+    config = {"backbone_weights": str(weights), "predict": {"path_root": str(root), "max_rows": 8, "max_video_seconds": 60}}
     port = _free_port()
-    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{trained.db}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": store,
+           "SERVING_MODEL_CONFIG": json.dumps(config), "PATH": _env()["PATH"]}  # fmt: skip
+    log = tmp / "server.log"
+    with open(log, "wb") as f:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", info.model_uri, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            env=env, cwd=tmp, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 180
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
@@ -486,21 +752,10 @@ def test_mlflow_model_loaded_and_served_answer_as_the_api(predictor, trained: Si
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow models serve did not come up: {server.stdout.read().decode()[-3000:]}")
-            time.sleep(1)
-        body = json.dumps({"dataframe_records": frame.to_dict("records"), "params": {"top": 3}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=120) as r:
-            served = json.loads(r.read())["predictions"]
-        got = [[d["query_index"], d["rank"], d["start"], d["end"], d["score"]] for d in served]
-        assert np.allclose(np.array(got, dtype=float), np.array(want, dtype=float), atol=1e-6)
-        bad = json.dumps({"dataframe_records": [{"query": "zebra", "video": video}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=bad,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=60)
-        assert "zebra" in e.value.read().decode()
+                raise AssertionError(f"mlflow models serve did not come up: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/invocations", root=root, tmp=tmp, ckpt=real,
+                              weights=weights, log=log, uri=info.model_uri)  # fmt: skip
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -508,6 +763,208 @@ def test_mlflow_model_loaded_and_served_answer_as_the_api(predictor, trained: Si
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
+
+
+def _post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, str, float]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(), time.perf_counter() - t0
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), time.perf_counter() - t0
+
+
+def test_served_model_answers_as_the_api(served, predictor, trained: SimpleNamespace) -> None:
+    """Each kind of input of the served model, against the Python API on the same files."""
+    clip, bikes = trained.videos / "carphone_pristine.mp4", predictor.load_features(trained.store, "bikes")
+    from fian.data.features import FeatureStore
+
+    with FeatureStore(trained.store) as s:
+        bikes_rows = s.get("bikes")
+    q = SENTENCES["carphone_pristine"][:2] + [SENTENCES["bikes"][1], SENTENCES["bigbuckbunny"][0]]
+    rows = [{"query": q[0], "video_bytes": _b64(clip.read_bytes())},
+            {"query": q[1], "video": "clips/carphone_pristine.mp4"},
+            {"query": q[2], "features_bytes": _b64(_npy(bikes_rows)), "duration": bikes.duration},
+            {"query": q[3], "features": "features.h5", "video_id": "bigbuckbunny"}]  # fmt: skip
+    code, text, _ = _post(served.url, {"dataframe_records": rows, "params": {"top": 3}})
+    assert code == 200, text
+    v = predictor.encode_video(clip)
+    want = _rows([predictor.predict(q[0], v, top=3), predictor.predict(q[1], v, top=3), predictor.predict(q[2], bikes, top=3),
+                  predictor.predict(q[3], predictor.load_features(trained.store, "bigbuckbunny"), top=3)])  # fmt: skip
+    got = [[d["query_index"], d["rank"], d["start"], d["end"], d["score"]] for d in json.loads(text)["predictions"]]
+    assert np.allclose(np.array(got, float), np.array(want, float), atol=1e-5)
+
+
+def _bad_requests(served, trained: SimpleNamespace) -> dict:
+    """name -> (request body, row named (None: the whole request), what the message says)."""
+    from test_video_decode import hour_long_video
+
+    good = {"query": SENTENCES["bikes"][0], "features": "features.h5", "video_id": "bikes"}
+    hour = hour_long_video(served.tmp / "hour.mp4").read_bytes()
+
+    def one(row: dict, params: dict | None = None) -> dict:
+        return {"dataframe_records": [good, row], **({"params": params} if params else {})}
+
+    q = SENTENCES["bikes"][0]
+    return {
+        "two_sources": (one({"query": q, "video": "clips/bigbuckbunny.mp4", "video_bytes": _b64(b"x")}), 1,
+                        "give exactly one of 'video_bytes', 'features_bytes', 'video', 'features'"),
+        "no_source": (one({"query": q}), 1, "give exactly one of"),
+        "number_query": (one({**good, "query": 5}), 1, "'query' must be a string, got 5"),
+        "top_zero": (one(good, {"top": 0}), None, "param top must be an integer >= 1, got 0"),
+        "top_negative": (one(good, {"top": -1}), None, "param top must be an integer >= 1, got -1"),
+        "top_huge": (one(good, {"top": 1_000_000_000}), None, "top 1000000000 is over the limit predict.max_top = 100"),
+        "unknown_words": (one({**good, "query": "zebra quantum"}), 1, "none of its words"),
+        "missing_file": (one({"query": q, "video": "clips/nowhere.mp4"}), 1, "no such file in the served folder"),
+        "absolute_path": (one({"query": q, "video": "/etc/passwd"}), 1, "a path relative to the served folder"),
+        "dotdot": (one({"query": q, "video": "clips/../../../etc/passwd"}), 1, "without '..'"),
+        "symlink_escape": (one({"query": q, "video": "escape.mp4"}), 1, "leads outside the served folder"),
+        "query_5mb": (one({**good, "query": "man " * 1_300_000}), 1, "5200000 bytes, over the limit predict.max_query_bytes = 4096"),
+        "rows_20000": ({"dataframe_records": [good] * 20_000}, None, "20000 rows, over the limit predict.max_rows = 8"),
+        "hour_video": (one({"query": q, "video_bytes": _b64(hour)}), 1,
+                       "video too long: 3601 seconds (the container's header), over the limit predict.max_video_seconds = 60"),
+        "garbage_video": (one({"query": q, "video_bytes": _b64(b"not a video" * 100)}), 1, "cannot decode the video"),
+        "npy_wrong_width": (one({"query": q, "features_bytes": _b64(_npy(np.ones((3, 100), np.float32))), "duration": 3.0}),
+                            1, "features are 100-d"),
+        "npy_pickled": (one({"query": q, "features_bytes": _b64(_npy(np.array([[{"a": 1}]], dtype=object))), "duration": 3.0}),
+                        1, "features must be numbers"),
+        "npy_no_duration": (one({"query": q, "features_bytes": _b64(_npy(np.ones((3, 4096), np.float32)))}), 1,
+                            "need 'duration'"),
+        "features_no_video_id": (one({"query": q, "features": "features.h5"}), 1, "'features' needs a 'video_id'"),
+        "no_query_column": ({"dataframe_records": [{"words": "a man"}]}, None, "query"),  # MLflow's schema check
+    }  # fmt: skip
+
+
+BAD_REQUESTS = ["two_sources", "no_source", "number_query", "top_zero", "top_negative", "top_huge", "unknown_words",
+                "missing_file", "absolute_path", "dotdot", "symlink_escape", "query_5mb", "rows_20000", "hour_video",
+                "garbage_video", "npy_wrong_width", "npy_pickled", "npy_no_duration", "features_no_video_id",
+                "no_query_column"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_served_bad_request_is_a_short_json_400(case: str, served, trained: SimpleNamespace) -> None:
+    """Each bad request: 400 with a short JSON naming the row and the problem, no traceback, no path
+    of the server (its folders, the venv, the checkout, the temp folder), answered at once."""
+    import tempfile
+
+    body, row, says = _bad_requests(served, trained)[case]
+    code, text, took = _post(served.url, body)
+    assert code == 400, text[:2000]
+    err = json.loads(text)
+    assert err["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST") and says in err["message"], err
+    if case != "no_query_column":  # ours: the row, the message as set (MLflow's echo of the input is dropped)
+        assert err["row"] == row and err["message"].startswith(f"row {row}: " if row is not None else ("param", "2"))
+        assert len(text) < 1000
+    assert len(text) < 3000  # a 5 MB query was echoed twice (100 MB for a 50 MB query)
+    assert "Traceback" not in text and 'File "' not in text
+    for path in (served.root, served.tmp, trained.root, REPO, Path(sys.prefix), Path(tempfile.gettempdir())):
+        assert str(path) not in text, (path, text)
+    assert took < 30, f"{case}: {took:.1f} s"
+
+
+def test_served_model_without_weights_or_root_takes_bytes_and_features_only(served, trained: SimpleNamespace) -> None:
+    """Off by default: no server path is read without predict.path_root; a real-weights recipe without
+    its weights file takes features only; a weights file with another sha256 stops the server's start."""
+    from fian.predict import PredictError
+    from fian.serve import RequestError, ServedModel
+
+    m = ServedModel.load(served.ckpt, {})
+    frame = pd.DataFrame([{"query": SENTENCES["bikes"][0], "video": "clips/carphone_pristine.mp4"}])
+    with pytest.raises(RequestError, match=r"row 0: 'video' names a file on the server, and this server reads none"):
+        m.answer(frame)
+    clip = (served.root / "clips" / "carphone_pristine.mp4").read_bytes()
+    with pytest.raises(RequestError, match="started without the backbone weights"):
+        m.answer(pd.DataFrame([{"query": SENTENCES["bikes"][0], "video_bytes": clip}]))
+    wrong = served.tmp / "other.pt"
+    wrong.write_bytes(b"not the weights")
+    with pytest.raises(PredictError, match="sha256 differs from the weights the model was trained on"):
+        ServedModel.load(served.ckpt, {"backbone_weights": str(wrong)})
+    with pytest.raises(PredictError, match="predict.path_root .*: not a folder"):
+        ServedModel.load(served.ckpt, {"predict": {"path_root": str(served.tmp / "nowhere")}})
+
+
+def test_served_model_of_released_features_refuses_video(served, trained: SimpleNamespace, tmp_path: Path) -> None:
+    from fian.predict import attach_bundle
+    from fian.serve import RequestError, ServedModel
+    from fian.train import load_checkpoint
+
+    ckpt = tmp_path / "released.pt"
+    shutil.copyfile(trained.ckpt, ckpt)
+    bundle = load_checkpoint(ckpt)["predict"]
+    attach_bundle(ckpt, {**bundle, "recipe": {**bundle["recipe"], "recomputable": False, "reason": "PCA-reduced"}})
+    m = ServedModel.load(ckpt, {"predict": {"path_root": str(served.root)}})
+    clip = (served.root / "clips" / "carphone_pristine.mp4").read_bytes()
+    for row in ({"video_bytes": clip}, {"video": "clips/carphone_pristine.mp4"}):
+        with pytest.raises(RequestError, match=r"row 0: this model's features cannot be recomputed from a video \(PCA"):
+            m.answer(pd.DataFrame([{"query": SENTENCES["bikes"][0], **row}]))
+    assert len(m.answer(pd.DataFrame([{"query": SENTENCES["bikes"][0], "features": "features.h5", "video_id": "bikes"}])))
+
+
+def test_pyfunc_errors_map_to_400_and_a_bare_500() -> None:
+    """The pyfunc model's own mapping (the server adds nothing): a RequestError is 400 with its row,
+    its message kept when MLflow's scoring server rewrites it; anything else a 500 that says nothing
+    of the failure (no path, no message, no traceback)."""
+    from fian.serve import RequestError
+    from fian_pipeline import pyfunc_model
+
+    model = pyfunc_model.FianModel()
+
+    def fail(exc: Exception):
+        model.served = SimpleNamespace(answer=lambda frame, params: (_ for _ in ()).throw(exc))
+        with pytest.raises(pyfunc_model.ServedModelError) as e:
+            model.predict(None, pd.DataFrame({"query": ["x"]}))
+        e.value.message = f"Failed to predict data '<the whole input>'. \nError: {e.value.message}"  # as the server does
+        return e.value, json.loads(e.value.serialize_as_json())
+
+    err, body = fail(RequestError("'query' must be a string, got 5", 2))
+    assert err.get_http_status_code() == 400 and body["row"] == 2
+    assert body["message"] == "row 2: 'query' must be a string, got 5"
+    err, body = fail(RuntimeError("/srv/secret/model.pt: CUDA out of memory"))
+    assert err.get_http_status_code() == 500 and body["message"] == "internal error of the served model (logged on the server)"
+    assert "secret" not in err.serialize_as_json() and err.__cause__ is None and err.__suppress_context__
+
+
+def test_served_model_under_load(served, predictor, trained: SimpleNamespace) -> None:
+    """200 concurrent small requests are all answered (right), alone and with 10 bad ones among them
+    (an hour-long video, 20,000 rows, top = 1e9, a 5 MB query, garbage bytes: refused, no later than
+    the slowest good one + 5 s: they queue for the server's threads as the good ones do); bound: the
+    good requests' 95th percentile latency with the bad ones is at most twice the one without them,
+    plus 2 s.  Timings of a quiet machine: bench/serve_load.py, bench/RESULTS.md."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = _bad_requests(served, trained)
+    vids = ["bikes", "bigbuckbunny", "carphone_pristine"]
+    good = [{"dataframe_records": [{"query": SENTENCES[v][i % 3], "features": "features.h5", "video_id": v}]}
+            for i in range(200) for v in [vids[i % 3]]]  # fmt: skip
+    want = {}
+    for v in vids:
+        f = predictor.load_features(trained.store, v)
+        for s in SENTENCES[v]:
+            want[s] = _rows([predictor.predict(s, f)])
+    bads = [bad[k][0] for k in ("hour_video", "rows_20000", "top_huge", "query_5mb", "garbage_video")] * 2
+
+    def run(bodies: list) -> list:
+        with ThreadPoolExecutor(max_workers=len(bodies)) as ex:
+            return list(ex.map(lambda b: _post(served.url, b), bodies))
+
+    alone = run(good)
+    order = good[:]
+    for i, b in enumerate(bads):
+        order.insert(20 * i + 10, b)
+    mixed = run(order)
+    is_bad = [any(b is x for x in bads) for b in order]
+    for results in (alone, [r for r, b in zip(mixed, is_bad, strict=True) if not b]):
+        assert [c for c, _, _ in results] == [200] * 200
+        for (_, text, _), body in zip(results, good, strict=True):
+            got = [[d["query_index"], d["rank"], d["start"], d["end"], d["score"]] for d in json.loads(text)["predictions"]]
+            assert np.allclose(np.array(got, float), np.array(want[body["dataframe_records"][0]["query"]], float), atol=1e-5)
+    refused = [r for r, b in zip(mixed, is_bad, strict=True) if b]
+    assert [c for c, _, _ in refused] == [400] * 10  # queued like the others, then refused at once:
+    assert max(t for _, _, t in refused) <= max(t for c, _, t in mixed if c == 200) + 5.0
+    p95 = [float(np.percentile([t for c, _, t in rs if c == 200], 95)) for rs in (alone, mixed)]
+    assert p95[1] <= 2 * p95[0] + 2.0, p95
 
 
 # ----------------------------------------------------------------------------------------------

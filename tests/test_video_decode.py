@@ -12,8 +12,10 @@ import pytest
 from fian.extract.video import (
     FrameSpec,
     VideoDecodeError,
+    VideoTooLong,
     decode_video,
     expected_resampled_count,
+    render_long_still,
     render_moving_square,
 )
 
@@ -167,3 +169,38 @@ def test_audio_only_file(tmp_path: Path) -> None:
             c.mux(packet)
     with pytest.raises(VideoDecodeError, match="sound.mkv: no video stream"):
         decode_video(path, SAME)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (issue 18): a tiny file that says "one hour" is refused before it is decoded
+# ---------------------------------------------------------------------------------------------
+
+
+def hour_long_video(path: Path, seconds: int = 3600) -> Path:
+    """Two black 64x64 frames, at 0 s and at ``seconds``: about 1.6 kB that decodes to an hour."""
+    return render_long_still(path, seconds)
+
+
+def test_video_over_the_limits_is_refused_from_its_header_or_while_decoding(tmp_path: Path, monkeypatch) -> None:
+    import fian.extract.video as video
+
+    path = hour_long_video(tmp_path / "hour.mp4")
+    assert path.stat().st_size < 4096
+    with pytest.raises(VideoTooLong, match=r"3601 seconds \(the container's header\), over the limit of 1800") as e:
+        decode_video(path, C3D_SPEC, 8.0, max_seconds=1800)
+    assert (e.value.what, e.value.value, e.value.limit) == ("seconds", 3601, 1800)
+    # at 8 frames/s the header's 3601 s are 28808 frames (by hand: ceil(3601 * 8)), over 20000
+    with pytest.raises(VideoTooLong, match=r"28808 frames \(3601 s in the container's header\)"):
+        decode_video(path, C3D_SPEC, 8.0, max_frames=20000)
+    # a header that says nothing (or lies: 25 frames/s, 2 frames = 0.08 s): decoding stops at the limit,
+    # at the second frame (t = 3600 s), before the 28800 repeated frames are made
+    monkeypatch.setattr(video, "_declared_seconds", lambda *a: None)
+    monkeypatch.setattr(video, "_source_fps", lambda *a: 25.0)
+    with pytest.raises(VideoTooLong, match=r"3600 seconds \(met while decoding\)"):
+        decode_video(path, C3D_SPEC, 8.0, max_seconds=1800)
+    with pytest.raises(VideoTooLong, match=r"28800 frames \(met while decoding\), over the limit of 1000"):
+        decode_video(path, C3D_SPEC, 8.0, max_frames=1000)
+    # within the limits it decodes as before: 3600.04 s at 8 frames/s
+    got = decode_video(path, FrameSpec(crop=16, size=(16, 16)), 8.0, max_seconds=3601, max_frames=28801)
+    assert len(got) == expected_resampled_count(3600.04, 8.0) == 28801
+

@@ -339,6 +339,17 @@ class _Source:
         except (OSError, ValueError, RuntimeError) as e:
             raise FeatureError(f"{where}: video {video_id!r}: cannot read features (corrupt?): {e}") from None
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of one video's features, without reading them (for limits checked before reading)."""
+        where = self.path / f"{key}.npy" if self._h5 is None else self.path
+        try:
+            if self._h5 is None:
+                return tuple(np.load(where, mmap_mode="r", allow_pickle=False).shape)
+            node = self._h5[key]
+            return tuple((node[ACTIVITYNET_DATASET] if self.layout == "activitynet_c3d" else node).shape)
+        except (OSError, ValueError, RuntimeError, AttributeError) as e:
+            raise FeatureError(f"{where}: cannot read the features' shape (corrupt?): {e}") from None
+
     def video_attrs(self, key: str) -> dict[str, Any]:
         if self.layout == "store" and self._h5 is not None:
             return {k: _attr(v) for k, v in self._h5[key].attrs.items()}

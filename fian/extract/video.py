@@ -32,6 +32,15 @@ class VideoDecodeError(RuntimeError):
         self.reason = reason
 
 
+class VideoTooLong(VideoDecodeError):
+    """A video over a limit of :func:`decode_video` (``what``: "seconds" or "frames"), found from the
+    container's header before decoding, or as soon as decoding passes it."""
+
+    def __init__(self, path: str | Path, what: str, value: float, limit: float, where: str) -> None:
+        super().__init__(path, f"{value:g} {what} ({where}), over the limit of {limit:g} {what}")
+        self.what, self.value, self.limit, self.where = what, value, limit, where
+
+
 @dataclass(frozen=True)
 class FrameSpec:
     """Resize, then center-crop to ``crop x crop``.
@@ -93,10 +102,20 @@ def _declared_seconds(container, stream, time_base: Fraction) -> float | None:
     return None
 
 
-def decode_video(path: str | Path, spec: FrameSpec, fps: float | None = None) -> DecodedVideo:
+def decode_video(
+    path: str | Path,
+    spec: FrameSpec,
+    fps: float | None = None,
+    *,
+    max_seconds: float | None = None,
+    max_frames: int | None = None,
+) -> DecodedVideo:
     """Decode every frame of ``path`` (first video stream), resample to ``fps`` (None = source).
 
-    Raises :class:`VideoDecodeError` for a missing, unreadable, empty or truncated file.
+    Raises :class:`VideoDecodeError` for a missing, unreadable, empty or truncated file, and
+    :class:`VideoTooLong` for a video longer than ``max_seconds`` or giving more than ``max_frames``
+    frames (at ``fps``): from the header before decoding anything when it says so, else as soon as
+    decoding passes the limit (a header may lie or say nothing), so memory and time stay bounded.
     """
     import av  # heavy: imported where used
 
@@ -116,6 +135,20 @@ def decode_video(path: str | Path, spec: FrameSpec, fps: float | None = None) ->
         declared = int(stream.frames or 0)
         time_base = stream.time_base or Fraction(1, 1)
         declared_seconds = _declared_seconds(container, stream, time_base)
+        header = [s for s in (declared_seconds, declared / src_fps if declared else None) if s]
+        if max_seconds is not None and header and max(header) > max_seconds:
+            raise VideoTooLong(path, "seconds", round(max(header), 3), max_seconds, "the container's header")
+        if max_frames is not None and header:
+            want = expected_resampled_count(max(header), fps) if fps is not None else declared or 0
+            if want > max_frames:
+                raise VideoTooLong(path, "frames", want, max_frames, f"{max(header):g} s in the container's header")
+
+        def over(t: float, n_out: int) -> None:
+            """Decoding reached ``t`` seconds with ``n_out`` output frames: stop at a limit."""
+            if max_seconds is not None and t > max_seconds:
+                raise VideoTooLong(path, "seconds", round(t, 3), max_seconds, "met while decoding")
+            if max_frames is not None and n_out > max_frames:
+                raise VideoTooLong(path, "frames", n_out, max_frames, "met while decoding")
 
         out: list[np.ndarray] = []
         times: list[float] = []
@@ -146,6 +179,7 @@ def decode_video(path: str | Path, spec: FrameSpec, fps: float | None = None) ->
                 if prev is not None:
                     t = max(t, prev[1])  # never step back in time
                 n_src += 1
+                over(t, len(out) + 1 if fps is None else expected_resampled_count(t, fps) if t > 0 else 0)
                 if fps is None:
                     out.append(convert(frame))
                     times.append(t)
@@ -175,6 +209,7 @@ def decode_video(path: str | Path, spec: FrameSpec, fps: float | None = None) ->
                 path,
                 f"truncated: decoded {duration:.3f} s of the {declared_seconds:.3f} s the container declares",
             )
+        over(duration, expected_resampled_count(duration, fps) if fps is not None else len(out))
         if fps is not None:
             # the last source frame stays on screen until the end of the video
             while k / fps < duration - 1e-6:
@@ -228,4 +263,25 @@ def render_moving_square(
                 container.mux(packet)
         for packet in stream.encode():  # flush
             container.mux(packet)
+    return path
+
+
+def render_long_still(path: str | Path, seconds: int = 3600, side: int = 64) -> Path:
+    """Write two black frames, at 0 s and at ``seconds`` (H.264, 1 frame/s time base): a file of
+    about 1.6 kB that decodes to ``seconds`` of video.  For tests and benchmarks of the limits."""
+    from fractions import Fraction
+
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=1)
+        s.width, s.height, s.pix_fmt = side, side, "yuv420p"
+        for pts in (0, seconds):
+            frame = av.VideoFrame.from_ndarray(np.zeros((side, side, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1)
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
     return path
