@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="windows to return (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", type=Path, help="write the answer there (JSON; JSONL with --queries)")
-    p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails (PNG)")
+    p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails, and the "
+                   "attention of each refinement step (video->query, query->video) on the same time axis (PNG)")
     p.add_argument("--backbone-weights", type=Path, help="C3D/I3D weights file of the checkpoint's feature recipe")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     return p
@@ -137,11 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     moments = p.predict(args.query, v, top=args.top)
     answer = [m.to_dict() for m in moments]
     if args.plot is not None:
+        from fian.attention_maps import query_attention
         from fian.predict import thumbnails
-        from fian.reports.plots import moments_timeline
+        from fian.reports.plots import attention_panels, moments_timeline
 
         thumbs = thumbnails(args.video, v.duration) if args.video is not None else []
-        moments_timeline(args.plot, args.query, v.duration, moments, thumbs, title=f"{v.source} ({args.checkpoint})")
+        _, maps, words = query_attention(p, args.query, v)  # each refinement step's attention, below
+        panels = attention_panels(maps, 0, words, int(v.mask.sum()))
+        moments_timeline(args.plot, args.query, v.duration, moments, thumbs, title=f"{v.source} ({args.checkpoint})",
+                         attention=panels)  # fmt: skip
     if args.out is not None:
         write_json(args.out, answer)
     print(json.dumps(answer) if args.json else table(moments, args.query, v.source))
