@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("  " + w)
     print("\nwhere things are:")
     print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs)")
-    print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png")
+    print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png, "
+          "attention_<split>.png (also in MLflow: the plots run's artifacts)")
     print(
         "  results  results/<dataset>/<variant>/metrics_<split>.json, predictions_<split>.jsonl, history.csv"
     )

@@ -284,6 +284,37 @@ def test_precomputed_features_give_the_same_answer(predictor, trained: SimpleNam
 # ----------------------------------------------------------------------------------------------
 
 
+def test_plot_draws_the_attention_of_each_refinement_step(predictor, trained: SimpleNamespace, tmp_path: Path,
+                                                          monkeypatch) -> None:  # fmt: skip
+    """--plot adds, under the timeline, the four maps of the model's attention for the query (time
+    along x): each the model's own weights (fian.attention_maps, tests/test_attention_maps.py), a
+    word row summing to 1 (query -> video) or a step column summing to 1 (video -> query)."""
+    from fian.attention_maps import query_attention
+    from fian.reports import plots
+    from fian_pipeline.cli import main
+
+    video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][1]  # the shortest clip
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig) or Path(out))
+    assert main(["predict", "--checkpoint", str(trained.ckpt), "--video", str(video), "--query", query,
+                 "--plot", str(tmp_path / "t.png")]) == 0  # fmt: skip
+    (fig,) = drawn
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images and ax.get_yticklabels()]
+    enc = predictor.encode_video(video)
+    out, maps, words = query_attention(predictor, query, enc)
+    assert words == ["the", "man", "looks", "out", "the", "window"]
+    with torch.no_grad():  # the forward the maps came from is the model's plain forward
+        plain = predictor.model(enc.features[None], enc.mask[None], torch.tensor([[predictor.vocab.itos.index(w) for w in words]]),
+                                torch.ones(1, len(words), dtype=torch.bool))  # fmt: skip
+    assert torch.equal(out.logits, plain.logits)
+    attention = [np.asarray(a) for a in images if np.asarray(a).shape == (len(words), 8)]
+    assert len(attention) == 4
+    for img, m in zip(attention, maps, strict=True):
+        expect = m.real(0, len(words), 8).numpy()
+        np.testing.assert_allclose(img, expect if m.query_rows else expect.T)
+        np.testing.assert_allclose(img.sum(1 if m.query_rows else 0), 1.0, rtol=1e-5)
+
+
 def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespace, tmp_path: Path, capsys) -> None:
     video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][0]
     api = [m.to_dict() for m in predictor.predict(query, predictor.encode_video(video), top=3)]

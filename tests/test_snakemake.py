@@ -72,6 +72,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
         "results/synthetic/fian/history.csv",
         "reports/figures/synthetic/fian/timeline_test.png",
         "reports/figures/synthetic/fian/training_curves_test.png",
+        "reports/figures/synthetic/fian/attention_test.png",
         *[f"reports/table{k}.tex" for k in range(1, 7)],
     ):
         assert (proj / rel).is_file(), rel
