@@ -13,7 +13,8 @@ Which of two alternative stages builds a dataset's artifact is decided per datas
 (:class:`DatasetPlan`): ``generate`` or ``download`` for raw data (config ``source``), ``features``
 (import the released files) or ``extract`` (from raw videos) for the store (config ``features``),
 ``text`` (GloVe) or ``text_fallback`` (GloVe trained on the dataset's own sentences: params
-``text.fallback_train_glove``).
+``text.fallback_train_glove``); ``extract`` (with ``backbone.pt``) or ``extract_fallback`` (a
+backbone with seeded RANDOM weights, no ``backbone.pt``: params ``extract.allow_random_weights``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fian.config import ConfigError, load_config, load_params
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
-When = Literal["always", "download", "generate", "import", "extract", "glove", "glove_download", "fallback"]
+When = Literal["always", "download", "generate", "import", "extract", "extract_fallback", "glove", "glove_download",
+               "fallback"]
 
 WILDCARDS = ("dataset", "variant", "split")
 # per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
@@ -247,6 +249,22 @@ STAGES: tuple[Stage, ...] = (
         gpus=1,
     ),
     Stage(
+        name="extract_fallback",
+        module="extract",
+        phase="features",
+        doc="OFFLINE FALLBACK: as extract, with a RANDOM-weight backbone and no backbone.pt (extract.allow_random_weights).",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset", "extract", "train.seed"),  # the random weights are seeded by train.seed
+        args=(Arg("--videos", RAW_VIDEOS), Arg("--out", STORE, "out")),
+        outputs=(Out(STORE),),
+        when="extract_fallback",
+        threads=8,
+        mem_mb=32000,
+        runtime=24 * 60,
+        gpus=1,
+    ),
+    Stage(
         name="text",
         module="text",
         phase="features",
@@ -416,6 +434,7 @@ class DatasetPlan:
     baseline: bool = True
     plots: bool = True
     glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
+    random_backbone: bool = False  # features: extract with extract.allow_random_weights (no backbone.pt)
     vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
 
     def uses(self, when: When) -> bool:
@@ -424,7 +443,8 @@ class DatasetPlan:
             "download": self.source == "download",
             "generate": self.source == "generate",
             "import": self.features == "import",
-            "extract": self.features == "extract",
+            "extract": self.features == "extract" and not self.random_backbone,
+            "extract_fallback": self.features == "extract" and self.random_backbone,
             "glove": self.glove,
             "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
@@ -525,6 +545,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
                 baseline=bool(spec.get("baseline", True)),
                 plots=bool(spec.get("plots", True)),
                 glove=not cfg.text.fallback_train_glove,
+                random_backbone=cfg.extract.allow_random_weights,
                 vectors=cfg.text.vectors_file,
             )
         )
@@ -738,7 +759,8 @@ def missing_local(plan: Plan, root: str | Path = ".") -> list[str]:
     for d in plan.datasets:
         if d.source != "local":
             continue
-        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS, BACKBONE_WEIGHTS])
+        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS])
+        folders += [BACKBONE_WEIGHTS] if d.uses("extract") else []
         for f in folders:
             path = fill(f, {"dataset": d.name})
             if not (root / path).exists():

@@ -279,6 +279,28 @@ def test_precomputed_features_give_the_same_answer(predictor, trained: SimpleNam
     assert np.allclose(_pairs(predictor.predict(q, f)), _pairs(predictor.predict(q, v)), atol=1e-5)
 
 
+def test_features_import_of_an_extracted_store_keeps_the_recipe(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """features: import (layout store) of the store that the extract stage wrote, then prepare: the
+    recipe the train stage would put into the checkpoint is the one of the extracted store itself
+    (recomputable from a video), not "imported from a feature store" (issue 19 item 10)."""
+    from fian.config import load_config
+    from fian.data.dataset import GroundingSplit
+    from fian.predict import feature_recipe
+    from fian.train import load_checkpoint
+    from fian_pipeline import features, prepare
+
+    imported = tmp_path / "features.h5"
+    ann = trained.root / "annotations"
+    assert features.main(["--params", *trained.params[:2], "--raw", str(trained.store), "--annotations", str(ann),
+                          "--out", str(imported)]) == 0  # fmt: skip
+    assert prepare.main(["--params", *trained.params[:2], "--annotations", str(ann), "--features", str(imported),
+                         "--text", str(trained.text), "--out", str(tmp_path / "processed")]) == 0  # fmt: skip
+    cfg = load_config(*trained.params)
+    recipe = feature_recipe(cfg, GroundingSplit.load(tmp_path / "processed/train.h5").attrs)
+    assert recipe == load_checkpoint(trained.ckpt)["predict"]["recipe"]  # the extracted store's own recipe
+    assert recipe["recomputable"] is True and recipe["source"].startswith("extract:c3d:")
+
+
 # ----------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------
