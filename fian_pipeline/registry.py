@@ -150,6 +150,8 @@ TRAIN_STATE = "state/train/{dataset}/{variant}"
 PRIOR = f"results/{{dataset}}/{BASELINE}"
 FIGURES = "reports/figures/{dataset}/{variant}"
 
+_EXTRACT_RESOURCES: dict[str, Any] = {"threads": 8, "mem_mb": 32000, "runtime": 24 * 60, "gpus": 1}  # both extract jobs
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="download_annotations",
@@ -243,10 +245,7 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--videos", RAW_VIDEOS), Arg("--weights", BACKBONE_WEIGHTS), Arg("--out", STORE, "out")),
         outputs=(Out(STORE),),
         when="extract",
-        threads=8,
-        mem_mb=32000,
-        runtime=24 * 60,
-        gpus=1,
+        **_EXTRACT_RESOURCES,
     ),
     Stage(
         name="extract_fallback",
@@ -259,10 +258,7 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--videos", RAW_VIDEOS), Arg("--out", STORE, "out")),
         outputs=(Out(STORE),),
         when="extract_fallback",
-        threads=8,
-        mem_mb=32000,
-        runtime=24 * 60,
-        gpus=1,
+        **_EXTRACT_RESOURCES,
     ),
     Stage(
         name="text",
