@@ -10,7 +10,9 @@ Prints a table of the top windows (start, end, score; best first, after the mode
 line, {"query": ..., "video": FILE} or {"query": ..., "features": FILE, "video_id": ID
 [, "duration": S]} (optional "top"), and writes one line per query to --out: the input object
 plus "moments".  Every input is checked before anything is written; files are written atomically.
-A video is decoded and run through the backbone once per call (cached by content hash).
+A video is decoded and run through the backbone once: its encoding is cached by the file's content
+hash and the feature recipe in a folder shared by all calls (fian.predict_cache; --cache-dir,
+--cache-max-mb, --no-cache), so a second call on the same clip runs the model only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fian.predict_cache import DEFAULT_MAX_MB
 from fian_pipeline.common import StageError, command_parser, run_stage, warn_loud
 
 
@@ -42,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                    "attention of each refinement step (video->query, query->video) on the same time axis (PNG)")
     p.add_argument("--backbone-weights", type=Path, help="C3D/I3D weights file of the checkpoint's feature recipe")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--cache-dir", type=Path, help="persistent cache of encoded videos (default: $FIAN_CACHE_DIR, "
+                   "else ~/.cache/fian/videos); a second call on the same clip runs the model only")
+    p.add_argument("--cache-max-mb", type=float, help=f"cap of the cache folder in MiB (default: $FIAN_CACHE_MAX_MB, "
+                   f"else {DEFAULT_MAX_MB}); least recently used videos go first")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the persistent cache")
     return p
 
 
@@ -105,7 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.io import atomic_path, write_json
     from fian.predict import Predictor
 
-    p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)
+    cache = None
+    if not args.no_cache:
+        from fian.predict_cache import VideoCache
+
+        if args.cache_max_mb is not None and not args.cache_max_mb > 0:
+            raise StageError(f"--cache-max-mb must be positive, got {args.cache_max_mb}")
+        cache = VideoCache(args.cache_dir, None if args.cache_max_mb is None else int(args.cache_max_mb * 2**20))
+    p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights,
+                                  video_cache=cache)  # fmt: skip
     if p.random_weights:
         warn_loud(f"OFFLINE FALLBACK: {args.checkpoint} was trained on features of a {p.recipe.get('backbone')} "
                   "with RANDOM weights: these windows say nothing about the video's content")  # fmt: skip

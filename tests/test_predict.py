@@ -279,6 +279,27 @@ def test_precomputed_features_give_the_same_answer(predictor, trained: SimpleNam
     assert np.allclose(_pairs(predictor.predict(q, f)), _pairs(predictor.predict(q, v)), atol=1e-5)
 
 
+def test_the_persistent_cache_serves_a_second_predictor_the_same_encoding(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """A second Predictor (as a second `fian predict` process has) gets the video from the cache
+    folder: no decode, no backbone, the same features and answers; a copy of the clip under another
+    name hits too (the key is the content)."""
+    from fian import Predictor
+    from fian.predict_cache import VideoCache
+
+    video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][2]
+    first = Predictor.from_checkpoint(trained.ckpt, video_cache=VideoCache(tmp_path / "c"))
+    a = first.encode_video(video)
+    assert {"decode_s", "backbone_s"} <= set(a.timings)
+    copy = tmp_path / "renamed.mp4"
+    shutil.copyfile(video, copy)
+    second = Predictor.from_checkpoint(trained.ckpt, video_cache=VideoCache(tmp_path / "c"))
+    b = second.encode_video(copy)
+    assert set(b.timings) == {"cache_s"} and second._backbone is None  # the model only
+    assert torch.equal(a.features, b.features) and torch.equal(a.mask, b.mask) and a.duration == b.duration
+    assert _pairs(first.predict(query, a)) == _pairs(second.predict(query, b))
+    assert len(list((tmp_path / "c").iterdir())) == 1  # one entry, no temp left
+
+
 def test_features_import_of_an_extracted_store_keeps_the_recipe(trained: SimpleNamespace, tmp_path: Path) -> None:
     """features: import (layout store) of the store that the extract stage wrote, then prepare: the
     recipe the train stage would put into the checkpoint is the one of the extracted store itself
@@ -337,7 +358,8 @@ def test_plot_draws_the_attention_of_each_refinement_step(predictor, trained: Si
         np.testing.assert_allclose(img.sum(1 if m.query_rows else 0), 1.0, rtol=1e-5)
 
 
-def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespace, tmp_path: Path, capsys) -> None:
+def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespace, tmp_path: Path, capsys,
+                                               caplog) -> None:  # fmt: skip
     video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][0]
     api = [m.to_dict() for m in predictor.predict(query, predictor.encode_video(video), top=3)]
     base = [sys.executable, "-m", "fian_pipeline.cli", "predict", "--checkpoint", str(trained.ckpt),
@@ -353,7 +375,11 @@ def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespa
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from fian_pipeline.cli import main
 
-    assert main(base[3:]) == 0  # in-process: the readable table
+    # in-process, a second call: the readable table, from the video the process above encoded
+    # (the persistent cache of the session, $FIAN_CACHE_DIR: conftest.py): no decoding, no backbone
+    with caplog.at_level("INFO", logger="fian.predict"):
+        assert main(base[3:]) == 0
+    assert f"{video}: encoded video from the cache {os.environ['FIAN_CACHE_DIR']} (no decoding" in caplog.text
     table = capsys.readouterr().out.splitlines()
     assert table[2].split() == ["rank", "start", "(s)", "end", "(s)", "score"]
     assert [ln.split() for ln in table[3:]] == [
