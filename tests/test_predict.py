@@ -438,7 +438,7 @@ def _old_checkpoint(path: Path, trained: SimpleNamespace) -> Path:
 @pytest.mark.parametrize(
     "case",
     ["unknown_words", "too_short", "unreadable", "zero_frames", "missing_video", "wrong_width", "older_checkpoint",
-     "older_format", "pickled_checkpoint", "bad_queries_line"],
+     "older_format", "pickled_checkpoint", "bad_queries_line", "bad_cache_cap"],
 )  # fmt: skip
 def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
     case: str, trained: SimpleNamespace, tmp_path: Path, capsys
@@ -478,6 +478,8 @@ def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
         torch.save({"format": 1, "config": {}, "model": {}, "best_model": {}, "epoch": 1,
                     "rng": {"numpy": np.random.get_state()}}, ckpt)  # fmt: skip
         named = "format1.pt: refused to load"
+    elif case == "bad_cache_cap":
+        extra, named = ["--video", str(video), "--cache-max-mb", "0"], "--cache-max-mb must be positive, got 0.0"
     else:  # bad_queries_line
         qfile = tmp_path / "q.jsonl"
         qfile.write_text(json.dumps({"video": str(video), "query": query}) + "\n"
