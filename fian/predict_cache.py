@@ -94,16 +94,16 @@ class VideoCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 stored, rows, duration = str(z["key"]), np.array(z["rows"]), float(z["duration"])
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             log.warning("%s: unreadable cache entry (%s): removed", path, e)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()
             return None
         if stored != key or rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != feature_dim or not rows.shape[0]:
             log.warning("%s: cache entry does not match its name (key, dtype or shape %s): removed", path, rows.shape)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()
             return None
         with contextlib.suppress(OSError):
@@ -112,7 +112,8 @@ class VideoCache:
 
     def put(self, video_sha256: str, recipe: Mapping[str, Any], rows: np.ndarray, duration: float) -> Path | None:
         """Store a video's rows (atomically), then evict down to the cap.  An entry larger than the
-        whole cap is not stored (None)."""
+        whole cap is not stored (None); nor is one the folder cannot take (not writable, disk full:
+        a warning, the prediction goes on without the cache)."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.nbytes > self.max_bytes:
             log.info("video rows of %.1f MiB exceed the cache cap of %.1f MiB: not cached", rows.nbytes / 2**20,
@@ -120,10 +121,14 @@ class VideoCache:
             return None
         key = cache_key(video_sha256, recipe)
         path = self.path(key)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=SUFFIX) as tmp, open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), rows=rows, duration=np.array(float(duration)))
-        self.evict(keep=path)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, suffix=SUFFIX) as tmp, open(tmp, "wb") as f:
+                np.savez(f, key=np.array(key), rows=rows, duration=np.array(float(duration)))
+            self.evict(keep=path)
+        except OSError as e:
+            log.warning("video cache %s: cannot store an entry (%s): going on without it", self.folder, e)
+            return None
         return path
 
     def entries(self) -> list[tuple[Path, float, int]]:

@@ -73,6 +73,14 @@ def test_the_cap_evicts_the_least_recently_used(tmp_path: Path) -> None:
     assert big.put(digests[4], RECIPE, rows_of(4), 1.0) is None  # larger than the whole cap: not stored
 
 
+def test_a_folder_that_cannot_hold_entries_is_a_warning_not_an_error(tmp_path: Path, caplog) -> None:
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    cache = VideoCache(blocked / "videos", max_bytes=1 << 20)
+    assert cache.put("a" * 64, RECIPE, rows_of(1), 1.0) is None and "cannot store an entry" in caplog.text
+    assert cache.get("a" * 64, RECIPE, 6) is None and cache.entries() == []
+
+
 def test_defaults_come_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FIAN_CACHE_DIR", str(tmp_path / "here"))
     monkeypatch.setenv("FIAN_CACHE_MAX_MB", "1.5")
