@@ -20,7 +20,8 @@ from a released file the recipe cannot recompute (ActivityNet's PCA-reduced C3D,
 features) are marked ``recomputable: false``: such a checkpoint accepts precomputed features only.
 
 Encoded videos are cached by the sha256 of the file's content: a second query on the same video
-(or on a copy of it) costs only the model.
+(or on a copy of it) costs only the model; with a ``video_cache`` (:mod:`fian.predict_cache`, what
+``fian predict`` uses) also in the next process.
 
 Every input is bounded by the limits of params section ``predict`` (:class:`fian.config.PredictConfig`;
 the checkpoint's values, overridable with ``limits=``): ``top``, the query's bytes and words, the
@@ -251,6 +252,7 @@ class Predictor:
         cache_size: int = 16,
         limits: PredictConfig | None = None,
         label: str | None = None,
+        video_cache: Any = None,
     ) -> None:
         from fian.data.text import Vocab
 
@@ -266,6 +268,7 @@ class Predictor:
         self._backbone: Any = None
         self._cache: OrderedDict[str, EncodedVideo] = OrderedDict()
         self.cache_size = cache_size
+        self.video_cache = video_cache  # fian.predict_cache.VideoCache: encoded videos across processes, or None
         self.min_rows = math.ceil(cfg.features.num_steps / min(cfg.model.window_sizes))
 
     @classmethod
@@ -278,10 +281,12 @@ class Predictor:
         best: bool = True,
         limits: Mapping[str, Any] | None = None,
         label: str | None = None,
+        video_cache: Any = None,
     ) -> Predictor:
         """Load a checkpoint written by the train stage; ``backbone_weights``: the C3D/I3D file of the
         recipe (not needed for random-weight recipes or for precomputed features); ``limits``:
-        overrides of the checkpoint's params section ``predict``; ``label``: the model in messages."""
+        overrides of the checkpoint's params section ``predict``; ``label``: the model in messages;
+        ``video_cache``: a :class:`fian.predict_cache.VideoCache` (persistent, shared by processes) or None."""
         from fian.train import build_model_from_checkpoint, load_checkpoint
 
         path = Path(path)
@@ -292,7 +297,7 @@ class Predictor:
         except (ValueError, RuntimeError, KeyError) as e:
             raise PredictError(f"{path}: cannot rebuild the model: {e}") from None
         p = cls(model, cfg, bundle, device=device, checkpoint=path, backbone_weights=backbone_weights,
-                limits=predict_limits(cfg.predict, limits), label=label)  # fmt: skip
+                limits=predict_limits(cfg.predict, limits), label=label, video_cache=video_cache)  # fmt: skip
         if p.recipe.get("random_weights"):
             log.warning(
                 "%s: the features of this model come from a %s backbone with RANDOM weights (offline fallback): "
@@ -374,6 +379,16 @@ class Predictor:
         if digest in self._cache:
             self._cache.move_to_end(digest)
             return self._cache[digest]
+        t0 = time.perf_counter()
+        hit = self.video_cache.get(digest, self.recipe, self.feature_dim) if self.video_cache is not None else None
+        if hit is not None:  # decoded and encoded by an earlier process: the model only
+            if self.limits.max_video_seconds and hit[1] > self.limits.max_video_seconds:  # the limits of THIS predictor
+                raise PredictError(f"{name}: video too long: {hit[1]:g} seconds (cached encoding), over the limit "
+                                   f"predict.max_video_seconds = {self.limits.max_video_seconds:g}")  # fmt: skip
+            enc = self._encode_rows(hit[0], hit[1], name, digest, downsample)
+            enc.timings.update(cache_s=time.perf_counter() - t0)
+            log.info("%s: encoded video from the cache %s (no decoding, no backbone)", path, self.video_cache.folder)
+            return self._remember(digest, enc)
         bb = self._get_backbone()
         r = self.recipe
         t0 = time.perf_counter()
@@ -397,6 +412,11 @@ class Predictor:
             raise PredictError(f"{name}: the backbone gave non-finite features")
         enc = self._encode_rows(feats, decoded.duration, name, digest, downsample)
         enc.timings.update(decode_s=t1 - t0, backbone_s=t2 - t1, downsample_s=time.perf_counter() - t2)
+        if self.video_cache is not None:
+            self.video_cache.put(digest, self.recipe, feats, decoded.duration)
+        return self._remember(digest, enc)
+
+    def _remember(self, digest: str, enc: EncodedVideo) -> EncodedVideo:
         self._cache[digest] = enc
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -9,9 +9,10 @@ Conventions (docs/TRAINING.md "MLflow"):
 - tracking URI: ``tracking.tracking_uri`` from params (default ``sqlite:///mlflow.db``), unless the
   ``MLFLOW_TRACKING_URI`` environment variable is set, which wins (on a cluster: an
   ``mlflow server`` the jobs reach over HTTP, docs/PIPELINE.md);
-- one experiment per dataset (``fian/<dataset>``), typed for model training (experiment tag
-  ``mlflow.experimentKind = custom_model_development``, so that the UI opens the runs view, not
-  the GenAI one);
+- one experiment per dataset (``fian/<dataset>``), tagged ``mlflow.experimentKind =
+  custom_model_development`` (read by earlier MLflow 3 UIs; the UI of MLflow 3.17 ignores it and
+  opens the view of its own "GenAI | Model training" switch: :func:`ui_runs_url` is the link that
+  lands on the runs, docs/TRAINING.md "MLflow");
 - run name ``<dataset>/<variant>/<stage>[:<split>] <UTC time>-<4 hex>``: readable, never repeated;
 - a workflow invocation (``FIAN_WORKFLOW_RUN`` set, by the Snakefile) gets a parent run per
   experiment, tagged ``fian.workflow_run``; each job's run is its child (``mlflow.parentRunId``).
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -62,7 +64,10 @@ log = logging.getLogger("fian.tracking")
 _METRIC_RE = re.compile(r"^R@(\d+),IoU=([0-9.]+)$")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 WORKFLOW_ENV = "FIAN_WORKFLOW_RUN"  # one id per workflow invocation (the Snakefile sets it)
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3: the model-training view
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # earlier MLflow 3 UIs: the runs view
+# MLflow 3.17's UI takes the view from its "GenAI | Model training" switch (browser localStorage
+# "mlflow.workflowType_v1", default GenAI) or from this query parameter of the page's URL
+UI_RUNS_QUERY = "workflowType=machine_learning"
 RETRY_S = 120.0  # how long a write keeps retrying on "database is locked"
 SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # MLflow's own print of the run URL (with the URI's password)
 T = TypeVar("T")
@@ -150,6 +155,29 @@ def redact_handlers(logger: logging.Logger) -> None:
     for h in logger.handlers:
         if not isinstance(h.formatter, RedactingFormatter):
             h.setFormatter(RedactingFormatter(h.formatter))
+def ui_runs_url(ui: str, experiment_id: str | None = None) -> str:
+    """The link of the MLflow UI at ``ui`` (e.g. ``http://127.0.0.1:5000``) that opens the runs table
+    of an experiment (without an id: the experiments list) in the model-training view, even in a
+    browser that never opened MLflow (a plain link lands on MLflow 3's GenAI overview)."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id is not None else "experiments"
+    return f"{ui.rstrip('/')}/#/{page}?{UI_RUNS_QUERY}"
+
+
+def _plain(v: Any) -> Any:
+    """Tuples -> lists, recursively (JSON has no tuple)."""
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def param_value(v: Any) -> str:
+    """An MLflow param value: lists, tuples and mappings as JSON (``[4, 8, 16, 32]``, ``["qv", "vq"]``,
+    not Python's ``(4, 8, 16, 32)``), anything else as ``str(v)`` (``0.0004``, ``True``, ``None``)."""
+    if isinstance(v, tuple | list | Mapping):
+        return json.dumps(_plain(v), default=str)
+    return str(v)
 
 
 def resolve_uri(configured: str) -> str:
@@ -455,12 +483,18 @@ class Tracker:
 
     # -- logging --------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Params once per run (``Config.flat()``); values are stringified (tuples, None), and the
+        """Params once per run (``Config.flat()``), as :func:`param_value` writes them, with the
         credentials of a URI among them (``tracking.tracking_uri``) redacted (:func:`redact`)."""
         if self._mlflow is None:
             return
-        clean = {k: redact(str(v)) for k, v in params.items()}
+        clean = {k: redact(param_value(v)) for k, v in params.items()}
         retry(lambda: self._mlflow.log_params(clean), "log params")
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        """``obj`` (plain types) as the JSON artifact ``artifact_file`` (e.g. ``moment_prior.json``)."""
+        if self._mlflow is None:
+            return
+        retry(lambda: self._mlflow.log_dict(_plain(obj), artifact_file), "log a JSON artifact")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if self._mlflow is None:

@@ -540,4 +540,4 @@ def _summary(r: dict[str, Any], epochs: int) -> str:
     shown = [k for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "mIoU") if f"val/{k}" in r]
     if shown:
         line += " | val " + " ".join(f"{k} {100 * r[f'val/{k}']:.2f}%" for k in shown)
-    return line + f" | {r['time_s']:.1f}s"
+    return line + f" | epoch {r['time_s']:.1f} s ({'train + val' if shown else 'train'}, wall)"

@@ -91,20 +91,48 @@ def warn_loud(message: str) -> None:
     log.warning(message)
 
 
-def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
-    """One line per epoch on stdout, named by the job: ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67%``.
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: ``42 s``, ``5 min 24 s``, ``2 h 05 min``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
+
+def eta_seconds(epoch_seconds: Sequence[float], epochs_left: int) -> float | None:
+    """Seconds the job's remaining epochs will take: ``epochs_left`` times the mean wall time of
+    the epochs this process ran (the first one left out once there are others: it carries the
+    warm-up, e.g. CUDA kernels and allocator); None before any epoch ran."""
+    times = list(epoch_seconds)
+    if not times:
+        return None
+    steady = times[1:] if len(times) > 1 else times
+    return epochs_left * sum(steady) / len(steady)
+
+
+def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5", *,
+                eta_s: float | None = None) -> None:  # fmt: skip
+    """One line per epoch on stdout, named by the job:
+    ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67% | epoch 12 s (train + val) | ETA 5 min 24 s (27 epochs left)``.
+
+    The seconds are the epoch's wall time, training steps and validation together (``time_s`` of
+    history.csv); ``eta_s`` (:func:`eta_seconds`): the time the job's remaining epochs will take.
     Under Snakemake a stage's stderr (logging, the progress bar) goes to its log and stdout to the
     console (registry ``Stage.console``), so many jobs at once still read as one line per epoch each."""
     val = record.get(f"val/{metric}")
     tail = f" val {metric} {100 * val:.2f}%" if val is not None else ""
     seconds = record.get("time_s")
-    took = f" ({seconds:.0f} s)" if seconds is not None else ""
-    print(
-        f"[{cfg.dataset.name}/{cfg.variant}] epoch {record['epoch']}/{cfg.train.epochs} "
-        f"loss {record['loss']:.4f}{tail}{took}",
-        flush=True,
-    )
+    if seconds is not None:
+        tail += f" | epoch {duration(seconds)} ({'train + val' if val is not None else 'train'})"
+    left = cfg.train.epochs - int(record["epoch"])
+    if left <= 0:
+        tail += " | last epoch"
+    elif eta_s is not None:
+        tail += f" | ETA {duration(eta_s)} ({left} epoch{'s' if left != 1 else ''} left)"
+    print(f"[{cfg.dataset.name}/{cfg.variant}] epoch {record['epoch']}/{cfg.train.epochs} loss {record['loss']:.4f}{tail}",
+          flush=True)  # fmt: skip
 
 
 def interrupt_on_signal(signum: int, frame: object) -> None:

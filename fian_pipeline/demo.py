@@ -11,6 +11,7 @@ says so.  The finished run is recorded in dvc.lock (``dvc commit``) so that ``dv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,6 +86,35 @@ def record_in_dvc(env: dict[str, str]) -> str:
         "     To compare later runs with it: git add dvc.lock && git commit -m 'demo run'; then after a\n"
         "     params edit and `make demo` (or `dvc repro`): dvc params diff; dvc metrics diff; dvc plots diff"
     )
+
+
+def mlflow_where(uri: str, datasets: Sequence[str], ui: str = "http://127.0.0.1:5000") -> list[str]:
+    """How to browse the runs: the ``mlflow ui`` command for a SQLite store (a server: its address)
+    and, per dataset, the link that opens its runs (:func:`fian.tracking.ui_runs_url`: a plain link
+    lands on MLflow 3's GenAI overview in a browser that never switched to "Model training")."""
+    import sqlite3
+
+    from fian.tracking import sqlite_path, ui_runs_url
+
+    db = sqlite_path(uri)
+    ids: dict[str, str] = {}
+    if db is None:  # a server: it is the UI
+        ui, lines = uri, [f"MLflow   {uri} (a server: open the links below)"]
+    else:
+        lines = [f"MLflow   {uri}  ->  mlflow ui --backend-store-uri {uri}   then open:"]
+        if db.is_file():  # the experiment ids, read without importing mlflow (seconds)
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                    names = [f"fian/{d}" for d in datasets]
+                    q = f"SELECT name, experiment_id FROM experiments WHERE name IN ({','.join('?' * len(names))})"
+                    ids = {str(n): str(i) for n, i in con.execute(q, names)}
+            except sqlite3.Error:
+                ids = {}
+    for d in datasets:
+        exp = ids.get(f"fian/{d}")
+        lines.append(f"  {'':7}{ui_runs_url(ui, exp)}" + ("" if exp else "  (the experiments list)") + f"  fian/{d}")
+    lines.append(f"  {'':7}(or click \"Model training\" at the top left once: the browser keeps it; docs/TRAINING.md \"MLflow\")")
+    return lines
 
 
 def lock_is_current(plan: R.Plan, root: Path) -> bool:
@@ -173,11 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("  " + w)
     print("\nwhere things are:")
     print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs)")
-    print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png")
+    print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png, "
+          "attention_<split>.png (also in MLflow: the plots run's artifacts)")
     print(
         "  results  results/<dataset>/<variant>/metrics_<split>.json, predictions_<split>.jsonl, history.csv"
     )
-    print("  MLflow   sqlite:///mlflow.db  ->  mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    from fian.config import load_config
+    from fian.tracking import resolve_uri
+
+    uri = resolve_uri(load_config(root / plan.params_dir / "base.yaml").tracking.tracking_uri)
+    for line in mlflow_where(uri, [d.name for d in plan.datasets]):
+        print("  " + line)
     print("  logs     logs/<stage>/<wildcards>.log")
     for d in plan.datasets:
         print(f"\nheadline ({d.name}, {plan.eval_split} split; "

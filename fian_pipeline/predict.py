@@ -11,7 +11,9 @@ line, {"query": ..., "video": FILE} or {"query": ..., "features": FILE, "video_i
 [, "duration": S]} (optional "top"), and writes one line per input line to --out: the input object
 plus "moments", or, for a line that cannot be answered, plus "line" (its number) and "error"; each
 bad line is also reported on stderr and the exit status is then 1.  Files are written atomically.
-A video is decoded and run through the backbone once per call (cached by content hash).
+A video is decoded and run through the backbone once: its encoding is cached by the file's content
+hash and the feature recipe in a folder shared by all calls (fian.predict_cache; --cache-dir,
+--cache-max-mb, --no-cache), so a second call on the same clip runs the model only.
 
 Limits (params section "predict", the checkpoint's values; --limit KEY=VALUE overrides one): top,
 the query's bytes and words (words past text.max_query_len are dropped, with a warning), the file's
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fian.predict_cache import DEFAULT_MAX_MB
 from fian_pipeline.common import StageError, command_parser, run_stage, warn_loud
 
 
@@ -44,11 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="windows to return (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", type=Path, help="write the answer there (JSON; JSONL with --queries)")
-    p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails (PNG)")
+    p.add_argument("--plot", type=Path, help="draw the top windows on the video's timeline with thumbnails, and the "
+                   "attention of each refinement step (video->query, query->video) on the same time axis (PNG)")
     p.add_argument("--backbone-weights", type=Path, help="C3D/I3D weights file of the checkpoint's feature recipe")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
                    help="override a limit of params section predict, e.g. max_video_seconds=7200 (repeatable)")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, help="persistent cache of encoded videos (default: $FIAN_CACHE_DIR, "
+                   "else ~/.cache/fian/videos); a second call on the same clip runs the model only")
+    p.add_argument("--cache-max-mb", type=float, help=f"cap of the cache folder in MiB (default: $FIAN_CACHE_MAX_MB, "
+                   f"else {DEFAULT_MAX_MB}); least recently used videos go first")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the persistent cache")
     return p
 
 
@@ -191,8 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fian.io import write_json
     from fian.predict import Predictor
 
+    cache = None
+    if not args.no_cache:
+        from fian.predict_cache import VideoCache
+
+        if args.cache_max_mb is not None and not args.cache_max_mb > 0:
+            raise StageError(f"--cache-max-mb must be positive, got {args.cache_max_mb}")
+        cache = VideoCache(args.cache_dir, None if args.cache_max_mb is None else int(args.cache_max_mb * 2**20))
     p = Predictor.from_checkpoint(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights,
-                                  limits=limits)  # fmt: skip
+                                  limits=limits, video_cache=cache)  # fmt: skip
     p.check_top(args.top)  # before any decoding
     if p.random_weights:
         warn_loud(f"OFFLINE FALLBACK: {args.checkpoint} was trained on features of a {p.recipe.get('backbone')} "
@@ -207,11 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     moments = p.predict(args.query, v, top=args.top)
     answer = [m.to_dict() for m in moments]
     if args.plot is not None:
+        from fian.attention_maps import query_attention
         from fian.predict import thumbnails
-        from fian.reports.plots import moments_timeline
+        from fian.reports.plots import attention_panels, moments_timeline
 
         thumbs = thumbnails(args.video, v.duration) if args.video is not None else []
-        moments_timeline(args.plot, args.query, v.duration, moments, thumbs, title=f"{v.source} ({args.checkpoint})")
+        _, maps, words = query_attention(p, args.query, v)  # each refinement step's attention, below
+        panels = attention_panels(maps, 0, words, int(v.mask.sum()))
+        moments_timeline(args.plot, args.query, v.duration, moments, thumbs, title=f"{v.source} ({args.checkpoint})",
+                         attention=panels)  # fmt: skip
     if args.out is not None:
         write_json(args.out, answer)
     print(json.dumps(answer) if args.json else table(moments, args.query, v.source))

@@ -13,7 +13,8 @@ Which of two alternative stages builds a dataset's artifact is decided per datas
 (:class:`DatasetPlan`): ``generate`` or ``download`` for raw data (config ``source``), ``features``
 (import the released files) or ``extract`` (from raw videos) for the store (config ``features``),
 ``text`` (GloVe) or ``text_fallback`` (GloVe trained on the dataset's own sentences: params
-``text.fallback_train_glove``).
+``text.fallback_train_glove``); ``extract`` (with ``backbone.pt``) or ``extract_fallback`` (a
+backbone with seeded RANDOM weights, no ``backbone.pt``: params ``extract.allow_random_weights``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fian.config import ConfigError, load_config, load_params, load_yaml
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
-When = Literal["always", "download", "generate", "import", "extract", "glove", "glove_download", "fallback"]
+When = Literal["always", "download", "generate", "import", "extract", "extract_fallback", "glove", "glove_download",
+               "fallback"]
 
 WILDCARDS = ("dataset", "variant", "split")
 # per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
@@ -148,6 +150,8 @@ TRAIN_STATE = "state/train/{dataset}/{variant}"
 PRIOR = f"results/{{dataset}}/{BASELINE}"
 FIGURES = "reports/figures/{dataset}/{variant}"
 
+_EXTRACT_RESOURCES: dict[str, Any] = {"threads": 8, "mem_mb": 32000, "runtime": 24 * 60, "gpus": 1}  # both extract jobs
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="download_annotations",
@@ -241,10 +245,20 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--videos", RAW_VIDEOS), Arg("--weights", BACKBONE_WEIGHTS), Arg("--out", STORE, "out")),
         outputs=(Out(STORE),),
         when="extract",
-        threads=8,
-        mem_mb=32000,
-        runtime=24 * 60,
-        gpus=1,
+        **_EXTRACT_RESOURCES,
+    ),
+    Stage(
+        name="extract_fallback",
+        module="extract",
+        phase="features",
+        doc="OFFLINE FALLBACK: as extract, with a RANDOM-weight backbone and no backbone.pt (extract.allow_random_weights).",
+        wildcards=_D,
+        layers=_BD,
+        keys=("dataset", "extract", "train.seed"),  # the random weights are seeded by train.seed
+        args=(Arg("--videos", RAW_VIDEOS), Arg("--out", STORE, "out")),
+        outputs=(Out(STORE),),
+        when="extract_fallback",
+        **_EXTRACT_RESOURCES,
     ),
     Stage(
         name="text",
@@ -358,17 +372,25 @@ STAGES: tuple[Stage, ...] = (
         name="plots",
         module="plots",
         phase="reports",
-        doc="Figure-6-like timelines (ground truth vs top-1) and training curves.",
+        doc="Figure-6-like timelines (ground truth vs top-1), training curves, attention maps; logged to MLflow.",
         wildcards=_DVS,
-        layers=(),
-        keys=(),
+        layers=_BDV,
+        keys=(),  # tracking.* only: MLflow observes
         args=(
             Arg("--predictions", f"{RUN}/predictions_{{split}}.jsonl"),
             Arg("--history", f"{RUN}/history.csv"),
+            Arg("--checkpoint", f"{RUN}/checkpoint.pt"),
+            Arg("--data", PROCESSED),
+            Arg("--text", TEXT),
             Arg("--split", "{split}", "value"),
             Arg("--out", FIGURES, "value"),
         ),
-        outputs=(Out(f"{FIGURES}/timeline_{{split}}.png"), Out(f"{FIGURES}/training_curves_{{split}}.png")),
+        outputs=(
+            Out(f"{FIGURES}/timeline_{{split}}.png"),
+            Out(f"{FIGURES}/training_curves_{{split}}.png"),
+            Out(f"{FIGURES}/attention_{{split}}.png"),
+        ),
+        mem_mb=4000,
     ),
     Stage(
         name="tables",
@@ -408,6 +430,7 @@ class DatasetPlan:
     baseline: bool = True
     plots: bool = True
     glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
+    random_backbone: bool = False  # features: extract with extract.allow_random_weights (no backbone.pt)
     vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
 
     def uses(self, when: When) -> bool:
@@ -416,7 +439,8 @@ class DatasetPlan:
             "download": self.source == "download",
             "generate": self.source == "generate",
             "import": self.features == "import",
-            "extract": self.features == "extract",
+            "extract": self.features == "extract" and not self.random_backbone,
+            "extract_fallback": self.features == "extract" and self.random_backbone,
             "glove": self.glove,
             "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
@@ -524,6 +548,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
                 baseline=bool(spec.get("baseline", True)),
                 plots=bool(spec.get("plots", True)),
                 glove=not cfg.text.fallback_train_glove,
+                random_backbone=cfg.extract.allow_random_weights,
                 vectors=cfg.text.vectors_file,
             )
         )
@@ -737,7 +762,8 @@ def missing_local(plan: Plan, root: str | Path = ".") -> list[str]:
     for d in plan.datasets:
         if d.source != "local":
             continue
-        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS, BACKBONE_WEIGHTS])
+        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS])
+        folders += [BACKBONE_WEIGHTS] if d.uses("extract") else []
         for f in folders:
             path = fill(f, {"dataset": d.name})
             if not (root / path).exists():

@@ -42,6 +42,7 @@ from fian.config import Config
 from fian.io import atomic_path, write_json
 from fian_pipeline.common import (
     StageError,
+    eta_seconds,
     interrupt_on_signal,
     load,
     parser,
@@ -131,9 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for record in start[1]["history"] if start is not None else ():
                     tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])  # this run: epochs 1..E
 
+                timed: list[float] = []  # wall seconds of the epochs this process ran (not the resumed ones)
+
                 def on_epoch(record: dict) -> None:
                     tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])
-                    print_epoch(cfg, record)  # one console line per epoch (the bar goes to the log)
+                    timed.append(float(record["time_s"]))
+                    eta = eta_seconds(timed, cfg.train.epochs - int(record["epoch"]))
+                    print_epoch(cfg, record, eta_s=eta)  # one console line per epoch (the bar goes to the log)
 
                 extra = {META: {"key": state.key if state else None, "attempt": attempt},
                          TRACKING: {"run_id": tracker.run_id, "experiment": tracker.experiment if tracker.run_id else None}}  # fmt: skip

@@ -51,3 +51,16 @@ def _isolated_tracking_uri():
         mlflow.set_tracking_uri(before or "")
         if before is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _video_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory):
+    """`fian predict` caches encoded videos in ~/.cache/fian/videos by default (fian.predict_cache):
+    the tests' calls, and the processes they start, use a folder of the session instead."""
+    before = os.environ.get("FIAN_CACHE_DIR")
+    os.environ["FIAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("fian-video-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FIAN_CACHE_DIR", None)
+    else:
+        os.environ["FIAN_CACHE_DIR"] = before

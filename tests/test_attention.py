@@ -162,3 +162,57 @@ def test_build_attention_kinds():
         build_attention("dot", 4, 2, 0.0)
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(6, 4)
+
+
+# ---- the weights each attention applies (attention maps, fian.attention_maps; issue 19 item 4)
+
+
+def test_cma_weights_are_eq_4_by_hand_and_are_what_forward_applies():
+    torch.manual_seed(3)
+    d, h = 6, 3
+    cma = MultiHeadAttention(d, h).eval()
+    q, kv = torch.randn(2, 4, d), torch.randn(2, 5, d)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    w = cma.weights(q, kv, mask)  # [B, h, Lq, Lk]
+    assert w.shape == (2, h, 4, 5)
+    dk = d // h
+    for b in range(2):
+        n = int(mask[b].sum())
+        Q, K, Vv = cma.w_q(q[b]), cma.w_k(kv[b]), cma.w_v(kv[b])
+        heads = []
+        for i in range(h):
+            c = slice(i * dk, (i + 1) * dk)
+            a = torch.softmax(Q[:, c] @ K[:n, c].T / math.sqrt(dk), dim=-1)  # real keys only, by hand
+            torch.testing.assert_close(w[b, i, :, :n], a)
+            heads.append(a @ Vv[:n, c])
+        assert torch.all(w[b, :, :, n:] == 0), "padded keys get exactly no weight"
+        torch.testing.assert_close(w[b].sum(-1), torch.ones(h, 4))
+        # these weights are the ones the fused forward applied: W^O [a_1 V_1; ...] is its output
+        torch.testing.assert_close(cma(q, kv, mask)[b], cma.w_o(torch.cat(heads, dim=-1)))
+
+
+def test_cga_weights_are_those_of_its_cma():
+    torch.manual_seed(4)
+    cga = GuidedAttention(4, 2).eval()
+    q, kv = torch.randn(1, 3, 4), torch.randn(1, 6, 4)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    assert torch.equal(cga.weights(q, kv, mask), cga.cma.weights(q, kv, mask))
+    assert torch.all(cga.weights(q, kv, mask)[..., 4:] == 0)
+
+
+def test_soft_attention_weights_are_the_alphas_of_the_loop_reference():
+    torch.manual_seed(5)
+    d = 4
+    att = SoftAttention(d)
+    q, kv = torch.randn(2, 3, d), torch.randn(2, 5, d)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    w = att.weights(q, kv, mask)
+    assert w.shape == (2, 1, 3, 5)
+    W1, b1, W2, ws = att.w_q.weight, att.w_q.bias, att.w_k.weight, att.w_s.weight[0]
+    for b in range(2):
+        n = int(mask[b].sum())
+        for i in range(3):
+            s = torch.stack([ws @ torch.tanh(W1 @ q[b, i] + b1 + W2 @ kv[b, j]) for j in range(n)])
+            torch.testing.assert_close(w[b, 0, i, :n], torch.softmax(s, 0))
+        assert torch.all(w[b, 0, :, n:] == 0)
+    torch.testing.assert_close(att(q, kv, mask), w[:, 0] @ kv)

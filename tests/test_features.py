@@ -343,3 +343,36 @@ def test_step_seconds_mapping() -> None:
         and np.all(out[: first - 1, 0] == 0)
         and np.all(out[last + 1 :, 0] == 0)
     )
+
+
+# -------------------------------------------- a store made by the extract stage, imported (issue 19 item 10)
+
+
+def test_import_of_an_extracted_store_keeps_its_recipe(tmp_path: Path) -> None:
+    """features: import of a store that fian extract wrote keeps the file attrs that say how to
+    recompute the features (its "source" and the extraction settings); an imported store of another
+    origin stays "store:<file>"; a backbone that contradicts dataset.backbone is an error."""
+    recipe = {"source": "extract:c3d:fc7:backbone.pt", "clip_len": 16, "frames_per_feature": 8,
+              "weights_sha256": "ab" * 32, "decode_fps": float("nan"), "random_weights": False}  # fmt: skip
+    made = tmp_path / "extracted.h5"
+    arrays = {"v0": np.ones((5, 6), np.float32), "v1": np.zeros((4, 6), np.float32)}
+    write_store(made, ((k, a, {"video_fps": 25.0}) for k, a in arrays.items()), backbone="c3d", feature_dim=6, attrs=recipe)
+    out = tmp_path / "imported.h5"
+    import_features(made, ["v1"], out, layout="store", feature_dim=6, backbone="c3d", durations={"v1": 2.0})
+    with FeatureStore(out) as s:
+        attrs = s.attrs
+        assert s.ids() == ["v1"] and s.video_attrs("v1") == {"video_fps": 25.0, "fps": 2.0}
+    assert {k: attrs[k] for k in ("source", "clip_len", "frames_per_feature", "weights_sha256")} == {
+        k: recipe[k] for k in ("source", "clip_len", "frames_per_feature", "weights_sha256")}  # fmt: skip
+    assert np.isnan(attrs["decode_fps"]) and attrs["imported_from"] == "store:extracted.h5" and attrs["layout"] == "store"
+
+    other = tmp_path / "other.h5"
+    write_store(other, ((k, a, None) for k, a in arrays.items()), backbone="c3d", feature_dim=6,
+                attrs={"source": "tacos_c3d:tall_c3d_features.hdf5"})  # fmt: skip
+    import_features(other, ["v0"], tmp_path / "o.h5", layout="store", feature_dim=6, backbone="c3d")
+    with FeatureStore(tmp_path / "o.h5") as s:
+        assert s.attrs["source"] == "store:other.h5" and "clip_len" not in s.attrs
+
+    with pytest.raises(FeatureError, match=r"extracted.h5: extracted with the c3d backbone .*dataset.backbone is 'i3d'"):
+        import_features(made, ["v0"], tmp_path / "bad.h5", layout="store", feature_dim=6, backbone="i3d")
+    assert not (tmp_path / "bad.h5").exists()

@@ -133,7 +133,13 @@ def _with_credentials(url: str) -> str:
     return url.replace("http://", f"http://fian-user:{SECRET}@", 1)
 
 
-def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) -> None:
+def _artifact(server: str, run_id: str, path: str) -> dict:
+    """A JSON artifact of a run, downloaded through the server's artifact proxy."""
+    with urllib.request.urlopen(f"{server}/get-artifact?path={path}&run_uuid={run_id}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, monkeypatch) -> None:
     """... and a tracking URI with a password (in the environment and in params) never reaches the
     stage's output, nor the run's params or config artifact on the server (issue 18, "Secrets")."""
     _tiny_project(tmp_path)
@@ -204,6 +210,38 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str) ->
     exp_tags = {t["key"]: t["value"] for t in _get(f"{server}/api/2.0/mlflow/experiments/get?experiment_id="
                                                     f"{exp['experiment_id']}")["experiment"]["tags"]}  # fmt: skip
     assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    # list params as JSON lists, not Python tuple reprs (issue 19 item 3)
+    assert json.loads(params["model.window_sizes"]) == [4, 8] and json.loads(params["model.branches"]) == ["qv", "vq"]
+
+    # the moment prior's centres: an artifact, not a param; the figures of the plots stage: artifacts
+    # of its run, which names the train run (in-process: the stages' own code, the server's store)
+    from fian_pipeline import baseline, plots
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    layers = ["params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml"]
+    assert baseline.main(["--params", *layers[:2], "--data", "data", "--split", "val", "--out", "results/tiny/prior"]) == 0
+    assert plots.main(["--params", *layers, "--predictions", "results/tiny/fian/predictions_val.jsonl",
+                       "--history", "results/tiny/fian/history.csv", "--checkpoint", "results/tiny/fian/checkpoint.pt",
+                       "--data", "data", "--text", "text", "--split", "val", "--out", "figures"]) == 0  # fmt: skip
+    by_stage = {}
+    for r in _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]:
+        by_stage[{t["key"]: t["value"] for t in r["data"]["tags"]}["stage"]] = r
+    prior = by_stage["baseline"]
+    assert {p["key"] for p in prior["data"]["params"]} == {"baseline", "k", "seed"}
+    arts = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={prior['info']['run_id']}")["files"]
+    assert {Path(a["path"]).name for a in arts} == {"metrics_val.json", "moment_prior.json"}
+    got = _artifact(server, prior["info"]["run_id"], "moment_prior.json")
+    centres = np.asarray(got["centres"])
+    assert centres.shape == (got["k"], 2) and np.all((0 <= centres) & (centres <= 1)) and np.all(centres[:, 0] <= centres[:, 1])
+    assert len(got["weights"]) == got["k"] and got["weights"] == sorted(got["weights"], reverse=True)
+    first = json.loads((tmp_path / "results/tiny/prior/predictions_val.jsonl").read_text().splitlines()[0])
+    np.testing.assert_allclose(np.asarray(first["segments"][0]) / first["duration"], centres[0], atol=1e-6)  # its top-1
+    pruns = by_stage["plots"]
+    assert {t["key"]: t["value"] for t in pruns["data"]["tags"]}["fian.train_run_id"] == run["info"]["run_id"]
+    figs = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={pruns['info']['run_id']}&path=figures")["files"]
+    assert sorted(Path(a["path"]).name for a in figs) == ["attention_val.png", "timeline_val.png", "training_curves_val.png"]
+    assert all(int(a["file_size"]) > 5000 for a in figs)
 
 
 def test_concurrent_jobs_through_the_server_all_succeed(tmp_path: Path, server: str) -> None:

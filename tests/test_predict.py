@@ -282,12 +282,87 @@ def test_precomputed_features_give_the_same_answer(predictor, trained: SimpleNam
     assert np.allclose(_pairs(predictor.predict(q, f)), _pairs(predictor.predict(q, v)), atol=1e-5)
 
 
+def test_the_persistent_cache_serves_a_second_predictor_the_same_encoding(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """A second Predictor (as a second `fian predict` process has) gets the video from the cache
+    folder: no decode, no backbone, the same features and answers; a copy of the clip under another
+    name hits too (the key is the content)."""
+    from fian import Predictor
+    from fian.predict_cache import VideoCache
+
+    video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][2]
+    first = Predictor.from_checkpoint(trained.ckpt, video_cache=VideoCache(tmp_path / "c"))
+    a = first.encode_video(video)
+    assert {"decode_s", "backbone_s"} <= set(a.timings)
+    copy = tmp_path / "renamed.mp4"
+    shutil.copyfile(video, copy)
+    second = Predictor.from_checkpoint(trained.ckpt, video_cache=VideoCache(tmp_path / "c"))
+    b = second.encode_video(copy)
+    assert set(b.timings) == {"cache_s"} and second._backbone is None  # the model only
+    assert torch.equal(a.features, b.features) and torch.equal(a.mask, b.mask) and a.duration == b.duration
+    assert _pairs(first.predict(query, a)) == _pairs(second.predict(query, b))
+    assert len(list((tmp_path / "c").iterdir())) == 1  # one entry, no temp left
+
+
+def test_features_import_of_an_extracted_store_keeps_the_recipe(trained: SimpleNamespace, tmp_path: Path) -> None:
+    """features: import (layout store) of the store that the extract stage wrote, then prepare: the
+    recipe the train stage would put into the checkpoint is the one of the extracted store itself
+    (recomputable from a video), not "imported from a feature store" (issue 19 item 10)."""
+    from fian.config import load_config
+    from fian.data.dataset import GroundingSplit
+    from fian.predict import feature_recipe
+    from fian.train import load_checkpoint
+    from fian_pipeline import features, prepare
+
+    imported = tmp_path / "features.h5"
+    ann = trained.root / "annotations"
+    assert features.main(["--params", *trained.params[:2], "--raw", str(trained.store), "--annotations", str(ann),
+                          "--out", str(imported)]) == 0  # fmt: skip
+    assert prepare.main(["--params", *trained.params[:2], "--annotations", str(ann), "--features", str(imported),
+                         "--text", str(trained.text), "--out", str(tmp_path / "processed")]) == 0  # fmt: skip
+    cfg = load_config(*trained.params)
+    recipe = feature_recipe(cfg, GroundingSplit.load(tmp_path / "processed/train.h5").attrs)
+    assert recipe == load_checkpoint(trained.ckpt)["predict"]["recipe"]  # the extracted store's own recipe
+    assert recipe["recomputable"] is True and recipe["source"].startswith("extract:c3d:")
+
+
 # ----------------------------------------------------------------------------------------------
 # The command line
 # ----------------------------------------------------------------------------------------------
 
 
-def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespace, tmp_path: Path, capsys) -> None:
+def test_plot_draws_the_attention_of_each_refinement_step(predictor, trained: SimpleNamespace, tmp_path: Path,
+                                                          monkeypatch) -> None:  # fmt: skip
+    """--plot adds, under the timeline, the four maps of the model's attention for the query (time
+    along x): each the model's own weights (fian.attention_maps, tests/test_attention_maps.py), a
+    word row summing to 1 (query -> video) or a step column summing to 1 (video -> query)."""
+    from fian.attention_maps import query_attention
+    from fian.reports import plots
+    from fian_pipeline.cli import main
+
+    video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][1]  # the shortest clip
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.append(fig) or Path(out))
+    assert main(["predict", "--checkpoint", str(trained.ckpt), "--video", str(video), "--query", query,
+                 "--plot", str(tmp_path / "t.png")]) == 0  # fmt: skip
+    (fig,) = drawn
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images and ax.get_yticklabels()]
+    enc = predictor.encode_video(video)
+    out, maps, words = query_attention(predictor, query, enc)
+    assert words == ["the", "man", "looks", "out", "the", "window"]
+    with torch.no_grad():  # the forward the maps came from is the model's plain forward
+        plain = predictor.model(enc.features[None], enc.mask[None], torch.tensor([[predictor.vocab.itos.index(w) for w in words]]),
+                                torch.ones(1, len(words), dtype=torch.bool))  # fmt: skip
+    assert torch.equal(out.logits, plain.logits)
+    attention = [np.asarray(a) for a in images if np.asarray(a).shape == (len(words), 8)]
+    assert len(attention) == 4
+    for img, m in zip(attention, maps, strict=True):
+        expect = m.real(0, len(words), 8).numpy()
+        np.testing.assert_allclose(img, expect if m.query_rows else expect.T)
+        np.testing.assert_allclose(img.sum(1 if m.query_rows else 0), 1.0, rtol=1e-5)
+
+
+def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespace, tmp_path: Path, capsys,
+                                               caplog) -> None:  # fmt: skip
     video, query = trained.videos / "carphone_pristine.mp4", SENTENCES["carphone_pristine"][0]
     api = [m.to_dict() for m in predictor.predict(query, predictor.encode_video(video), top=3)]
     base = [sys.executable, "-m", "fian_pipeline.cli", "predict", "--checkpoint", str(trained.ckpt),
@@ -303,7 +378,11 @@ def test_cli_json_table_and_plot_match_the_api(predictor, trained: SimpleNamespa
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from fian_pipeline.cli import main
 
-    assert main(base[3:]) == 0  # in-process: the readable table
+    # in-process, a second call: the readable table, from the video the process above encoded
+    # (the persistent cache of the session, $FIAN_CACHE_DIR: conftest.py): no decoding, no backbone
+    with caplog.at_level("INFO", logger="fian.predict"):
+        assert main(base[3:]) == 0
+    assert f"{video}: encoded video from the cache {os.environ['FIAN_CACHE_DIR']} (no decoding" in caplog.text
     table = capsys.readouterr().out.splitlines()
     assert table[2].split() == ["rank", "start", "(s)", "end", "(s)", "score"]
     assert [ln.split() for ln in table[3:]] == [
@@ -362,7 +441,8 @@ def _old_checkpoint(path: Path, trained: SimpleNamespace) -> Path:
 @pytest.mark.parametrize(
     "case",
     ["unknown_words", "unreadable", "zero_frames", "missing_video", "wrong_width", "older_checkpoint",
-     "older_format", "pickled_checkpoint", "top_over_limit", "out_is_folder", "long_query", "hour_video"],
+     "older_format", "pickled_checkpoint", "top_over_limit", "out_is_folder", "long_query", "hour_video",
+     "bad_cache_cap"],
 )  # fmt: skip
 def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
     case: str, trained: SimpleNamespace, tmp_path: Path, capsys
@@ -413,6 +493,8 @@ def test_cli_bad_input_names_it_exits_nonzero_writes_nothing(
         torch.save({"format": 1, "config": {}, "model": {}, "best_model": {}, "epoch": 1,
                     "rng": {"numpy": np.random.get_state()}}, ckpt)  # fmt: skip
         named = "format1.pt: refused to load"
+    elif case == "bad_cache_cap":
+        extra, named = ["--video", str(video), "--cache-max-mb", "0"], "--cache-max-mb must be positive, got 0.0"
     plot = tmp_path / "plot.png"
     source = extra or ["--video", str(video)]
     argv = ["predict", "--checkpoint", str(ckpt), *source, "--query", query, "--out", str(out), "--json"]

@@ -72,6 +72,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
         "results/synthetic/fian/history.csv",
         "reports/figures/synthetic/fian/timeline_test.png",
         "reports/figures/synthetic/fian/training_curves_test.png",
+        "reports/figures/synthetic/fian/attention_test.png",
         *[f"reports/table{k}.tex" for k in range(1, 7)],
     ):
         assert (proj / rel).is_file(), rel
@@ -207,3 +208,26 @@ def test_headline_protocol_comes_from_the_metrics_files(tmp_path) -> None:
     )
     run("old", None)
     assert "old: not recorded" in headline_protocol(tmp_path, "synthetic", ["old"], "test")
+
+
+def test_features_extract_with_random_weights_needs_no_backbone_file(tmp_path: Path) -> None:
+    """`features: extract` with params extract.allow_random_weights (the documented offline fallback)
+    plans the extract_fallback job, which reads no data/raw/<d>/backbone.pt; without that param the
+    extract job needs the file (issue 19 item 10).  A real Snakemake dry run of each."""
+    proj = _project(tmp_path)
+    for sub in ("annotations", "videos"):
+        (proj / "data/raw/synthetic" / sub).mkdir(parents=True)
+    (proj / "extract.yaml").write_text("datasets: {synthetic: {source: local, features: extract, variants: [fian]}}\n")
+    syn = proj / "params/datasets/synthetic.yaml"
+    layer = yaml.safe_load(syn.read_text())
+    layer["extract"] = {**layer.get("extract", {}), "allow_random_weights": True}
+    syn.write_text(yaml.safe_dump(layer))
+    dry = _snakemake(proj, "-n", "--configfile", "extract.yaml", "--", "data/interim/synthetic/features.h5")
+    out = dry.stdout + dry.stderr
+    assert re.search(r"^rule extract_fallback:", out, re.M) and not re.search(r"^rule extract:", out, re.M), out[-3000:]
+    assert "--videos data/raw/synthetic/videos --out data/interim/synthetic/features.h5" in out and "--weights" not in out
+    layer["extract"]["allow_random_weights"] = False
+    syn.write_text(yaml.safe_dump(layer))
+    missing = _snakemake(proj, "-n", "--configfile", "extract.yaml", "--", "data/interim/synthetic/features.h5", check=False)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode != 0 and "backbone.pt" in out, out[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -93,6 +94,7 @@ def test_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch, store) -> Non
         for epoch, loss in ((1, 0.9), (2, 0.7)):
             t.log_metrics({"loss": loss, "val/R@1,IoU=0.5": 0.1 * epoch, "skip": float("nan")}, step=epoch)
         t.log_artifact(artifact)
+        t.log_json({"centres": ((0.1, 0.25), (0.5, 1.0)), "k": 2}, "moment_prior.json")
         run_id = t.run_id
     client = MlflowClient(uri)
     run = client.get_run(run_id)
@@ -100,7 +102,11 @@ def test_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch, store) -> Non
     assert run.info.run_name.startswith("synthetic/fian/train ")  # then a UTC time and 4 hex digits
     assert client.get_experiment(run.info.experiment_id).name == "fian/synthetic"
     assert run.data.params["train.lr"] == str(cfg.train.lr)
-    assert run.data.params["model.window_sizes"] == str(cfg.model.window_sizes)
+    # list params are JSON lists (not Python's tuple repr "(8, 16, 32, 64)")
+    assert run.data.params["model.window_sizes"] == "[8, 16, 32, 64]" == json.dumps(list(cfg.model.window_sizes))
+    assert json.loads(run.data.params["model.branches"]) == list(cfg.model.branches)
+    assert json.loads(run.data.params["eval.iou_thresholds"]) == list(cfg.eval.iou_thresholds)
+    assert run.data.params["text.vectors_file"] == "None" and run.data.params["train.amp"] == str(cfg.train.amp)
     tags = run.data.tags
     assert tags["dataset"] == "synthetic" and tags["variant"] == "fian" and tags["stage"] == "train"
     assert tags["data_sha256.train.h5"] == hashlib.sha256(b"features").hexdigest()
@@ -108,7 +114,9 @@ def test_logs_params_metrics_artifacts_tags(tmp_path, monkeypatch, store) -> Non
     hist = client.get_metric_history(run_id, "val/R1_IoU0.5")
     assert [(m.step, round(m.value, 6)) for m in hist] == [(1, 0.1), (2, 0.2)]
     assert "skip" not in run.data.metrics
-    assert [a.path for a in client.list_artifacts(run_id)] == ["history.csv"]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["history.csv", "moment_prior.json"]
+    got = json.loads(Path(client.download_artifacts(run_id, "moment_prior.json", str(tmp_path))).read_text())
+    assert got == {"centres": [[0.1, 0.25], [0.5, 1.0]], "k": 2}
 
 
 def test_failed_block_marks_run_failed(tmp_path, monkeypatch, store) -> None:
@@ -423,3 +431,39 @@ def test_an_experiment_created_by_another_job_at_the_same_moment_is_used(tmp_pat
     assert t.experiment_id == exp and len(calls) >= 2
     assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_run(t.run_id).info.status == "FINISHED"
+
+
+def test_the_demo_links_open_each_experiments_runs(tmp_path, monkeypatch, store) -> None:
+    """The demo prints, per dataset, the link to its runs with the experiment id read from the store
+    (MLflow 3.17's UI lands a fresh browser on the GenAI overview unless the URL says workflowType)."""
+    from mlflow.tracking import MlflowClient
+
+    from fian.tracking import ui_runs_url
+    from fian_pipeline.demo import mlflow_where
+
+    monkeypatch.chdir(tmp_path)
+    with Tracker(enabled=True, tracking_uri=store, dataset="linked", variant="v", stage="train"):
+        pass
+    exp = MlflowClient(store).get_experiment_by_name("fian/linked").experiment_id
+    lines = mlflow_where(store, ["linked", "never_run"])
+    assert lines[0] == f"MLflow   {store}  ->  mlflow ui --backend-store-uri {store}   then open:"
+    assert f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning  fian/linked" in lines[1]
+    assert "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning  (the experiments list)" in lines[2]
+    assert "Model training" in lines[3]
+    assert ui_runs_url("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs?workflowType=machine_learning"
+    served = mlflow_where("http://mlflow.cluster:5000", ["linked"])
+    assert served[1].strip().startswith("http://mlflow.cluster:5000/#/experiments?workflowType=machine_learning")
+
+
+def test_the_installed_mlflow_ui_still_reads_the_workflow_type_from_the_url() -> None:
+    """A drift alarm for docs/TRAINING.md "MLflow" (checked in a real browser with
+    docs/tools/mlflow_ui_landing.js): the UI bundle of the installed mlflow keeps its view in
+    localStorage ``mlflow.workflowType`` (default GenAI) and takes ``workflowType`` from the URL.
+    When an MLflow upgrade changes that, this fails: rerun the script and fix the docs and links."""
+    mlflow = pytest.importorskip("mlflow")
+    js = Path(mlflow.__file__).parent / "server/js/build/static/js"
+    if not js.is_dir():
+        pytest.skip("this mlflow ships no UI bundle (mlflow-skinny)")
+    main = next(js.glob("main.*.js")).read_text(errors="replace")
+    assert 'key:"mlflow.workflowType"' in main and 'get("workflowType")' in main
+    assert 'MACHINE_LEARNING="machine_learning"' in main and 'GENAI="genai"' in main

@@ -187,14 +187,20 @@ def tiny_files(tmp_path_factory):
     return tmp, params, data, text
 
 
-def test_train_evaluate_baseline_stages(tiny_files) -> None:
+def test_train_evaluate_baseline_stages(tiny_files, capsys) -> None:
     from fian_pipeline import baseline, evaluate, train
+    from fian_pipeline.common import duration
 
     tmp, params, data, text = tiny_files
     out = tmp / "results"
     assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out)]) == 0
     hist = pd.read_csv(out / "history.csv")
     assert list(hist["epoch"]) == [1, 2] and {"loss", "align", "boundary", "val/R@1,IoU=0.5", "time_s"} <= set(hist)
+    # the console: per epoch its wall time (history's time_s) and the ETA: 1 epoch left x epoch 1's time
+    console = [x for x in capsys.readouterr().out.splitlines() if "] epoch " in x]
+    t1, t2 = (duration(t) for t in hist["time_s"])
+    assert console[0].endswith(f"| epoch {t1} (train + val) | ETA {t1} (1 epoch left)"), console
+    assert console[1].endswith(f"| epoch {t2} (train + val) | last epoch"), console
     tm = json.loads((out / "train_metrics.json").read_text())
     assert tm["best_epoch"] in (1, 2) and 0 <= tm["val/R@1,IoU=0.5"] <= 1
     assert not [k for k, v in tm.items() if isinstance(v, str)]  # DVC metrics: numbers only

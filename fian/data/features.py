@@ -361,6 +361,11 @@ class _Source:
         return {k: _attr(v) for k, v in self._h5.attrs.items()}
 
 
+# the file attrs of a store written by the extract stage (fian.extract.extractor.assemble_store) that
+# say how its features were made; an import of such a store keeps them (and its "source")
+EXTRACT_RECIPE_ATTRS = ("clip_len", "frames_per_feature", "weights_sha256", "decode_fps")
+
+
 def import_features(
     raw: str | Path,
     video_ids: Iterable[str],
@@ -418,11 +423,25 @@ def import_features(
                 yield vid, a, attrs
 
         # provenance tags of the source survive the import (a random-weight or generated source stays tagged)
-        inherited = {k: v for k, v in src.file_attrs().items() if k in ("random_weights", "synthetic")}
+        src_attrs = src.file_attrs()
+        inherited = {k: v for k, v in src_attrs.items() if k in ("random_weights", "synthetic")}
+        source = f"{layout}:{src.path.name}"
+        if layout == "store" and str(src_attrs.get("source", "")).startswith("extract:"):
+            # a store the extract stage wrote: its recipe (how to recompute the features from a
+            # video: fian.predict.feature_recipe) carries over, and the import is recorded beside it
+            made_by = str(src_attrs.get("backbone", ""))
+            if made_by and made_by != str(backbone):
+                raise FeatureError(
+                    f"{src.path}: extracted with the {made_by} backbone ({src_attrs['source']}), but "
+                    f"dataset.backbone is {backbone!r}: fix one of them"
+                )
+            inherited.update({k: src_attrs[k] for k in EXTRACT_RECIPE_ATTRS if k in src_attrs})
+            inherited["imported_from"] = source
+            source = str(src_attrs["source"])
         file_attrs = {
             "random_weights": False,
             **inherited,
-            "source": f"{layout}:{src.path.name}",
+            "source": source,
             "layout": layout,
         }
         report.imported = write_store(

@@ -9,6 +9,7 @@ padded query positions are computed but meaningless: consumers mask them.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -53,6 +54,19 @@ class MultiHeadAttention(nn.Module):
         )  # [B, h, Lq, d_k]
         return self.w_o(att.transpose(1, 2).reshape(B, Lq, d))  # concat heads, eq. 5
 
+    def weights(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        """The attention weights of eq. 4 that :meth:`forward` applies: ``[B, h, Lq, Lk]``, each row
+        a softmax over the real keys (padded keys exactly 0; attention dropout, a training-only
+        perturbation, not applied).  Not on the forward path (which uses the fused kernel): for
+        attention maps (fian.attention_maps)."""
+        B, Lq, d = q.shape
+        Lk = kv.shape[1]
+        h = self.heads
+        qh = self.w_q(q).view(B, Lq, h, d // h).transpose(1, 2)
+        kh = self.w_k(kv).view(B, Lk, h, d // h).transpose(1, 2)
+        s = qh @ kh.transpose(-1, -2) / math.sqrt(d // h)  # [B, h, Lq, Lk]
+        return torch.softmax(s.masked_fill(~_key_mask(kv_mask), float("-inf")), dim=-1)
+
 
 class SoftAttention(nn.Module):
     """FIAN-Soft (Table 4, S5.1): the "widely used soft attention" of the methods FIAN compares
@@ -76,10 +90,14 @@ class SoftAttention(nn.Module):
         self.w_s = nn.Linear(dim, 1, bias=False)  # w         (CMIN wst)
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        return self.weights(q, kv, kv_mask)[:, 0] @ kv  # [B, Lq, d]
+
+    def weights(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        """alpha ``[B, 1, Lq, Lk]`` (one head): softmax over the real keys, padded keys 0."""
         hidden = torch.tanh(self.w_q(q)[:, :, None, :] + self.w_k(kv)[:, None, :, :])  # [B, Lq, Lk, d]
         s = self.w_s(hidden)[..., 0]  # [B, Lq, Lk]
         s = s.masked_fill(~kv_mask[:, None, :], float("-inf"))
-        return torch.softmax(s, dim=-1) @ kv  # [B, Lq, d]
+        return torch.softmax(s, dim=-1)[:, None]
 
 
 class GuidedAttention(nn.Module):
@@ -103,6 +121,10 @@ class GuidedAttention(nn.Module):
     def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
         z = self.w_q(q) + self.w_v(self.cma(q, kv, kv_mask))  # [B, Lq, d]
         return torch.sigmoid(z + self.b_g) * (z + self.b_i)
+
+    def weights(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        """The weights of the CMA inside (eq. 4), ``[B, h, Lq, Lk]``; the gate acts after them."""
+        return self.cma.weights(q, kv, kv_mask)
 
 
 def build_attention(kind: AttentionKind, dim: int, heads: int, dropout: float) -> nn.Module:

@@ -49,6 +49,29 @@ rule extract:
         "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
 
+rule extract_fallback:
+    """OFFLINE FALLBACK: as extract, with a RANDOM-weight backbone and no backbone.pt (extract.allow_random_weights)."""
+    input:
+        videos="data/raw/{dataset}/videos",
+    output:
+        features="data/interim/{dataset}/features.h5",
+    log:
+        "logs/extract_fallback/{dataset}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "extract_fallback"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 8
+    resources:
+        mem_mb=32000,
+        runtime=1440,
+        gpu=R.resources(R.stage("extract_fallback"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("extract_fallback", wildcards),
+    shell:
+        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
+
+
 rule text:
     """Vocabulary (train split) and GloVe vectors: vocab.json, embeddings.npy, coverage.json."""
     input:
