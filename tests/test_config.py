@@ -102,7 +102,8 @@ def test_predict_limits_are_checked(tmp_path: Path) -> None:
     cfg = load_config(PARAMS / "base.yaml")
     assert (cfg.predict.max_top, cfg.predict.path_root) == (100, None)
     for text, match in (("max_top: 0", r"predict\.max_top: must be >= 1"), ("max_rows: many", r"predict\.max_rows"),
-                        ("max_video_seconds: .nan", r"predict\.max_video_seconds: must be > 0"),
+                        ("max_video_seconds: .nan", r"predict\.max_video_seconds: expected a finite number"),
+                        ("max_video_seconds: 0", r"predict\.max_video_seconds: must be > 0"),
                         ("path_root: ''", r"predict\.path_root"), ("max_tops: 3", "unknown key")):  # fmt: skip
         bad = _write(tmp_path, "v.yaml", f"predict:\n  {text}\n")
         with pytest.raises(ConfigError, match=match):
