@@ -48,6 +48,7 @@ def copy_project(dest: Path) -> Path:
             shutil.copy(ROOT / name, dest / name)
     for name in ("workflow", "params"):
         shutil.copytree(ROOT / name, dest / name)
+    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
     return dest
 
 

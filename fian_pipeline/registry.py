@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fian.config import ConfigError, load_config, load_params, load_yaml
+from fian.config import ConfigError, load_config, load_yaml
 
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
@@ -113,6 +113,7 @@ class Stage:
         parts = [f"{launcher} {self.package}.{self.module}"]
         if self.layers:
             parts.append("--params " + " ".join(self.params_files()))
+            parts.append(f"--overrides {OVERRIDES_FILE}")
         parts.extend(self.fixed)
         parts.extend(f"{a.flag} {a.path}" for a in self.args)
         return " ".join(parts)
@@ -123,6 +124,46 @@ LAYER_PATHS: dict[str, str] = {
     "dataset": "params/datasets/{dataset}.yaml",
     "variant": "params/variants/{variant}.yaml",
 }
+# The top layer, after the variant: DVC's default params file, so that `dvc exp run -S train.epochs=5`
+# works.  It lists every key of OVERRIDE_KEYS at null (= not set) in git; a key an experiment sets
+# wins for every dataset and variant (fian_pipeline.layers; README "Experiments").
+OVERRIDES_FILE = "params.yaml"
+# a dataset's identity: set only in params/datasets/<d>.yaml, never for all datasets at once
+DATASET_IDENTITY = ("dataset.name", "dataset.format", "dataset.splits", "dataset.annotation_sources",
+                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone")  # fmt: skip
+
+
+def override_keys() -> list[str]:
+    """The keys params.yaml lists (each at null in git): every config key but a dataset's identity."""
+    from fian_pipeline.layers import override_keys as config_keys
+
+    return [k for k in config_keys() if k not in DATASET_IDENTITY]
+
+
+def check_overrides_file(root: str | Path = ".") -> None:
+    """params.yaml lists exactly :func:`override_keys` (DVC tracks each there: a missing key is an
+    error to DVC), and the keys it sets are valid (unknown key, bad value: an error naming the file)."""
+    from fian_pipeline.layers import _leaves, read_layer
+
+    path = Path(root) / OVERRIDES_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: the overrides file is missing (every key at null in git): "
+                          f"`git checkout {OVERRIDES_FILE}` or `fian render` writes it")  # fmt: skip
+    data = read_layer(path)
+    listed = set(_leaves(data, "")) - {""}
+    expected = override_keys()
+    identity = sorted(k for k in listed if any(k == i or k.startswith(i + ".") for i in DATASET_IDENTITY))
+    if identity:
+        raise ConfigError(f"{path}: {', '.join(identity)}: a dataset's identity is set in params/datasets/<d>.yaml, "
+                          "not for every dataset at once")  # fmt: skip
+    unknown = sorted(k for k in listed if not any(k == e or k.startswith(e + ".") for e in expected))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; `fian params explain SECTION` lists the keys")
+    missing = sorted(e for e in expected if not any(k == e or k.startswith(e + ".") for k in listed))
+    if missing:
+        raise ConfigError(f"{path}: key(s) {missing} are missing (DVC tracks each key of this file; null = not "
+                          "set): `fian render` adds them back")  # fmt: skip
+    load_config(extra=[(str(path), read_layer(path, overrides=True))])  # types of the keys it sets
 
 # --------------------------------------------------------------------------------------------
 # The stages
@@ -331,7 +372,7 @@ STAGES: tuple[Stage, ...] = (
         name="evaluate",
         module="evaluate",
         phase="model",
-        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU).",
+        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU).",
         wildcards=_DVS,
         layers=_BDV,
         keys=("features", "model", "eval"),
@@ -519,6 +560,10 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
     params_dir = str(config.get("params_dir", "params"))
     if "datasets" not in config or not config["datasets"]:
         raise ConfigError("workflow config: 'datasets' must name at least one dataset")
+    check_overrides_file(root)
+    from fian_pipeline.layers import read_layer
+
+    over = [(OVERRIDES_FILE, read_layer(root / OVERRIDES_FILE, overrides=True))]
     plans = []
     for name, spec in config["datasets"].items():
         spec = spec or {}
@@ -533,12 +578,12 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         if not dfile.exists():
             raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
         check_dataset_file(dfile, str(name))  # first: a missing key would surface as a base.yaml value
-        cfg = load_config(base, dfile)  # raises ConfigError naming file and key
+        cfg = load_config(base, dfile, extra=over)  # raises ConfigError naming file and key
         for v in variants:
             vfile = root / params_dir / "variants" / f"{v}.yaml"
             if not vfile.exists():
                 raise ConfigError(f"workflow config: datasets.{name}.variants: no params file {vfile}")
-            load_params(root / params_dir, name, v)
+            load_config(base, dfile, vfile, extra=over)
         plans.append(
             DatasetPlan(
                 name=str(name),
@@ -622,11 +667,18 @@ class Instance:
         return [fill(p, self.wildcards) for p in self.stage.params_files()]
 
     def tracked_params(self, root: str | Path = ".") -> dict[str, dict[str, Any]]:
-        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer that
-        wins for it (fian_pipeline.layers); what DVC tracks and what Snakemake gets as ``params:``."""
+        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer of the
+        three that wins for it (fian_pipeline.layers); what DVC tracks beside :meth:`override_keys`."""
         from fian_pipeline.layers import winners
 
         return winners(self.params_files(), self.stage.keys, root)
+
+    def override_keys(self) -> list[str]:
+        """The keys of params.yaml the stage reads: DVC tracks them there, whatever their value."""
+        if not self.stage.layers:
+            return []
+        return [k for k in override_keys() if any(k == p or k.startswith(p + ".") or p.startswith(k + ".")
+                                                  for p in self.stage.keys)]  # fmt: skip
 
     def deps(self, plan: Plan) -> list[str]:
         files = self.params_files()
@@ -649,7 +701,7 @@ def param_values(name: str, wildcards: Mapping[str, str], root: str | Path = "."
 
     s = stage(name)
     wc = {w: str(wildcards[w]) for w in s.wildcards}
-    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root)
+    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root, overrides=OVERRIDES_FILE)
 
 
 def manual_fetches(plan: Plan, root: str | Path = ".") -> list[str]:

@@ -50,6 +50,7 @@ def build(proj: Path) -> Path:
         shutil.copy(ROOT / f, proj / f)
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, proj / d)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     conf = proj / "workflow/config/default.yaml"
     config = yaml.safe_load(conf.read_text())
     config["datasets"]["synthetic"]["variants"] = ["fian", "stride4"]

@@ -39,6 +39,7 @@ def _project(tmp: Path) -> Path:
     shutil.copy(ROOT / "Snakefile", proj / "Snakefile")
     shutil.copytree(ROOT / "workflow", proj / "workflow")
     shutil.copytree(ROOT / "params", proj / "params")
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     syn = proj / "params/datasets/synthetic.yaml"
     syn.write_text(yaml.safe_dump(_merge(yaml.safe_load(syn.read_text()), SMALL)))
     return proj

@@ -19,7 +19,7 @@ rule download_annotations:
     params:
         values=lambda wildcards: R.param_values("download_annotations", wildcards),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
 
 
 rule download_features:
@@ -39,7 +39,7 @@ rule download_features:
     params:
         values=lambda wildcards: R.param_values("download_features", wildcards),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
 
 rule download_glove:
@@ -60,7 +60,7 @@ rule download_glove:
         values=lambda wildcards: R.param_values("download_glove", wildcards),
         plan=" ".join(R.plan_args(R.stage("download_glove"), PLAN)),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml --overrides params.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
 
 
 rule generate:
@@ -81,7 +81,7 @@ rule generate:
     params:
         values=lambda wildcards: R.param_values("generate", wildcards),
     shell:
-        "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
+        "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
 
 rule annotations:
@@ -101,4 +101,4 @@ rule annotations:
     params:
         values=lambda wildcards: R.param_values("annotations", wildcards),
     shell:
-        "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"
+        "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"

@@ -25,11 +25,11 @@ rule train:
         values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
 rule evaluate:
-    """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU)."""
+    """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU)."""
     input:
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
@@ -50,7 +50,7 @@ rule evaluate:
     params:
         values=lambda wildcards: R.param_values("evaluate", wildcards),
     shell:
-        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule baseline:
@@ -72,4 +72,4 @@ rule baseline:
     params:
         values=lambda wildcards: R.param_values("baseline", wildcards),
     shell:
-        "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"
+        "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"
