@@ -5,6 +5,7 @@ Layers (later wins, dictionaries merge key by key):
     params/base.yaml                 shared defaults
     params/datasets/<dataset>.yaml   per-dataset values of Section 4.3
     params/variants/<variant>.yaml   the ablations of Tables 4-6
+    params.yaml, --set KEY=VALUE     overrides (``load_config(extra=...)``: read_overrides, parse_set)
 
 Only factory functions (``build_*``) and stage commands read a :class:`Config`; the modules of
 ``fian/`` take explicit constructor arguments.  Every key is validated: an unknown key, a wrong

@@ -69,6 +69,14 @@ class Out:
     plot: bool = False  # DVC `plots:` (CSV)
     plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
     plot_ys: tuple[str, ...] = ()  # more columns drawn against plot_xy[0], one plot each (dvc.yaml `plots:`)
+    # `snakemake --report`: a result of the report, with its caption workflow/report/<report>.rst, its
+    # category and subcategory (wildcards allowed) and the columns the report's table shows for it
+    # (fixed (name, value) pairs, wildcards allowed; or "metrics"/"train": read from the file when the
+    # report is made, :func:`report_labels`)
+    report: str | None = None
+    category: str = ""
+    subcategory: str = ""
+    labels: tuple[tuple[str, str], ...] | Literal["metrics", "train"] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,9 @@ class Stage:
     distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
     package: str = "fian_pipeline"  # the command runs `python -m <package>.<module>`
     console: bool = False  # Snakemake: stdout to the console (one line per epoch), stderr to the log
+    # Snakemake `localrule`: runs where snakemake runs (a cluster's login node), never submitted to a
+    # compute node, which on most clusters has no internet (the downloads)
+    local: bool = False
 
     @property
     def log(self) -> str:
@@ -207,6 +218,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(RAW_ANN, "dir"),),
         when="download",
         runtime=60,
+        local=True,
     ),
     Stage(
         name="download_features",
@@ -221,6 +233,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(RAW_FEAT, "dir"),),
         when="download",
         runtime=600,
+        local=True,
     ),
     Stage(
         name="download_glove",
@@ -235,6 +248,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(GLOVE_FILE),),
         when="glove_download",  # a stage without wildcards runs when any dataset uses it
         runtime=240,
+        local=True,
     ),
     Stage(
         name="generate",
@@ -358,7 +372,8 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
             Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss"), plot_ys=("val/R@1,IoU=0.5",)),
-            Out(f"{RUN}/train_metrics.json", metric=True),
+            Out(f"{RUN}/train_metrics.json", metric=True, report="train_metrics", category="Training",
+                subcategory="{dataset}", labels="train"),
             Out(f"{RUN}/train_info.json"),
         ),
         threads=4,
@@ -385,7 +400,8 @@ STAGES: tuple[Stage, ...] = (
         ),
         outputs=(
             Out(f"{RUN}/predictions_{{split}}.jsonl"),
-            Out(f"{RUN}/metrics_{{split}}.json", metric=True),
+            Out(f"{RUN}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
+                subcategory="{dataset}", labels="metrics"),
             Out(f"{RUN}/info_{{split}}.json"),
         ),
         threads=4,
@@ -404,7 +420,8 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--data", PROCESSED), Arg("--split", "{split}", "value"), Arg("--out", PRIOR, "value")),
         outputs=(
             Out(f"{PRIOR}/predictions_{{split}}.jsonl"),
-            Out(f"{PRIOR}/metrics_{{split}}.json", metric=True),
+            Out(f"{PRIOR}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
+                subcategory="{dataset}", labels="metrics"),
             Out(f"{PRIOR}/info_{{split}}.json"),
         ),
         mem_mb=8000,
@@ -427,9 +444,12 @@ STAGES: tuple[Stage, ...] = (
             Arg("--out", FIGURES, "value"),
         ),
         outputs=(
-            Out(f"{FIGURES}/timeline_{{split}}.png"),
-            Out(f"{FIGURES}/training_curves_{{split}}.png"),
-            Out(f"{FIGURES}/attention_{{split}}.png"),
+            Out(f"{FIGURES}/timeline_{{split}}.png", report="timeline", category="Figures", subcategory="{dataset}",
+                labels=(("figure", "timeline"), ("run", "{variant}"), ("split", "{split}"))),
+            Out(f"{FIGURES}/training_curves_{{split}}.png", report="training_curves", category="Figures",
+                subcategory="{dataset}", labels=(("figure", "training curves"), ("run", "{variant}"), ("split", "{split}"))),
+            Out(f"{FIGURES}/attention_{{split}}.png", report="attention", category="Figures", subcategory="{dataset}",
+                labels=(("figure", "attention maps"), ("run", "{variant}"), ("split", "{split}"))),
         ),
         mem_mb=4000,
     ),
@@ -442,7 +462,8 @@ STAGES: tuple[Stage, ...] = (
         layers=(),
         keys=(),
         args=(Arg("--results", "results", "value"), Arg("--out", "reports", "value")),
-        outputs=tuple(Out(t) for t in TABLES),
+        outputs=tuple(Out(t, report="tables", category="Tables", labels=(("table", f"Table {k}"),))
+                      for k, t in enumerate(TABLES, 1)),
     ),
 )
 
@@ -850,6 +871,33 @@ def resources(stage_: Stage, plan: Plan) -> dict[str, int]:
     if stage_.gpus and plan.gpus:
         res["gpu"] = plan.gpus if stage_.distributed else stage_.gpus
     return res
+
+
+def report_labels(kind: str):  # noqa: ANN201 - a Snakemake labels function
+    """The columns `snakemake --report` shows for a result of ``kind`` (registry ``Out.labels``): a
+    function of the job's wildcards and output files, called when the report is made, so that the
+    report's tables show the numbers (metrics files hold fractions; shown as percentages)."""
+    import json
+
+    def pct(m: Mapping[str, Any], key: str) -> str:
+        v = m.get(key)
+        return f"{100 * v:.2f}" if isinstance(v, int | float) else "-"
+
+    def labels(wildcards: Any, output: Any) -> dict[str, str]:
+        files = [str(f) for f in output]
+        run = str(getattr(wildcards, "variant", "") or BASELINE)
+        path = next(f for f in files if Path(f).name.startswith(("metrics_", "train_metrics")))
+        m = json.loads(Path(path).read_text())
+        if kind == "train":
+            return {"run": run, "best epoch": str(m.get("best_epoch", "-")),
+                    "val R@1,IoU=0.5 (%)": pct(m, "val/R@1,IoU=0.5"), "val mIoU (%)": pct(m, "val/mIoU")}  # fmt: skip
+        info = Path(path).with_name(Path(path).name.replace("metrics_", "info_"))
+        protocol = json.loads(info.read_text()).get("protocol", {}) if info.exists() else {}
+        return {"run": run if run != BASELINE else f"{BASELINE} (baseline)", "split": str(wildcards.split),
+                **{f"{k} (%)": pct(m, k) for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "R@5,IoU=0.7", "mIoU")},
+                "hit": str(protocol.get("hit", "-"))}  # fmt: skip
+
+    return labels
 
 
 def launcher(stage_: Stage, plan: Plan) -> str:

@@ -80,6 +80,14 @@ def render_rule(s: R.Stage) -> str:
     lines.append("    output:")
     for o in s.outputs:
         value = f'directory("{o.path}")' if o.kind == "dir" else f'"{o.path}"'
+        if o.report:  # a result of `snakemake --report`, with its caption (workflow/report/<name>.rst)
+            if isinstance(o.labels, str):
+                labels = f'R.report_labels("{o.labels}")'
+            else:
+                labels = "{" + ", ".join(f'"{k}": "{v}"' for k, v in o.labels) + "}"
+            sub = f', subcategory="{o.subcategory}"' if o.subcategory else ""
+            value = (f'report({value}, caption="../report/{o.report}.rst", category="{o.category}"{sub}, '
+                     f"labels={labels})")
         lines.append(f"        {_out_name(o)}={value},")
     lines.append("    log:")
     lines.append(f'        "{s.log}",')
@@ -89,6 +97,8 @@ def render_rule(s: R.Stage) -> str:
     if constraints:
         lines.append("    wildcard_constraints:")
         lines.extend(constraints)
+    if s.local:  # on the machine that runs snakemake (a cluster's login node has the internet)
+        lines.append("    localrule: True")
     lines.append(f'    conda:\n        "{CONDA_ENV}"')  # with --use-conda only; relative to workflow/rules/
     lines.append(f"    threads: {s.threads}")
     lines.append("    resources:")

@@ -10,6 +10,7 @@ rule download_annotations:
         "logs/download_annotations/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -30,6 +31,7 @@ rule download_features:
         "logs/download_features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -50,6 +52,7 @@ rule download_glove:
         glove="data/raw/glove/glove.840B.300d.txt",
     log:
         "logs/download_glove/download_glove.log",
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1

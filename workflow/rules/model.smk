@@ -10,7 +10,7 @@ rule train:
     output:
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
         history="results/{dataset}/{variant}/history.csv",
-        train_metrics="results/{dataset}/{variant}/train_metrics.json",
+        train_metrics=report("results/{dataset}/{variant}/train_metrics.json", caption="../report/train_metrics.rst", category="Training", subcategory="{dataset}", labels=R.report_labels("train")),
         train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
@@ -36,7 +36,7 @@ rule evaluate:
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
     output:
         predictions="results/{dataset}/{variant}/predictions_{split}.jsonl",
-        metrics="results/{dataset}/{variant}/metrics_{split}.json",
+        metrics=report("results/{dataset}/{variant}/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
         info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
@@ -59,7 +59,7 @@ rule baseline:
         data="data/processed/{dataset}",
     output:
         predictions="results/{dataset}/prior/predictions_{split}.jsonl",
-        metrics="results/{dataset}/prior/metrics_{split}.json",
+        metrics=report("results/{dataset}/prior/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
         info="results/{dataset}/prior/info_{split}.json",
     log:
         "logs/baseline/{dataset}-{split}.log",
