@@ -40,7 +40,7 @@ def test_set_values_are_typed_as_yaml_and_numbers() -> None:
 
 def test_set_wins_last_and_is_validated_like_a_file() -> None:
     cfg = load_config(BASE, SYN, extra=[("--set", parse_set(["train.epochs=3", "train.lr=1e-4"]))])
-    assert (cfg.train.epochs, cfg.train.lr) == (3, 0.0001)  # synthetic.yaml says 30 and 2e-3
+    assert (cfg.train.epochs, cfg.train.lr) == (3, 0.0001)  # synthetic.yaml says 30 and 1e-3
     with pytest.raises(ConfigError, match=r"^--set: train: unknown key\(s\) \['lrr'\]"):
         load_config(BASE, SYN, extra=[("--set", parse_set(["train.lrr=1"]))])
     with pytest.raises(ConfigError, match=r"^--set: train\.epochs: expected an integer, got 'many'"):
