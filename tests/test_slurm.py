@@ -205,7 +205,7 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
     assert [line.split()[1] for line in text[:2]] == ["part=1", "part=2"]
     assert (proj / "data/interim/toy/annotations/train.parquet").is_file()
     assert re.search(r"^localrule download_annotations:", out, re.M), out[-4000:]
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: \S*/(\w+)/", out)
+    submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", out)
     assert submitted == ["annotations"], (submitted, out[-4000:])
 
 
