@@ -143,7 +143,7 @@ def dvc_ran_since(root: Path) -> bool:
 def adopt_dvc_outputs(cmd: list[str], env: dict[str, str], root: Path) -> str | None:
     """After `dvc repro` / `dvc exp run`, Snakemake takes every output DVC rewrote as stale (its
     records hold the old params and file times).  When DVC says the workspace is up to date, record
-    DVC's outputs as Snakemake's (`snakemake --touch`, what README "Experiments" says to run by
+    DVC's outputs as Snakemake's (`snakemake --touch`, what README "Changing params and running experiments" says to run by
     hand); otherwise leave them: Snakemake reruns what is out of date."""
     if not dvc_ran_since(root):
         return None

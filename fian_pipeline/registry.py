@@ -137,7 +137,7 @@ LAYER_PATHS: dict[str, str] = {
 }
 # The top layer, after the variant: DVC's default params file, so that `dvc exp run -S train.epochs=5`
 # works.  It lists every key of OVERRIDE_KEYS at null (= not set) in git; a key an experiment sets
-# wins for every dataset and variant (fian_pipeline.layers; README "Experiments").
+# wins for every dataset and variant (fian_pipeline.layers; README "Changing params and running experiments").
 OVERRIDES_FILE = "params.yaml"
 # a dataset's identity: set only in params/datasets/<d>.yaml, never for all datasets at once
 DATASET_IDENTITY = ("dataset.name", "dataset.format", "dataset.splits", "dataset.annotation_sources",

@@ -182,7 +182,7 @@ with open(out / "history.csv", "w", newline="") as f:
 
 
 def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) -> None:
-    """README "DVC": after a recorded run, `git add dvc.lock; git commit`; then a params edit,
+    """README "Changing params and running experiments": after a recorded run, `git add dvc.lock; git commit`; then a params edit,
     `dvc repro`, and `dvc metrics diff` (numbers only) and `dvc plots diff` (loss and val R@1 per
     epoch, both revisions) work."""
     (tmp_path / "toystages").mkdir()
@@ -224,7 +224,7 @@ def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) ->
     rows = plots["data"]["toy val/R@1,IoU=0.5"] if "data" in plots else plots["toy val/R@1,IoU=0.5"]
     text = json.dumps(rows)
     assert "HEAD" in text and "workspace" in text and "0.6" in text  # both revisions, the new values
-    # offline (README "Changing params"): DVC's own page loads vega from a CDN; the page of
+    # offline (README "Changing params and running experiments"): DVC's own page loads vega from a CDN; the page of
     # `fian plots-template` holds the libraries inline and DVC fills its plots in
     _run(tmp_path, "dvc", "plots", "show", "-o", "online")
     assert re.search(r"<script[^>]*\ssrc=\"https://", (tmp_path / "online/index.html").read_text())

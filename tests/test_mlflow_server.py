@@ -151,7 +151,7 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
         sys.executable, "-m", "fian_pipeline.train",
         "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
         "--data", "data", "--text", "text", "--out", "results/tiny/fian", "--device", "cpu",
-        "--set", "train.lr=5e-4",  # a one-off override (README "Experiments"): in the config, MLflow, the checkpoint
+        "--set", "train.lr=5e-4",  # a one-off override (README "Changing params and running experiments"): in the config, MLflow, the checkpoint
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
