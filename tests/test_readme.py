@@ -157,3 +157,25 @@ def test_commands_left_to_the_end_to_end_test_are_there() -> None:
 def test_python_blocks_compile() -> None:
     for body in RC.blocks("python"):
         compile(body, "README.md", "exec")
+
+
+def test_citation_file_cites_the_paper_and_this_project() -> None:
+    """CITATION.cff (Citation File Format 1.2.0): the project as software, the paper as its
+    preferred citation; the DOI and authors as the paper's own reference format gives them."""
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software" and cff["message"]
+    assert cff["title"].startswith("fian") and cff["authors"] and cff["license"] == "MIT"
+    paper = cff["preferred-citation"]
+    assert paper["type"] == "conference-paper" and paper["year"] == 2020
+    text_path = ROOT.parent / "shared/paper/fian-mm2020.txt"
+    if not text_path.is_file():
+        pytest.skip(f"paper text not found at {text_path}")
+    text = text_path.read_text()
+    reference = next(line for line in text.splitlines() if "https://doi.org/" in line and "Xiaoye Qu" in line)
+    assert f"https://doi.org/{paper['doi']}" in reference
+    assert paper["title"] in reference
+    names = [f"{a['given-names']} {a['family-names']}" for a in paper["authors"]]
+    positions = [reference.index(n) for n in names]
+    assert positions == sorted(positions) and len(names) == 7  # all seven, in the paper's order
