@@ -173,7 +173,7 @@ def check_overrides_file(root: str | Path = ".") -> None:
     missing = sorted(e for e in expected if not any(k == e or k.startswith(e + ".") for k in listed))
     if missing:
         raise ConfigError(f"{path}: key(s) {missing} are missing (DVC tracks each key of this file; null = not "
-                          "set): `fian render` adds them back")  # fmt: skip
+                          "set): `fian render` writes them when the file sets no key, else add them (empty)")  # fmt: skip
     load_config(extra=[(str(path), read_layer(path, overrides=True))])  # types of the keys it sets
 
 # --------------------------------------------------------------------------------------------

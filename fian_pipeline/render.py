@@ -403,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="write nothing; exit 1 if a rendered file is out of date"
     )
     args = p.parse_args(argv)
+    overrides = None if args.check else overrides_file(args.root)
+    if overrides is not None and (not (args.root / R.OVERRIDES_FILE).exists()
+                                  or (args.root / R.OVERRIDES_FILE).read_text() != overrides):  # fmt: skip
+        write_text(args.root / R.OVERRIDES_FILE, overrides)  # first: the plan checks its keys
     files = rendered_files(args.config, args.root)
     if args.check:
         diffs = check(files, args.root)

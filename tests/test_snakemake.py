@@ -173,7 +173,8 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
         assert labels["hit"] == "IoU > m" and "R&#64;n,IoU=m" in results[path]["caption"], labels
     assert results["results/synthetic/fian/train_metrics.json"]["labels"]["best epoch"] == "1"
     assert sorted(k for k, v in results.items() if v["mime_type"] == "image/png") == [
-        "reports/figures/synthetic/fian/timeline_test.png", "reports/figures/synthetic/fian/training_curves_test.png"]
+        "reports/figures/synthetic/fian/attention_test.png", "reports/figures/synthetic/fian/timeline_test.png",
+        "reports/figures/synthetic/fian/training_curves_test.png"]
     assert sorted(v["labels"]["table"] for k, v in results.items() if k.startswith("reports/table")) == [
         f"Table {k}" for k in range(1, 7)]
     assert all(v["caption"].strip() for v in results.values())

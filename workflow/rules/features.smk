@@ -69,7 +69,7 @@ rule extract_fallback:
     params:
         values=lambda wildcards: R.param_values("extract_fallback", wildcards),
     shell:
-        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
+        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --videos data/raw/{wildcards.dataset}/videos --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
 
 rule text:

@@ -3,23 +3,29 @@
 
 
 rule plots:
-    """Figure-6-like timelines (ground truth vs top-1) and training curves."""
+    """Figure-6-like timelines (ground truth vs top-1), training curves, attention maps; logged to MLflow."""
     input:
         predictions="results/{dataset}/{variant}/predictions_{split}.jsonl",
         history="results/{dataset}/{variant}/history.csv",
+        checkpoint="results/{dataset}/{variant}/checkpoint.pt",
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
     output:
         timeline=report("reports/figures/{dataset}/{variant}/timeline_{split}.png", caption="../report/timeline.rst", category="Figures", subcategory="{dataset}", labels={"figure": "timeline", "run": "{variant}", "split": "{split}"}),
         training_curves=report("reports/figures/{dataset}/{variant}/training_curves_{split}.png", caption="../report/training_curves.rst", category="Figures", subcategory="{dataset}", labels={"figure": "training curves", "run": "{variant}", "split": "{split}"}),
+        attention=report("reports/figures/{dataset}/{variant}/attention_{split}.png", caption="../report/attention.rst", category="Figures", subcategory="{dataset}", labels={"figure": "attention maps", "run": "{variant}", "split": "{split}"}),
     log:
         "logs/plots/{dataset}-{variant}-{split}.log",
     conda:
         "../envs/fian.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("plots", wildcards),
     shell:
-        "python -m fian_pipeline.plots --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "python -m fian_pipeline.plots --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule tables:
