@@ -13,6 +13,11 @@ from fian_pipeline import registry as R
 
 min_version("9.0")
 
+
+# `snakemake --report report.html`: this description, then the tables, figures and metrics that the
+# rules mark with report() (captions in workflow/report/*.rst; rendered from fian_pipeline/registry.py)
+report: "workflow/report/workflow.rst"
+
 # one id per workflow invocation (jobs inherit it, SLURM jobs too): their MLflow runs become the
 # children of one parent run per experiment (fian.tracking, docs/TRAINING.md "MLflow")
 import datetime as _dt, os as _os, uuid as _uuid
@@ -50,6 +55,7 @@ rule all:
     input:
         R.targets(PLAN),
     default_target: True
+    localrule: True
 
 
 # one target per dataset: `snakemake dataset_<name>` builds its metrics, checkpoints and figures
@@ -61,6 +67,7 @@ for _d in PLAN.datasets:
             f"dataset_{_d.name}"
         input:
             R.dataset_targets(PLAN, _d.name),
+        localrule: True
 
 
 include: "workflow/rules/data.smk"

@@ -45,6 +45,7 @@ def build(proj: Path) -> None:
         shutil.copy(ROOT / f, proj / f)
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, proj / d)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     for inst in R.instances(load_plan("workflow/config/default.yaml", proj)):
         for out in inst.stage.outputs:
             path = proj / R.fill(out.path, inst.wildcards)

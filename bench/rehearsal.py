@@ -8,7 +8,7 @@ Copies the workflow (Snakefile, workflow/, params/) to a fresh folder, runs
 with a fresh MLflow store (sqlite in the folder), and prints one table: per rule the jobs and
 their summed wall time (from Snakemake's log: the start and finish stamps of every job, 1 s
 resolution), then the matrix's wall time and how much of the job time the training loop itself
-took (``train_time_s`` of every ``train_metrics.json``: the epochs, validation included).  The
+took (``train_time_s`` of every ``train_info.json``: the epochs, validation included).  The
 rest -- interpreter and library start-up, data stages, MLflow, checkpoints, evaluation, tables --
 is "outside training".
 
@@ -48,6 +48,7 @@ def copy_project(dest: Path) -> Path:
             shutil.copy(ROOT / name, dest / name)
     for name in ("workflow", "params"):
         shutil.copytree(ROOT / name, dest / name)
+    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
     return dest
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     times = job_times(log)
     times.pop("all", None)  # the target rule runs nothing
     train_loop = 0.0
-    for f in sorted((proj / "results").glob("*/*/train_metrics.json")):
+    for f in sorted((proj / "results").glob("*/*/train_info.json")):
         train_loop += float(json.loads(f.read_text())["train_time_s"])
     total_job = sum(sum(v) for v in times.values())
     print(f"rehearsal: {CONFIG}, snakemake --cores {args.cores} --jobs {args.jobs} (train/evaluate 1 thread)")

@@ -5,6 +5,7 @@ Layers (later wins, dictionaries merge key by key):
     params/base.yaml                 shared defaults
     params/datasets/<dataset>.yaml   per-dataset values of Section 4.3
     params/variants/<variant>.yaml   the ablations of Tables 4-6
+    params.yaml, --set KEY=VALUE     overrides (``load_config(extra=...)``: read_overrides, parse_set)
 
 Only factory functions (``build_*``) and stage commands read a :class:`Config`; the modules of
 ``fian/`` take explicit constructor arguments.  Every key is validated: an unknown key, a wrong
@@ -17,6 +18,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -532,31 +534,85 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def unset_pruned(data: dict[str, Any]) -> dict[str, Any]:
+    """An overrides layer without its unset keys: a null value sets nothing, nor does a section
+    of null values (params.yaml lists every key at null).  An empty mapping ``{}`` is a value."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            v = unset_pruned(v)
+            if not v:
+                continue
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """The overrides layer (params.yaml): a YAML file whose null keys are not set (:func:`unset_pruned`)."""
+    return unset_pruned(read_yaml(path))
+
+
+def parse_set(pairs: Sequence[str], where: str = "--set") -> dict[str, Any]:
+    """``["train.lr=1e-4", "model.window_sizes=[8, 16]"]`` -> a nested mapping (a layer).
+
+    A value is YAML (``true``, ``[8, 16]``, ``null``), and ``1e-4``-style numbers are numbers (YAML 1.1
+    reads them as strings).  The layer is validated like a file when loaded (:func:`load_config`)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{where} {pair!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where} {pair!r}: the value is not valid YAML: {e}") from None
+        if isinstance(value, str) and not text.strip().startswith(("'", '"')):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where} {pair!r}: {part} was given a value above")
+        node[leaf] = value
+    return out
+
+
 def config_from_dict(data: dict[str, Any], where: str = "") -> Config:
     cfg = _build(Config, data, where)
     _check_range(cfg)
     return cfg
 
 
-def load_config(*files: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    *files: str | Path,
+    overrides: dict[str, Any] | None = None,
+    extra: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> Config:
     """Merge the YAML ``files`` in order (base, dataset, variant) and validate.
 
-    Each file is checked on its own for unknown keys and types, so that an error names the
-    file that introduced it; the merged result is then range-checked.
+    ``extra``: further layers merged after the files, as ``(name, data)`` (the overrides file
+    params.yaml read by :func:`read_overrides`, the ``--set`` pairs of :func:`parse_set`); errors
+    name them like files.  Each layer is checked on its own for unknown keys and types, so that an
+    error names the layer that introduced it; the merged result is then range-checked.
     """
     merged: dict[str, Any] = {}
     layers: list[tuple[str, dict[str, Any]]] = []  # (file, its data): which file set a key
-    for f in files:
-        data = read_yaml(f)
-        layers.append((str(f), data))
+    named = [(str(f), read_yaml(f)) for f in files] + [(n, d) for n, d in extra if d]
+    if overrides:
+        named.append(("overrides", overrides))
+    for f, data in named:
+        layers.append((f, data))
         try:
             _build(Config, data, "")
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
         merged = _merge(merged, data)
-    if overrides:
-        merged = _merge(merged, overrides)
-        layers.append(("overrides", overrides))
     try:
         return config_from_dict(merged)
     except RangeError as e:

@@ -129,6 +129,23 @@ class EncodedVideo:
 # --------------------------------------------------------------------------------------------
 
 
+# the file each release's text above describes, with its width: another file in the same layout
+# (a dataset of one's own) gets a reason that names its own file and width instead
+RELEASE_FILES = {"activitynet_c3d": ("sub_activitynet_v1-3.c3d.hdf5", 500), "tacos_c3d": ("tall_c3d_features.hdf5", 4096)}
+
+
+def not_recomputable_reason(layout: str, source: str, feature_dim: int) -> str:
+    """Why imported features cannot be recomputed from a video (``source``: ``<layout>:<file>``)."""
+    name = source.split(":", 1)[1] if ":" in source else source
+    release = RELEASE_FILES.get(layout)
+    if layout in NOT_RECOMPUTABLE and (release is None or release == (Path(name).name, feature_dim)):
+        return NOT_RECOMPUTABLE[layout]
+    if layout in NOT_RECOMPUTABLE:
+        return (f"the {feature_dim}-d features of {name or 'an unnamed file'} (layout {layout}) were imported, not "
+                "made by this project's extract stage: how they were computed is not recorded")
+    return f"the features come from {source or 'an unnamed source'}, not from this project's extract stage"
+
+
 def feature_recipe(cfg: Config, split_attrs: Mapping[str, Any]) -> dict[str, Any]:
     """How the training features were made, in plain types, from the config and the split's attrs.
 
@@ -183,10 +200,9 @@ def feature_recipe(cfg: Config, split_attrs: Mapping[str, Any]) -> dict[str, Any
         if split_attrs.get("synthetic") or source.startswith("fian.data.synthetic"):
             reason = "the features were generated (fian.data.synthetic): there is no video behind them"
         else:
-            reason = NOT_RECOMPUTABLE.get(layout, f"the features come from {source or 'an unnamed source'}, "
-                                          "not from this project's extract stage")  # fmt: skip
+            reason = not_recomputable_reason(layout, source, cfg.dataset.feature_dim)
         recipe.update(recomputable=False, reason=reason, backbone=str(split_attrs.get("backbone", "")))
-        if layout == "activitynet_c3d":
+        if reason == NOT_RECOMPUTABLE.get("activitynet_c3d"):
             recipe["pca"] = "C3D fc7 (4096-d) -> 500-d PCA of the ActivityNet release (matrix not published)"
     return recipe
 

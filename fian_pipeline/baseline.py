@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fian_pipeline.common import load, parser, run_stage
+from fian_pipeline.common import load, override_tags, parser, run_stage
 
 log = logging.getLogger("fian.baseline")
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval)  # NMS and hit rule of eval.*
     frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
 
-    with build_tracker(cfg, stage="baseline", inputs=[train_path, split_path], tags={"split": args.split}) as tracker:
+    with build_tracker(cfg, stage="baseline", inputs=[train_path, split_path], tags={"split": args.split, **override_tags(args)}) as tracker:
         tracker.log_params({"baseline": VARIANT, "k": cfg.eval.max_predictions, "seed": cfg.train.seed})
         # the fitted prior is a result, not a setting: an artifact (a long nested list as a param
         # fills every comparison view of the MLflow UI)

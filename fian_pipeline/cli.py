@@ -5,6 +5,7 @@ fian train --params params/base.yaml params/datasets/tacos.yaml params/variants/
 fian demo
 fian params explain train.lr --dataset tacos   which layer sets a key
 fian predict --checkpoint results/<d>/<v>/checkpoint.pt --video clip.mp4 --query "..." [--top 5] [--json]
+fian plots-template      an offline page for `dvc plots show --html-template .dvc/plots/offline.html`
 fian --help          lists the stages (so does ``fian`` alone)
 fian --version
 """
@@ -16,7 +17,8 @@ import sys
 from collections.abc import Sequence
 
 # command -> module of fian_pipeline/ (the stage modules of the registry, plus the tools)
-TOOLS = {"render": "render", "demo": "demo", "params": "params", "predict": "predict"}
+TOOLS = {"render": "render", "demo": "demo", "params": "params", "predict": "predict",
+         "plots-template": "plots_template"}
 
 
 def commands() -> dict[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fian.config import Config, ConfigError, load_config
+from fian.config import Config, ConfigError, load_config, parse_set, read_overrides
 
 log = logging.getLogger("fian")
 
@@ -50,11 +50,61 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
         metavar="YAML",
         help="params layers in order: params/base.yaml params/datasets/<d>.yaml [params/variants/<v>.yaml]",
     )
+    p.add_argument(
+        "--overrides",
+        type=Path,
+        metavar="YAML",
+        help="the overrides layer, after --params (the workflow passes params.yaml: a key at null is not set)",
+    )
+    p.add_argument(
+        "--set",
+        dest="set_values",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a one-off override after every file, e.g. --set train.lr=1e-4 (repeatable; the value is YAML); "
+        "validated like a params file, recorded in MLflow (tag fian.overrides) and the checkpoint",
+    )
     return p
 
 
+def override_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The layers after --params: the overrides file (null keys pruned), then the --set pairs."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if getattr(args, "overrides", None) is not None:
+        layers.append((str(args.overrides), read_overrides(args.overrides)))
+    if getattr(args, "set_values", None):
+        layers.append(("--set", parse_set(args.set_values)))
+    return layers
+
+
+def applied_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """{dotted key: value} that the overrides file and --set give (later wins), for the record:
+    MLflow tag ``fian.overrides`` and the checkpoint entry ``overrides``."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    for _, data in override_layers(args):
+        walk("", data)
+    return out
+
+
+def override_tags(args: argparse.Namespace) -> dict[str, str]:
+    """MLflow tag ``fian.overrides`` (JSON of :func:`applied_overrides`) when any key is overridden."""
+    import json
+
+    applied = applied_overrides(args)
+    return {"fian.overrides": json.dumps(applied, sort_keys=True)} if applied else {}
+
+
 def load(args: argparse.Namespace) -> Config:
-    cfg = load_config(*args.params)
+    cfg = load_config(*args.params, extra=override_layers(args))
     if len(args.params) >= 3:
         import dataclasses
 

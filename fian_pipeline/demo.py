@@ -117,6 +117,62 @@ def mlflow_where(uri: str, datasets: Sequence[str], ui: str = "http://127.0.0.1:
     return lines
 
 
+LOCK_STAMP = Path(".snakemake/fian-demo-dvc-lock.sha256")  # dvc.lock as this demo last recorded it
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stamp_lock(root: Path) -> None:
+    """Remember dvc.lock as recorded now (a later change is DVC's own run: :func:`dvc_ran_since`)."""
+    lock = root / "dvc.lock"
+    if lock.exists():
+        (root / LOCK_STAMP).parent.mkdir(parents=True, exist_ok=True)
+        (root / LOCK_STAMP).write_text(_sha256(lock) + "\n")
+
+
+def dvc_ran_since(root: Path) -> bool:
+    """dvc.lock differs from what the last demo recorded: `dvc repro` or `dvc exp run` ran since."""
+    lock, stamp = root / "dvc.lock", root / LOCK_STAMP
+    return lock.exists() and stamp.exists() and stamp.read_text().strip() != _sha256(lock)
+
+
+def adopt_dvc_outputs(cmd: list[str], env: dict[str, str], root: Path) -> str | None:
+    """After `dvc repro` / `dvc exp run`, Snakemake takes every output DVC rewrote as stale (its
+    records hold the old params and file times).  When DVC says the workspace is up to date, record
+    DVC's outputs as Snakemake's (`snakemake --touch`, what README "Changing params and running experiments" says to run by
+    hand); otherwise leave them: Snakemake reruns what is out of date."""
+    if not dvc_ran_since(root):
+        return None
+    exe = Path(sys.executable).parent / "dvc"
+    status = subprocess.run([str(exe), "status", "--quiet"], env=env, capture_output=True, text=True)
+    if status.returncode != 0:
+        return "dvc.lock changed since the last demo and `dvc status` reports changes: Snakemake reruns what is stale"
+    touch = subprocess.run([*cmd, "--touch", "--quiet"], env=env, capture_output=True, text=True)
+    if touch.returncode != 0:
+        return f"warning: `snakemake --touch` failed: {touch.stderr.strip()[-500:]}"
+    stamp_lock(root)
+    return ("dvc.lock changed since the last demo (a `dvc repro` or `dvc exp run`) and DVC reports the "
+            "outputs up to date: `snakemake --touch` recorded them for Snakemake")
+
+
+def offline_plots_template(root: Path) -> str | None:
+    """Write .dvc/plots/offline.html (`dvc plots show --html-template ...` offline) when missing."""
+    from fian_pipeline.plots_template import DEFAULT_OUT, template
+
+    if not (root / ".dvc").is_dir() or (root / DEFAULT_OUT).exists():
+        return None
+    try:
+        (root / DEFAULT_OUT).parent.mkdir(parents=True, exist_ok=True)
+        (root / DEFAULT_OUT).write_text(template(), encoding="utf-8")
+    except Exception as e:  # noqa: BLE001 - a convenience: never fails the demo
+        return f"warning: no offline page for `dvc plots show` ({e})"
+    return f"wrote {DEFAULT_OUT}: `dvc plots show --html-template {DEFAULT_OUT}` renders without internet"
+
+
 def lock_is_current(plan: R.Plan, root: Path) -> bool:
     """dvc.lock was written (by this demo) after every output of the plan last changed."""
     lock = root / "dvc.lock"
@@ -157,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.configfile != DEFAULT_CONFIG:
         cmd += ["--configfile", args.configfile]
     cmd += args.snakemake_args
+    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
+    if args.configfile == DEFAULT_CONFIG and not dry:
+        said = adopt_dvc_outputs(cmd, env, root)
+        if said:
+            print(said, flush=True)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
     proc = subprocess.Popen(
@@ -183,7 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         print(f"demo finished in {elapsed / 60:.1f} min")
-    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in args.snakemake_args)
     if args.configfile == DEFAULT_CONFIG and not dry:
         if nothing and lock_is_current(plan, root):
             # a no-op rerun costs Snakemake's own check only (bench/RESULTS.md "no-op make demo")
@@ -196,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: `snakemake --touch` failed: {touch.stderr.strip()[-500:]}", file=sys.stderr)
             elif (root / "dvc.lock").exists():
                 os.utime(root / "dvc.lock")  # recorded after the outputs' last touch: lock_is_current
+        stamp_lock(root)
+        said = offline_plots_template(root)
+        if said:
+            print(said)
     warnings = loud_warnings(root / "logs", t0)
     if warnings:
         print("\nwarnings from the stages of this run:")
@@ -208,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "  results  results/<dataset>/<variant>/metrics_<split>.json, predictions_<split>.jsonl, history.csv"
     )
+    print("  report   snakemake --report report.html  (metrics, figures and tables with captions, one page)")
     from fian.config import load_config
     from fian.tracking import resolve_uri
 

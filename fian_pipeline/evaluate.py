@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian_pipeline.common import StageError, interrupt_on_signal, load, parser, run_stage
+from fian_pipeline.common import StageError, interrupt_on_signal, load, override_tags, parser, run_stage
 
 log = logging.getLogger("fian.evaluate")
 
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracker = build_tracker(
             cfg, stage="evaluate", inputs=[split_path, args.checkpoint], split=args.split, out=args.out,
             tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")),
-                  **({"fian.train_run_id": str(trained_by)} if trained_by else {})},
+                  **({"fian.train_run_id": str(trained_by)} if trained_by else {}), **override_tags(args)},
         )  # fmt: skip
         with tracker:
             tracker.log_params(cfg.flat())

@@ -4,7 +4,8 @@
     fian params explain KEY --dataset tacos [--variant soft]
     fian params overridden --dataset synthetic      every key a later layer overrides
 
-Layers merge key by key, later wins (fian/config.py).  ``explain`` prints each layer's value of
+Layers merge key by key, later wins (fian/config.py); params.yaml (the overrides layer, every key
+at null = not set in git) comes last when it exists (``--overrides ''`` leaves it out).  ``explain`` prints each layer's value of
 KEY (or of each key under it) and marks the winner; a key no layer sets takes the code default
 (fian/config.py), printed last.  Nothing warns about an override unless asked: this is the asking.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian.config import ConfigError, load_config
+from fian.config import ConfigError, load_config, read_overrides
 from fian_pipeline.common import command_parser, run_stage
 from fian_pipeline.layers import explain, overridden
 
@@ -37,11 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--params", nargs="+", type=Path, metavar="YAML", help="the layers, in order")
     p.add_argument("--dataset", default="synthetic", help="layers base + datasets/<dataset>.yaml (default synthetic)")
     p.add_argument("--variant", default="fian", help="+ variants/<variant>.yaml (default fian; '' for none)")
+    p.add_argument("--overrides", default="params.yaml", help="the overrides layer, last (default params.yaml if present)")
     args = p.parse_args(argv)
     files = _files(args)
-    cfg = load_config(*files)  # the layers must be valid; names the file and key otherwise
+    over = args.overrides if args.overrides and Path(args.overrides).is_file() else None
+    extra = [(over, read_overrides(over))] if over else []
+    cfg = load_config(*files, extra=extra)  # the layers must be valid; names the file and key otherwise
+    files_shown = [*files, over] if over else files
     if args.action == "overridden":
-        rows = overridden(files)
+        rows = overridden(files, overrides=over)
         for key, loser, winner in rows:
             print(f"{key}: {loser} is overridden by {winner}")
         if not rows:
@@ -49,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.key:
         raise ConfigError("fian params explain: name a KEY, e.g. train.lr")
-    rows = explain(args.key, files)
+    rows = explain(args.key, files, overrides=over)
     default: Any = cfg.to_dict()
     for part in args.key.split("."):
         if not isinstance(default, dict) or part not in default:
@@ -60,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where:<{width}}  {value!r}{'   <- wins' if wins else '   (overridden)'}")
     effective = [r for r in rows if r[2]]
     if not effective:
-        print(f"{args.key}: set by no layer of {' < '.join(files)}; the code default applies: {default!r}")
+        print(f"{args.key}: set by no layer of {' < '.join(files_shown)}; the code default applies: {default!r}")
     else:
-        print(f"effective ({' < '.join(files)}): {args.key} = {default!r}")
+        print(f"effective ({' < '.join(files_shown)}): {args.key} = {default!r}")
     return 0
 
 

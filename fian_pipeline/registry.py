@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fian.config import ConfigError, load_config, load_params, load_yaml
+from fian.config import ConfigError, load_config, load_yaml
 
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
@@ -69,6 +69,14 @@ class Out:
     plot: bool = False  # DVC `plots:` (CSV)
     plot_xy: tuple[str, str] | None = None  # DVC plot columns (x, y); None: DVC's defaults
     plot_ys: tuple[str, ...] = ()  # more columns drawn against plot_xy[0], one plot each (dvc.yaml `plots:`)
+    # `snakemake --report`: a result of the report, with its caption workflow/report/<report>.rst, its
+    # category and subcategory (wildcards allowed) and the columns the report's table shows for it
+    # (fixed (name, value) pairs, wildcards allowed; or "metrics"/"train": read from the file when the
+    # report is made, :func:`report_labels`)
+    report: str | None = None
+    category: str = ""
+    subcategory: str = ""
+    labels: tuple[tuple[str, str], ...] | Literal["metrics", "train"] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,9 @@ class Stage:
     distributed: bool = False  # with config `gpus: N > 1`: DDP over N GPUs, launched by torchrun
     package: str = "fian_pipeline"  # the command runs `python -m <package>.<module>`
     console: bool = False  # Snakemake: stdout to the console (one line per epoch), stderr to the log
+    # Snakemake `localrule`: runs where snakemake runs (a cluster's login node), never submitted to a
+    # compute node, which on most clusters has no internet (the downloads)
+    local: bool = False
 
     @property
     def log(self) -> str:
@@ -113,6 +124,7 @@ class Stage:
         parts = [f"{launcher} {self.package}.{self.module}"]
         if self.layers:
             parts.append("--params " + " ".join(self.params_files()))
+            parts.append(f"--overrides {OVERRIDES_FILE}")
         parts.extend(self.fixed)
         parts.extend(f"{a.flag} {a.path}" for a in self.args)
         return " ".join(parts)
@@ -123,6 +135,46 @@ LAYER_PATHS: dict[str, str] = {
     "dataset": "params/datasets/{dataset}.yaml",
     "variant": "params/variants/{variant}.yaml",
 }
+# The top layer, after the variant: DVC's default params file, so that `dvc exp run -S train.epochs=5`
+# works.  It lists every key of OVERRIDE_KEYS at null (= not set) in git; a key an experiment sets
+# wins for every dataset and variant (fian_pipeline.layers; README "Changing params and running experiments").
+OVERRIDES_FILE = "params.yaml"
+# a dataset's identity: set only in params/datasets/<d>.yaml, never for all datasets at once
+DATASET_IDENTITY = ("dataset.name", "dataset.format", "dataset.splits", "dataset.annotation_sources",
+                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone")  # fmt: skip
+
+
+def override_keys() -> list[str]:
+    """The keys params.yaml lists (each at null in git): every config key but a dataset's identity."""
+    from fian_pipeline.layers import override_keys as config_keys
+
+    return [k for k in config_keys() if k not in DATASET_IDENTITY]
+
+
+def check_overrides_file(root: str | Path = ".") -> None:
+    """params.yaml lists exactly :func:`override_keys` (DVC tracks each there: a missing key is an
+    error to DVC), and the keys it sets are valid (unknown key, bad value: an error naming the file)."""
+    from fian_pipeline.layers import _leaves, read_layer
+
+    path = Path(root) / OVERRIDES_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: the overrides file is missing (every key at null in git): "
+                          f"`git checkout {OVERRIDES_FILE}` or `fian render` writes it")  # fmt: skip
+    data = read_layer(path)
+    listed = set(_leaves(data, "")) - {""}
+    expected = override_keys()
+    identity = sorted(k for k in listed if any(k == i or k.startswith(i + ".") for i in DATASET_IDENTITY))
+    if identity:
+        raise ConfigError(f"{path}: {', '.join(identity)}: a dataset's identity is set in params/datasets/<d>.yaml, "
+                          "not for every dataset at once")  # fmt: skip
+    unknown = sorted(k for k in listed if not any(k == e or k.startswith(e + ".") for e in expected))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; `fian params explain SECTION` lists the keys")
+    missing = sorted(e for e in expected if not any(k == e or k.startswith(e + ".") for k in listed))
+    if missing:
+        raise ConfigError(f"{path}: key(s) {missing} are missing (DVC tracks each key of this file; null = not "
+                          "set): `fian render` writes them when the file sets no key, else add them (empty)")  # fmt: skip
+    load_config(extra=[(str(path), read_layer(path, overrides=True))])  # types of the keys it sets
 
 # --------------------------------------------------------------------------------------------
 # The stages
@@ -166,6 +218,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(RAW_ANN, "dir"),),
         when="download",
         runtime=60,
+        local=True,
     ),
     Stage(
         name="download_features",
@@ -180,6 +233,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(RAW_FEAT, "dir"),),
         when="download",
         runtime=600,
+        local=True,
     ),
     Stage(
         name="download_glove",
@@ -194,6 +248,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Out(GLOVE_FILE),),
         when="glove_download",  # a stage without wildcards runs when any dataset uses it
         runtime=240,
+        local=True,
     ),
     Stage(
         name="generate",
@@ -317,7 +372,8 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Out(f"{RUN}/checkpoint.pt"),
             Out(f"{RUN}/history.csv", plot=True, plot_xy=("epoch", "loss"), plot_ys=("val/R@1,IoU=0.5",)),
-            Out(f"{RUN}/train_metrics.json", metric=True),
+            Out(f"{RUN}/train_metrics.json", metric=True, report="train_metrics", category="Training",
+                subcategory="{dataset}", labels="train"),
             Out(f"{RUN}/train_info.json"),
         ),
         threads=4,
@@ -331,7 +387,7 @@ STAGES: tuple[Stage, ...] = (
         name="evaluate",
         module="evaluate",
         phase="model",
-        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU).",
+        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU).",
         wildcards=_DVS,
         layers=_BDV,
         keys=("features", "model", "eval"),
@@ -344,7 +400,8 @@ STAGES: tuple[Stage, ...] = (
         ),
         outputs=(
             Out(f"{RUN}/predictions_{{split}}.jsonl"),
-            Out(f"{RUN}/metrics_{{split}}.json", metric=True),
+            Out(f"{RUN}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
+                subcategory="{dataset}", labels="metrics"),
             Out(f"{RUN}/info_{{split}}.json"),
         ),
         threads=4,
@@ -363,7 +420,8 @@ STAGES: tuple[Stage, ...] = (
         args=(Arg("--data", PROCESSED), Arg("--split", "{split}", "value"), Arg("--out", PRIOR, "value")),
         outputs=(
             Out(f"{PRIOR}/predictions_{{split}}.jsonl"),
-            Out(f"{PRIOR}/metrics_{{split}}.json", metric=True),
+            Out(f"{PRIOR}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
+                subcategory="{dataset}", labels="metrics"),
             Out(f"{PRIOR}/info_{{split}}.json"),
         ),
         mem_mb=8000,
@@ -386,9 +444,12 @@ STAGES: tuple[Stage, ...] = (
             Arg("--out", FIGURES, "value"),
         ),
         outputs=(
-            Out(f"{FIGURES}/timeline_{{split}}.png"),
-            Out(f"{FIGURES}/training_curves_{{split}}.png"),
-            Out(f"{FIGURES}/attention_{{split}}.png"),
+            Out(f"{FIGURES}/timeline_{{split}}.png", report="timeline", category="Figures", subcategory="{dataset}",
+                labels=(("figure", "timeline"), ("run", "{variant}"), ("split", "{split}"))),
+            Out(f"{FIGURES}/training_curves_{{split}}.png", report="training_curves", category="Figures",
+                subcategory="{dataset}", labels=(("figure", "training curves"), ("run", "{variant}"), ("split", "{split}"))),
+            Out(f"{FIGURES}/attention_{{split}}.png", report="attention", category="Figures", subcategory="{dataset}",
+                labels=(("figure", "attention maps"), ("run", "{variant}"), ("split", "{split}"))),
         ),
         mem_mb=4000,
     ),
@@ -401,7 +462,8 @@ STAGES: tuple[Stage, ...] = (
         layers=(),
         keys=(),
         args=(Arg("--results", "results", "value"), Arg("--out", "reports", "value")),
-        outputs=tuple(Out(t) for t in TABLES),
+        outputs=tuple(Out(t, report="tables", category="Tables", labels=(("table", f"Table {k}"),))
+                      for k, t in enumerate(TABLES, 1)),
     ),
 )
 
@@ -519,6 +581,10 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
     params_dir = str(config.get("params_dir", "params"))
     if "datasets" not in config or not config["datasets"]:
         raise ConfigError("workflow config: 'datasets' must name at least one dataset")
+    check_overrides_file(root)
+    from fian_pipeline.layers import read_layer
+
+    over = [(OVERRIDES_FILE, read_layer(root / OVERRIDES_FILE, overrides=True))]
     plans = []
     for name, spec in config["datasets"].items():
         spec = spec or {}
@@ -533,12 +599,12 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         if not dfile.exists():
             raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
         check_dataset_file(dfile, str(name))  # first: a missing key would surface as a base.yaml value
-        cfg = load_config(base, dfile)  # raises ConfigError naming file and key
+        cfg = load_config(base, dfile, extra=over)  # raises ConfigError naming file and key
         for v in variants:
             vfile = root / params_dir / "variants" / f"{v}.yaml"
             if not vfile.exists():
                 raise ConfigError(f"workflow config: datasets.{name}.variants: no params file {vfile}")
-            load_params(root / params_dir, name, v)
+            load_config(base, dfile, vfile, extra=over)
         plans.append(
             DatasetPlan(
                 name=str(name),
@@ -622,11 +688,18 @@ class Instance:
         return [fill(p, self.wildcards) for p in self.stage.params_files()]
 
     def tracked_params(self, root: str | Path = ".") -> dict[str, dict[str, Any]]:
-        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer that
-        wins for it (fian_pipeline.layers); what DVC tracks and what Snakemake gets as ``params:``."""
+        """{layer file: {dotted key: value}}: the keys the stage reads, each under the layer of the
+        three that wins for it (fian_pipeline.layers); what DVC tracks beside :meth:`override_keys`."""
         from fian_pipeline.layers import winners
 
         return winners(self.params_files(), self.stage.keys, root)
+
+    def override_keys(self) -> list[str]:
+        """The keys of params.yaml the stage reads: DVC tracks them there, whatever their value."""
+        if not self.stage.layers:
+            return []
+        return [k for k in override_keys() if any(k == p or k.startswith(p + ".") or p.startswith(k + ".")
+                                                  for p in self.stage.keys)]  # fmt: skip
 
     def deps(self, plan: Plan) -> list[str]:
         files = self.params_files()
@@ -649,7 +722,7 @@ def param_values(name: str, wildcards: Mapping[str, str], root: str | Path = "."
 
     s = stage(name)
     wc = {w: str(wildcards[w]) for w in s.wildcards}
-    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root)
+    return values_json([fill(p, wc) for p in s.params_files()], s.keys, root, overrides=OVERRIDES_FILE)
 
 
 def manual_fetches(plan: Plan, root: str | Path = ".") -> list[str]:
@@ -798,6 +871,33 @@ def resources(stage_: Stage, plan: Plan) -> dict[str, int]:
     if stage_.gpus and plan.gpus:
         res["gpu"] = plan.gpus if stage_.distributed else stage_.gpus
     return res
+
+
+def report_labels(kind: str):  # noqa: ANN201 - a Snakemake labels function
+    """The columns `snakemake --report` shows for a result of ``kind`` (registry ``Out.labels``): a
+    function of the job's wildcards and output files, called when the report is made, so that the
+    report's tables show the numbers (metrics files hold fractions; shown as percentages)."""
+    import json
+
+    def pct(m: Mapping[str, Any], key: str) -> str:
+        v = m.get(key)
+        return f"{100 * v:.2f}" if isinstance(v, int | float) else "-"
+
+    def labels(wildcards: Any, output: Any) -> dict[str, str]:
+        files = [str(f) for f in output]
+        run = str(getattr(wildcards, "variant", "") or BASELINE)
+        path = next(f for f in files if Path(f).name.startswith(("metrics_", "train_metrics")))
+        m = json.loads(Path(path).read_text())
+        if kind == "train":
+            return {"run": run, "best epoch": str(m.get("best_epoch", "-")),
+                    "val R@1,IoU=0.5 (%)": pct(m, "val/R@1,IoU=0.5"), "val mIoU (%)": pct(m, "val/mIoU")}  # fmt: skip
+        info = Path(path).with_name(Path(path).name.replace("metrics_", "info_"))
+        protocol = json.loads(info.read_text()).get("protocol", {}) if info.exists() else {}
+        return {"run": run if run != BASELINE else f"{BASELINE} (baseline)", "split": str(wildcards.split),
+                **{f"{k} (%)": pct(m, k) for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "R@5,IoU=0.7", "mIoU")},
+                "hit": str(protocol.get("hit", "-"))}  # fmt: skip
+
+    return labels
 
 
 def launcher(stage_: Stage, plan: Plan) -> str:

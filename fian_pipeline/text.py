@@ -67,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     vocab = train_vocab = Vocab.build(tokens["train"], min_count=1)  # all_splits adds val/test words below
 
     is_fallback = False
+    # what the log calls the vectors: GloVe, or the dataset's own (text.vectors_file: not GloVe)
+    source = "GloVe" if args.glove is None or tc.vectors_file is None else f"{args.glove.name} (the dataset's own)"
     if args.glove is not None:
         if not args.glove.is_file():
-            raise FileNotFoundError(f"{args.glove}: GloVe file not found")
+            raise FileNotFoundError(f"{args.glove}: {'GloVe' if tc.vectors_file is None else 'word-vector'} file not found")
         glove_path = args.glove
         is_fallback = fallback.is_fallback(glove_path)
     elif tc.fallback_train_glove:
@@ -129,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "policy": {"empty_sentence": policy.empty_sentence, "all_oov": policy.all_oov},
                                    "unseen_in_train": unseen}
         log.info("%s: token coverage %.2f%%; empty %d, all-OOV %d (%s); %d queries hold a word absent from train, "
-                 "%d of them got its GloVe vector", split, 100 * cov["tokens"]["fraction"], counts["empty_sentence"],
-                 counts["all_oov"], policy.all_oov, unseen["queries"], unseen["queries_with_vector"])
-    log.info("vocab %d words; GloVe covers %.2f%% of types, %.2f%% of train tokens%s", len(vocab) - 2,
+                 "%d of them got a vector from %s", split, 100 * cov["tokens"]["fraction"], counts["empty_sentence"],
+                 counts["all_oov"], policy.all_oov, unseen["queries"], unseen["queries_with_vector"], source)
+    log.info("vocab %d words; vectors from %s for %.2f%% of types, %.2f%% of train tokens%s", len(vocab) - 2, source,
              100 * report["types"]["fraction"], 100 * report["tokens"]["fraction"], " (FALLBACK)" * is_fallback)
 
     vocab.save(args.out / "vocab.json")

@@ -42,9 +42,11 @@ from fian.config import Config
 from fian.io import atomic_path, write_json
 from fian_pipeline.common import (
     StageError,
+    applied_overrides,
     eta_seconds,
     interrupt_on_signal,
     load,
+    override_tags,
     parser,
     print_epoch,
     run_stage,
@@ -68,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     args = p.parse_args(argv)
     cfg = load(args)
+    overrides = applied_overrides(args)  # params.yaml's set keys and --set: recorded in MLflow and the checkpoint
 
     from fian.data.dataset import GroundingSplit, load_embeddings
     from fian.distributed import init_from_env, shutdown
@@ -117,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prev = (start[1].get(TRACKING) or {}) if start is not None else {}
             attempt = int((start[1].get(META) or {}).get("attempt", 0)) + 1 if start is not None else 1
             link = {"fian.attempt": str(attempt)}
+            link.update(override_tags(args))
             if state is not None:
                 link.update({"fian.state_key": state.key, "fian.state_dir": str(state.folder.resolve())})
             if start is not None:
@@ -141,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print_epoch(cfg, record, eta_s=eta)  # one console line per epoch (the bar goes to the log)
 
                 extra = {META: {"key": state.key if state else None, "attempt": attempt},
-                         TRACKING: {"run_id": tracker.run_id, "experiment": tracker.experiment if tracker.run_id else None}}  # fmt: skip
+                         TRACKING: {"run_id": tracker.run_id, "experiment": tracker.experiment if tracker.run_id else None},
+                         OVERRIDES: overrides}  # fmt: skip
                 try:
                     history = fit(
                         model, loss_fn, train, val,
@@ -181,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 META, TRACKING = "resume", "tracking"  # checkpoint entries: {"key", "attempt"}, {"run_id", "experiment"}
+OVERRIDES = "overrides"  # checkpoint entry: {dotted key: value} of params.yaml's set keys and --set
 
 
 def _epoch_metrics(record: dict) -> dict:
@@ -248,15 +254,16 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
         "best_by": "val/R@1,IoU=0.5, ties by val/mIoU" if has_val else "last epoch (no validation split)",
         "epochs": int(history[-1]["epoch"]),
         "final_loss": float(history[-1]["loss"]),
-        "train_time_s": float(sum(r["time_s"] for r in history)),
         "vocab_size": vocab_size,
         "unit": "fraction",
     }
     numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}  # DVC: a metrics file holds numbers
     write_json(out / "train_metrics.json", numbers)
     text = {k: v for k, v in summary.items() if k not in numbers}
-    write_json(out / "train_info.json", {**text, "protocol": protocol})  # the val/ metrics' protocol, text
-    return summary
+    # wall-clock figures differ on every run: in the info file, not among DVC's metrics (dvc metrics diff)
+    train_time = float(sum(r["time_s"] for r in history))
+    write_json(out / "train_info.json", {**text, "train_time_s": train_time, "protocol": protocol})
+    return {**summary, "train_time_s": train_time}
 
 
 def stored_config(cfg: Config) -> dict:

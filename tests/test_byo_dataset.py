@@ -56,6 +56,7 @@ def _project(tmp: Path) -> Path:
     shutil.copy(ROOT / "Snakefile", proj / "Snakefile")
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, proj / d)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     (proj / "params/datasets/mine.yaml").write_text(yaml.safe_dump(MINE))
     (proj / "workflow/config/mine.yaml").write_text(yaml.safe_dump(CONFIG))
     # the user's files: made by the synthetic generator (ActivityNet layout), then simply in place
@@ -104,11 +105,22 @@ def test_own_dataset_recipe_then_a_params_edit_leaves_the_raw_files_alone(tmp_pa
     plan = _snakemake(proj, "-n", "dataset_mine").stdout
     jobs = set(re.findall(r"^rule (\w+):", plan, re.M))
     assert jobs == {"annotations", "features", "text", "prepare", "train", "evaluate", "baseline", "dataset_mine"}, jobs
-    _snakemake(proj, "dataset_mine")
+    # step 4 of README "Bring your own dataset", as written there (<name> = mine)
+    from readme_commands import one
+
+    words = [w.replace("<name>", "mine") for w in one("snakemake dataset_<name>")]
+    proc = subprocess.run([str(BIN / "snakemake"), *words[1:]], cwd=proj, env=ENV, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     m = json.loads((proj / "results/mine/fian/metrics_test.json").read_text())
     assert 0 <= m["R@1,IoU=0.5"] <= 1
     coverage = json.loads((proj / "data/interim/mine/text/coverage.json").read_text())
     assert "fallback" not in coverage or not coverage["fallback"]  # the dataset's own vectors, not the fallback
+    # the logs name what the dataset is, not a release it only shares a file layout with
+    text_log = (proj / "logs/text/mine.log").read_text()
+    assert "vectors from mine.8d.txt (the dataset's own)" in text_log and "GloVe" not in text_log, text_log[-2000:]
+    train_log = (proj / "logs/train/mine-fian.log").read_text()  # (its files are generated: said so)
+    assert "PCA" not in train_log and "ActivityNet Captions" not in train_log, train_log[-3000:]
     assert not list((proj / "reports").glob("table*.tex"))  # the dataset target leaves the tables alone
     assert _fingerprint(raw) == before
 
@@ -132,6 +144,7 @@ def test_a_dataset_file_without_the_required_keys_fails_before_any_job(tmp_path:
     shutil.copy(ROOT / "Snakefile", proj / "Snakefile")
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, proj / d)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     (proj / "workflow/config/mine.yaml").write_text(yaml.safe_dump(CONFIG))
     lacking = json.loads(json.dumps(MINE))
     del lacking["train"]["lr"], lacking["model"]["window_sizes"]

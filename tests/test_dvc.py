@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fian_pipeline import registry as R
-from fian_pipeline.render import render_dvc
+from fian_pipeline.render import render_dvc, render_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,14 +30,15 @@ import yaml
 
 p = argparse.ArgumentParser()
 p.add_argument("--params", nargs="+", required=True)
+p.add_argument("--overrides")  # params.yaml: a key at null sets nothing
 p.add_argument("--keys", required=True)
 p.add_argument("--in", dest="inp")
 p.add_argument("--out", required=True)
 a = p.parse_args()
 merged = {}
-for f in a.params:
+for f in [*a.params, *([a.overrides] if a.overrides else [])]:
     for section, values in (yaml.safe_load(open(f)) or {}).items():
-        merged.setdefault(section, {}).update(values)
+        merged.setdefault(section, {}).update({k: v for k, v in (values or {}).items() if v is not None})
 read = {k: merged.get(k, {}) for k in a.keys.split(",")}
 upstream = json.loads(Path(a.inp).read_text()) if a.inp else {}
 score = sum(v for sec in read.values() for v in sec.values()) + upstream.get("score", 0)
@@ -108,6 +109,7 @@ def repo(tmp_path: Path) -> Path:
     (params / "datasets/toy.yaml").write_text(yaml.safe_dump({"features": {"n": 2}}))
     (params / "variants/a.yaml").write_text(yaml.safe_dump({"train": {"lr": 2}}))
     (params / "variants/b.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text(render_overrides(ROOT))  # every key at null
     plan = R.Plan(datasets=(R.DatasetPlan("toy", variants=("a", "b")),))
     (tmp_path / "dvc.yaml").write_text(render_dvc(plan, "test", tmp_path, stages=STAGES))
     _run(tmp_path, "git", "init", "-q")
@@ -163,6 +165,7 @@ import yaml
 
 p = argparse.ArgumentParser()
 p.add_argument("--params", nargs="+", required=True)
+p.add_argument("--overrides")
 p.add_argument("--out", required=True)
 a = p.parse_args()
 lr = yaml.safe_load(open(a.params[0]))["train"]["lr"]
@@ -179,7 +182,7 @@ with open(out / "history.csv", "w", newline="") as f:
 
 
 def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) -> None:
-    """README "DVC": after a recorded run, `git add dvc.lock; git commit`; then a params edit,
+    """README "Changing params and running experiments": after a recorded run, `git add dvc.lock; git commit`; then a params edit,
     `dvc repro`, and `dvc metrics diff` (numbers only) and `dvc plots diff` (loss and val R@1 per
     epoch, both revisions) work."""
     (tmp_path / "toystages").mkdir()
@@ -199,6 +202,7 @@ def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) ->
             R.Out(f"{run}/train_info.json"),
         ),
     )  # fmt: skip
+    (tmp_path / "params.yaml").write_text(render_overrides(ROOT))
     plan = R.Plan(datasets=(R.DatasetPlan("toy", variants=("a",)),))
     (tmp_path / "dvc.yaml").write_text(render_dvc(plan, "test", tmp_path, stages=(train,)))
     _run(tmp_path, "git", "init", "-q")
@@ -220,3 +224,14 @@ def test_metrics_and_plots_diff_after_the_documented_commands(tmp_path: Path) ->
     rows = plots["data"]["toy val/R@1,IoU=0.5"] if "data" in plots else plots["toy val/R@1,IoU=0.5"]
     text = json.dumps(rows)
     assert "HEAD" in text and "workspace" in text and "0.6" in text  # both revisions, the new values
+    # offline (README "Changing params and running experiments"): DVC's own page loads vega from a CDN; the page of
+    # `fian plots-template` holds the libraries inline and DVC fills its plots in
+    _run(tmp_path, "dvc", "plots", "show", "-o", "online")
+    assert re.search(r"<script[^>]*\ssrc=\"https://", (tmp_path / "online/index.html").read_text())
+    _run(tmp_path, str(BIN / "fian"), "plots-template")
+    _run(tmp_path, "dvc", "plots", "show", "--html-template", ".dvc/plots/offline.html", "-o", "offline")
+    page = (tmp_path / "offline/index.html").read_text()
+    assert not re.search(r"<script[^>]*\ssrc=", page) and "https://cdn" not in page
+    assert page.count("vegaEmbed('#") == 2  # the loss plot and the val R@1 plot
+    for lib in ("global.vegaLite = {}", "vegaEmbed", "'vega'"):  # the UMD bundles, inline
+        assert lib in page, lib

@@ -151,12 +151,17 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
         sys.executable, "-m", "fian_pipeline.train",
         "--params", "params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml",
         "--data", "data", "--text", "text", "--out", "results/tiny/fian", "--device", "cpu",
+        "--set", "train.lr=5e-4",  # a one-off override (README "Changing params and running experiments"): in the config, MLflow, the checkpoint
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists()  # logged to the server, not to a local store
     assert SECRET not in proc.stdout + proc.stderr
     assert f"at http://fian-user:***@127.0.0.1:{server.rsplit(':', 1)[1]}" in proc.stderr  # the tracker's line
+    from fian.train import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "results/tiny/fian/checkpoint.pt")
+    assert ckpt["overrides"] == {"train.lr": 0.0005} and ckpt["config"]["train"]["lr"] == 0.0005
 
     exps = _post(f"{server}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
     exp = next(e for e in exps if e["name"] == "fian/tiny")
@@ -166,7 +171,9 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["mlflow.runName"].startswith("tiny/fian/train ")
     assert run["info"]["status"] == "FINISHED"
+    assert json.loads(tags["fian.overrides"]) == {"train.lr": 0.0005}
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["train.lr"] == "0.0005"
     assert (
         params["train.epochs"] == "2" and params["model.hidden"] == "16" and params["dataset.name"] == "tiny"
     )

@@ -190,6 +190,14 @@ def test_released_features_are_marked_not_recomputable() -> None:
     assert r["recomputable"] is False and "PCA" in r["reason"] and r["pca"]
     syn = feature_recipe(cfg, {"feature_source": "activitynet_c3d:x.hdf5", "synthetic": True})
     assert syn["recomputable"] is False and "generated" in syn["reason"]
+    # a dataset of one's own in the same layout, 256-d: its own file and width, not ActivityNet's PCA story
+    import dataclasses
+
+    own = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, name="clips", feature_dim=256))
+    r = feature_recipe(own, {"feature_source": "activitynet_c3d:clips.hdf5", "backbone": "c3d"})
+    assert r["recomputable"] is False and r["pca"] is None, r
+    assert "PCA" not in r["reason"] and "ActivityNet" not in r["reason"], r["reason"]
+    assert "256-d" in r["reason"] and "clips.hdf5" in r["reason"], r["reason"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
     assert by_id["features@activitynet"].outs() == ["data/interim/activitynet/features.h5"]
     cmd = by_id["evaluate@tacos-fian-test"].command()
     assert cmd == (
-        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml "
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/tacos.yaml params/variants/fian.yaml --overrides params.yaml "
         "--data data/processed/tacos --text data/interim/tacos/text --checkpoint results/tacos/fian/checkpoint.pt "
         "--split test --out results/tacos/fian"
     )
@@ -126,6 +126,7 @@ def _config(tmp_path: Path, text: str) -> str:
     (tmp_path / "workflow/config").mkdir(parents=True)
     shutil.copytree(ROOT / "workflow/schemas", tmp_path / "workflow/schemas")
     shutil.copytree(ROOT / "params", tmp_path / "params")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "workflow/config/c.yaml").write_text(text)
     return "workflow/config/c.yaml"
 

@@ -112,6 +112,7 @@ def _project(tmp: Path) -> Path:
         shutil.copy(ROOT / name, proj / name)
     for name in ("workflow", "params"):
         shutil.copytree(ROOT / name, proj / name)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     return proj
 
 

@@ -45,6 +45,7 @@ def _snakemake_jobs(config: str, tmp: Path, plan: R.Plan) -> dict[str, Job]:
     shutil.copy(ROOT / "Snakefile", tmp / "Snakefile")
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, tmp / d)
+    shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-n", "-p", "--forceall", "--cores", "1", "--configfile", config],
@@ -105,10 +106,24 @@ def _winning_keys(files: list[str], prefixes: tuple[str, ...], root: Path) -> di
     return {f: sorted(v) for f, v in out.items()}
 
 
+def _over_keys(path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """The keys of params.yaml (read plainly) under ``prefixes``, or above one (a whole value)."""
+    import yaml
+
+    def flat(d: object, pre: str = "") -> list[str]:
+        if isinstance(d, dict) and d:
+            return [k2 for k, v in d.items() for k2 in flat(v, f"{pre}.{k}" if pre else k)]
+        return [pre]
+
+    keys = flat(yaml.safe_load(path.read_text()))
+    return sorted(k for k in keys if any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for p in prefixes))
+
+
 def _dvc_jobs(tmp: Path, plan: R.Plan, config: str) -> dict[str, Job]:
     from dvc.repo import Repo
 
     shutil.copytree(ROOT / "params", tmp / "params")
+    shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
     (tmp / "dvc.yaml").write_text(render_dvc(plan, config, ROOT))
     Repo.init(str(tmp), no_scm=True)
     jobs: dict[str, Job] = {}
@@ -121,6 +136,10 @@ def _dvc_jobs(tmp: Path, plan: R.Plan, config: str) -> dict[str, Job]:
             # (expected: the layer files read plainly, later wins)
             expected = _winning_keys([R.fill(p, wildcards) for p in R.stage(name).params_files()],
                                      R.stage(name).keys, tmp)  # fmt: skip
+            # and every key it reads under params.yaml too (listed there at null, whatever it holds)
+            over = _over_keys(tmp / "params.yaml", R.stage(name).keys)
+            if over:
+                expected["params.yaml"] = over
             assert params == expected, (st.name, params, expected)
             deps = frozenset(d.def_path for d in st.deps if type(d).__name__ != "ParamsDependency")
             jobs[st.name] = (st.cmd, deps, frozenset(o.def_path for o in st.outs))
@@ -159,6 +178,9 @@ def test_dvc_declares_metrics_and_plots() -> None:
     assert "train.lr" in params["params/datasets/${item.dataset}.yaml"]
     assert "params/variants/${item.variant}.yaml" not in params  # fian.yaml sets nothing
     assert "dataset.synthetic.noise" not in str(stages["train"])  # the generator's keys are not train's
+    # params.yaml (the overrides layer): every key train reads, at null in git, a dataset's identity never
+    assert {"train.epochs", "train.lr", "model.window_sizes", "eval.iou_rule"} <= set(params["params.yaml"])
+    assert not {"dataset.name", "tracking.enabled", "text.word_dim"} & set(params["params.yaml"])
 
 
 def test_check_reports_a_hand_edited_file(tmp_path: Path) -> None:

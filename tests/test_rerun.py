@@ -2,6 +2,7 @@
 VALUE changed (and, in Snakemake's plan, what depends on their outputs); an edit of a key that a
 later layer overrides reruns nothing.
 
+One key of each layer (base, dataset, variant, and the overrides file params.yaml) is edited.
 A tiny copy of the project (the demo config with a second variant) is marked as built in both tools
 without running anything: every output is created as an empty file, `snakemake --touch` records the
 jobs (their params included) and `dvc commit` writes dvc.lock.  Then one key of each layer is
@@ -50,6 +51,7 @@ def build(proj: Path) -> Path:
         shutil.copy(ROOT / f, proj / f)
     for d in ("workflow", "params"):
         shutil.copytree(ROOT / d, proj / d)
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     conf = proj / "workflow/config/default.yaml"
     config = yaml.safe_load(conf.read_text())
     config["datasets"]["synthetic"]["variants"] = ["fian", "stride4"]
@@ -134,6 +136,10 @@ def _train_and_after(v: str) -> set[str]:
          {"generate@synthetic", "annotations@synthetic", "features@synthetic"},
          {"generate@synthetic", "annotations@synthetic", "features@synthetic", "text_fallback@synthetic",
           "prepare@synthetic", "baseline@synthetic-test"} | _train_and_after("fian") | _train_and_after("stride4")),
+        # the overrides layer (params.yaml, every key at null in git): a key set there wins for every
+        # dataset and variant; train.epochs (the dataset file's 30 -> 2) reruns both trainings
+        ("../params.yaml", "train.epochs", 2, {"train@synthetic-fian", "train@synthetic-stride4"},
+         _train_and_after("fian") | _train_and_after("stride4")),
         # variant layer: one variant's stride; train and evaluate of that variant read model.*
         ("variants/stride4.yaml", "model.stride_ratio", 0.5,
          {"train@synthetic-stride4", "evaluate@synthetic-stride4-test"}, _train_and_after("stride4")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -184,8 +185,86 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
             cwd=work, env=env, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        # the project's own workflow: a download job stays on the machine that runs snakemake (a
+        # cluster's login node, the only one with internet; registry Stage.local -> `localrule`), the
+        # job after it goes to SLURM
+        proj = _download_project(tmp_path / "proj")
+        with _serving(proj / "served") as port:
+            _point_sources_at(proj, port)
+            wf = subprocess.run(
+                [str(BIN / "snakemake"), "data/interim/toy/annotations", "--profile", "workflow/profiles/slurm",
+                 "--jobs", "2", "--configfile", "workflow/config/toy.yaml"],
+                cwd=proj, env=env, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+        out = wf.stdout + wf.stderr
+        assert wf.returncode == 0, out[-4000:]
     text = (work / "combined.txt").read_text().splitlines()
     job_ids = [line.split()[0].split("=")[1] for line in text[:2]] + [text[2].split("=")[1]]
     assert all(j.isdigit() for j in job_ids), text  # each rule ran inside a SLURM job
     assert len(set(job_ids)) == 3
     assert [line.split()[1] for line in text[:2]] == ["part=1", "part=2"]
+    assert (proj / "data/interim/toy/annotations/train.parquet").is_file()
+    assert re.search(r"^localrule download_annotations:", out, re.M), out[-4000:]
+    submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", out)
+    assert submitted == ["annotations"], (submitted, out[-4000:])
+
+
+TOY = {
+    "dataset": {
+        "name": "toy", "format": "activitynet", "feature_layout": "activitynet_c3d", "feature_dim": 8,
+        "splits": {"train": ["train.json"]},
+        "annotation_sources": [{"name": "train.json", "url": "http://127.0.0.1:PORT/train.json", "sha256": None}],
+    },
+    "features": {"num_steps": 8}, "model": {"window_sizes": [2, 4], "stride_ratio": 0.5},
+    "loss": {"alpha": 0.005}, "train": {"lr": 1.0e-3, "batch_size": 4},
+}  # fmt: skip
+
+
+def _download_project(proj: Path) -> Path:
+    """The workflow files and a dataset `toy` whose annotations come from a loopback HTTP server."""
+    import json
+
+    import yaml
+
+    proj.mkdir()
+    shutil.copy(ROOT / "Snakefile", proj / "Snakefile")
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
+    for d in ("workflow", "params"):
+        shutil.copytree(ROOT / d, proj / d)
+    (proj / "workflow/config/toy.yaml").write_text(yaml.safe_dump({"datasets": {"toy": {"source": "download", "variants": ["fian"]}}}))
+    served = proj / "served"
+    served.mkdir()
+    ann = {f"v{i}": {"duration": 10.0, "timestamps": [[1.0, 4.0]], "sentences": ["a man opens a door"]} for i in range(3)}
+    (served / "train.json").write_text(json.dumps(ann))
+    return proj
+
+
+def _point_sources_at(proj: Path, port: int) -> None:
+    import copy
+    import hashlib
+
+    import yaml
+
+    toy = copy.deepcopy(TOY)
+    src = toy["dataset"]["annotation_sources"][0]
+    src["url"] = src["url"].replace("PORT", str(port))
+    src["sha256"] = hashlib.sha256((proj / "served/train.json").read_bytes()).hexdigest()
+    (proj / "params/datasets/toy.yaml").write_text(yaml.safe_dump(toy))
+
+
+@contextlib.contextmanager
+def _serving(folder: Path) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 serving ``folder`` (a thread of this process)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -39,6 +39,7 @@ def _project(tmp: Path) -> Path:
     shutil.copy(ROOT / "Snakefile", proj / "Snakefile")
     shutil.copytree(ROOT / "workflow", proj / "workflow")
     shutil.copytree(ROOT / "params", proj / "params")
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
     syn = proj / "params/datasets/synthetic.yaml"
     syn.write_text(yaml.safe_dump(_merge(yaml.safe_load(syn.read_text()), SMALL)))
     return proj
@@ -119,6 +120,100 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert "recorded in dvc.lock" in said, said
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout[-2000:]
+    _readme_commands_on_the_finished_project(proj, env)
+
+
+def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) -> None:
+    """README "Where to read the results" and "Changing params and running experiments", each
+    command as written there (tests/readme_commands.py), on the finished tiny project: the report
+    shows each run's metrics as its file has them; a DVC experiment `-S key=value` changes one line
+    of params.yaml and retrains; the documented `dvc exp show` call is narrow; the offline plots
+    page loads nothing from the network; after DVC ran, Snakemake would rerun until `--touch`
+    (which the demo does by itself)."""
+    import csv
+    import difflib
+    import io
+    import json
+
+    import readme_commands as RC
+
+    from fian.train import load_checkpoint
+    from fian_pipeline.demo import stamp_lock
+
+    env = {**env, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}  # fmt: skip
+    ran: list[str] = []
+
+    def run(words: list[str]) -> str:
+        exe = str(BIN / words[0]) if (BIN / words[0]).exists() else words[0]
+        proc = subprocess.run([exe, *words[1:]], cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{words}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
+
+    def readme(prefix: str, *extra: str) -> str:
+        words = RC.one(prefix)
+        ran.append(" ".join(words))
+        return run([*words, *extra])
+
+    stamp_lock(proj)  # as `make demo` does after recording a run in dvc.lock
+    run(["git", "add", "-A"])
+    run(["git", "commit", "-qm", "demo run"])  # README: commit dvc.lock once, to compare with
+
+    # snakemake --report: metrics (labels read from the files), figures, tables, each with a caption
+    readme("snakemake --report")
+    html = (proj / "report.html").read_text()
+    found = re.search(r"var results = (\{.*?\});\s*</script>", html, re.S)
+    assert found, "no results in report.html"
+    results = json.loads(found.group(1))
+    for run_name in ("fian", "prior"):
+        path = f"results/synthetic/{run_name}/metrics_test.json"
+        m, labels = json.loads((proj / path).read_text()), results[path]["labels"]
+        for key in ("R@1,IoU=0.5", "R@5,IoU=0.7", "mIoU"):
+            assert labels[f"{key} (%)"] == f"{100 * m[key]:.2f}", (path, key, labels)
+        assert labels["hit"] == "IoU > m" and "R&#64;n,IoU=m" in results[path]["caption"], labels
+    assert results["results/synthetic/fian/train_metrics.json"]["labels"]["best epoch"] == "1"
+    assert sorted(k for k, v in results.items() if v["mime_type"] == "image/png") == [
+        "reports/figures/synthetic/fian/attention_test.png", "reports/figures/synthetic/fian/timeline_test.png",
+        "reports/figures/synthetic/fian/training_curves_test.png"]
+    assert sorted(v["labels"]["table"] for k, v in results.items() if k.startswith("reports/table")) == [
+        f"Table {k}" for k in range(1, 7)]
+    assert all(v["caption"].strip() for v in results.values())
+    readme("dvc metrics show")
+
+    # a DVC experiment, typed as DVC users do: params.yaml changes by one line, training reruns
+    before = (proj / "params.yaml").read_text()
+    readme("dvc exp run")
+    changed = [ln for ln in difflib.unified_diff(before.splitlines(), (proj / "params.yaml").read_text().splitlines(),
+                                                  n=0, lineterm="") if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]  # fmt: skip
+    (setting,) = [w for w in RC.one("dvc exp run") if "=" in w]  # train.lr=0.001
+    key, value = setting.split("=")
+    assert len(changed) == 2 and changed[1].startswith(f"+  {key.split('.')[-1]}: {value} "), changed
+    assert load_checkpoint(proj / "results/synthetic/fian/checkpoint.pt")["config"]["train"]["lr"] == float(value)
+    header = next(csv.reader(io.StringIO(readme("dvc exp show", "--csv"))))
+    assert f"params.yaml:{key}" in header, header
+    headline = {f"results/synthetic/{r}/metrics_test.json:{k}" for r in ("fian", "prior")
+                for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "R@5,IoU=0.7", "mIoU")}  # fmt: skip
+    others = [c for c in header if c not in {"Experiment", "rev", "typ", "Created", "parent", f"params.yaml:{key}"} | headline]
+    assert not others, others  # ~200 columns without the documented call
+    readme("dvc params diff")
+    diff = json.loads(run(["dvc", "params", "diff", "--json"]))
+    assert diff["params.yaml"][key]["old"] is None and diff["params.yaml"][key]["new"] == float(value), diff
+    readme("dvc metrics diff")
+    readme("fian plots-template")
+    readme("dvc plots diff")
+    page = (proj / "dvc_plots/index.html").read_text()
+    assert "vegaEmbed(" in page and not re.search(r"<script[^>]*\ssrc=", page)  # nothing from a CDN
+
+    # Snakemake after DVC ran: stale until touched; the demo touches by itself when DVC is clean
+    stale = run(["snakemake", "-n", "--profile", "workflow/profiles/local", "--cores", "1"])
+    assert re.search(r"^rule train:", stale, re.M), stale[-2000:]
+    demo = run([sys.executable, "-m", "fian_pipeline.demo", "--cores", "1"])
+    assert "`snakemake --touch` recorded them for Snakemake" in demo and "Nothing to do" in demo, demo[-3000:]
+    readme("snakemake --touch")
+    assert "Nothing to be done" in run(["snakemake", "-n", "--profile", "workflow/profiles/local", "--cores", "1"])
+    readme("git checkout params.yaml")
+    assert (proj / "params.yaml").read_text() == before
+    assert sorted(ran) == sorted(RC.e2e()), "README commands this test does not run (or no longer exist)"
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:

@@ -205,6 +205,8 @@ def test_train_evaluate_baseline_stages(tiny_files, capsys) -> None:
     assert tm["best_epoch"] in (1, 2) and 0 <= tm["val/R@1,IoU=0.5"] <= 1
     assert not [k for k, v in tm.items() if isinstance(v, str)]  # DVC metrics: numbers only
     assert json.loads((out / "train_info.json").read_text())["unit"] == "fraction"
+    # wall-clock time changes on every run: not among DVC's metrics (dvc metrics diff), in the info file
+    assert not [k for k in tm if "time" in k] and json.loads((out / "train_info.json").read_text())["train_time_s"] > 0
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
     args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(out / "checkpoint.pt")]

@@ -10,6 +10,7 @@ rule download_annotations:
         "logs/download_annotations/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -19,7 +20,7 @@ rule download_annotations:
     params:
         values=lambda wildcards: R.param_values("download_annotations", wildcards),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --kind annotations --out data/raw/{wildcards.dataset}/annotations > {log} 2>&1"
 
 
 rule download_features:
@@ -30,6 +31,7 @@ rule download_features:
         "logs/download_features/{dataset}.log",
     wildcard_constraints:
         dataset=R.dataset_regex(PLAN, "download"),
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -39,7 +41,7 @@ rule download_features:
     params:
         values=lambda wildcards: R.param_values("download_features", wildcards),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --kind features --out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
 
 rule download_glove:
@@ -50,6 +52,7 @@ rule download_glove:
         glove="data/raw/glove/glove.840B.300d.txt",
     log:
         "logs/download_glove/download_glove.log",
+    localrule: True
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -60,7 +63,7 @@ rule download_glove:
         values=lambda wildcards: R.param_values("download_glove", wildcards),
         plan=" ".join(R.plan_args(R.stage("download_glove"), PLAN)),
     shell:
-        "python -m fian_pipeline.download --params params/base.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
+        "python -m fian_pipeline.download --params params/base.yaml --overrides params.yaml --kind glove --out data/raw/glove {params.plan} > {log} 2>&1"
 
 
 rule generate:
@@ -81,7 +84,7 @@ rule generate:
     params:
         values=lambda wildcards: R.param_values("generate", wildcards),
     shell:
-        "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
+        "python -m fian_pipeline.generate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations-out data/raw/{wildcards.dataset}/annotations --features-out data/raw/{wildcards.dataset}/features > {log} 2>&1"
 
 
 rule annotations:
@@ -101,4 +104,4 @@ rule annotations:
     params:
         values=lambda wildcards: R.param_values("annotations", wildcards),
     shell:
-        "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"
+        "python -m fian_pipeline.annotations --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --raw data/raw/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/annotations > {log} 2>&1"

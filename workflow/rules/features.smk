@@ -22,7 +22,7 @@ rule features:
     params:
         values=lambda wildcards: R.param_values("features", wildcards),
     shell:
-        "python -m fian_pipeline.features --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --raw data/raw/{wildcards.dataset}/features --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
+        "python -m fian_pipeline.features --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --raw data/raw/{wildcards.dataset}/features --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
 
 rule extract:
@@ -46,7 +46,7 @@ rule extract:
     params:
         values=lambda wildcards: R.param_values("extract", wildcards),
     shell:
-        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
+        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --videos data/raw/{wildcards.dataset}/videos --weights data/raw/{wildcards.dataset}/backbone.pt --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
 
 rule extract_fallback:
@@ -69,7 +69,7 @@ rule extract_fallback:
     params:
         values=lambda wildcards: R.param_values("extract_fallback", wildcards),
     shell:
-        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --videos data/raw/{wildcards.dataset}/videos --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
+        "python -m fian_pipeline.extract --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --videos data/raw/{wildcards.dataset}/videos --out data/interim/{wildcards.dataset}/features.h5 > {log} 2>&1"
 
 
 rule text:
@@ -93,7 +93,7 @@ rule text:
         vectors=lambda wildcards: R.plan_var(PLAN, "vectors", wildcards),
         values=lambda wildcards: R.param_values("text", wildcards),
     shell:
-        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove {params.vectors} --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
+        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations data/interim/{wildcards.dataset}/annotations --glove {params.vectors} --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
 
 rule text_fallback:
@@ -115,7 +115,7 @@ rule text_fallback:
     params:
         values=lambda wildcards: R.param_values("text_fallback", wildcards),
     shell:
-        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
+        "python -m fian_pipeline.text --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations data/interim/{wildcards.dataset}/annotations --out data/interim/{wildcards.dataset}/text > {log} 2>&1"
 
 
 rule prepare:
@@ -137,4 +137,4 @@ rule prepare:
     params:
         values=lambda wildcards: R.param_values("prepare", wildcards),
     shell:
-        "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --annotations data/interim/{wildcards.dataset}/annotations --features data/interim/{wildcards.dataset}/features.h5 --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"
+        "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations data/interim/{wildcards.dataset}/annotations --features data/interim/{wildcards.dataset}/features.h5 --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule train:
     output:
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
         history="results/{dataset}/{variant}/history.csv",
-        train_metrics="results/{dataset}/{variant}/train_metrics.json",
+        train_metrics=report("results/{dataset}/{variant}/train_metrics.json", caption="../report/train_metrics.rst", category="Training", subcategory="{dataset}", labels=R.report_labels("train")),
         train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
@@ -25,18 +25,18 @@ rule train:
         values=lambda wildcards: R.param_values("train", wildcards),
         launcher=R.launcher(R.stage("train"), PLAN),
     shell:
-        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
 rule evaluate:
-    """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n IoU>=m, mIoU)."""
+    """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU)."""
     input:
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
         checkpoint="results/{dataset}/{variant}/checkpoint.pt",
     output:
         predictions="results/{dataset}/{variant}/predictions_{split}.jsonl",
-        metrics="results/{dataset}/{variant}/metrics_{split}.json",
+        metrics=report("results/{dataset}/{variant}/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
         info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
@@ -50,7 +50,7 @@ rule evaluate:
     params:
         values=lambda wildcards: R.param_values("evaluate", wildcards),
     shell:
-        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule baseline:
@@ -59,7 +59,7 @@ rule baseline:
         data="data/processed/{dataset}",
     output:
         predictions="results/{dataset}/prior/predictions_{split}.jsonl",
-        metrics="results/{dataset}/prior/metrics_{split}.json",
+        metrics=report("results/{dataset}/prior/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
         info="results/{dataset}/prior/info_{split}.json",
     log:
         "logs/baseline/{dataset}-{split}.log",
@@ -72,4 +72,4 @@ rule baseline:
     params:
         values=lambda wildcards: R.param_values("baseline", wildcards),
     shell:
-        "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"
+        "python -m fian_pipeline.baseline --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --split {wildcards.split} --out results/{wildcards.dataset}/prior > {log} 2>&1"

@@ -11,9 +11,9 @@ rule plots:
         data="data/processed/{dataset}",
         text="data/interim/{dataset}/text",
     output:
-        timeline="reports/figures/{dataset}/{variant}/timeline_{split}.png",
-        training_curves="reports/figures/{dataset}/{variant}/training_curves_{split}.png",
-        attention="reports/figures/{dataset}/{variant}/attention_{split}.png",
+        timeline=report("reports/figures/{dataset}/{variant}/timeline_{split}.png", caption="../report/timeline.rst", category="Figures", subcategory="{dataset}", labels={"figure": "timeline", "run": "{variant}", "split": "{split}"}),
+        training_curves=report("reports/figures/{dataset}/{variant}/training_curves_{split}.png", caption="../report/training_curves.rst", category="Figures", subcategory="{dataset}", labels={"figure": "training curves", "run": "{variant}", "split": "{split}"}),
+        attention=report("reports/figures/{dataset}/{variant}/attention_{split}.png", caption="../report/attention.rst", category="Figures", subcategory="{dataset}", labels={"figure": "attention maps", "run": "{variant}", "split": "{split}"}),
     log:
         "logs/plots/{dataset}-{variant}-{split}.log",
     conda:
@@ -25,7 +25,7 @@ rule plots:
     params:
         values=lambda wildcards: R.param_values("plots", wildcards),
     shell:
-        "python -m fian_pipeline.plots --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+        "python -m fian_pipeline.plots --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
 rule tables:
@@ -33,12 +33,12 @@ rule tables:
     input:
         plan=R.plan_inputs(R.stage("tables"), PLAN),
     output:
-        table1="reports/table1.tex",
-        table2="reports/table2.tex",
-        table3="reports/table3.tex",
-        table4="reports/table4.tex",
-        table5="reports/table5.tex",
-        table6="reports/table6.tex",
+        table1=report("reports/table1.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 1"}),
+        table2=report("reports/table2.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 2"}),
+        table3=report("reports/table3.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 3"}),
+        table4=report("reports/table4.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 4"}),
+        table5=report("reports/table5.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 5"}),
+        table6=report("reports/table6.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 6"}),
     log:
         "logs/tables/tables.log",
     conda:
