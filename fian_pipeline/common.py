@@ -61,6 +61,26 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def with_seed(cfg: Config, seed: int | None) -> Config:
+    """``cfg`` with ``train.seed`` replaced by a job's ``--seed`` (None: unchanged)."""
+    if seed is None:
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
+
+
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -74,8 +94,9 @@ def warn_loud(message: str) -> None:
     log.warning(message)
 
 
-def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
-    """One line per epoch on stdout, named by the job: ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67%``.
+def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5", seed: int | None = None) -> None:
+    """One line per epoch on stdout, named by the job: ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67%``
+    (``[tacos/fian seed 1] ...`` for one seed's job of a config with ``seeds:``).
 
     Under Snakemake a stage's stderr (logging, the progress bar) goes to its log and stdout to the
     console (registry ``Stage.console``), so many jobs at once still read as one line per epoch each."""
@@ -83,8 +104,9 @@ def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5") -> None:
     tail = f" val {metric} {100 * val:.2f}%" if val is not None else ""
     seconds = record.get("time_s")
     took = f" ({seconds:.0f} s)" if seconds is not None else ""
+    job = f"{cfg.dataset.name}/{cfg.variant}" + (f" seed {seed}" if seed is not None else "")
     print(
-        f"[{cfg.dataset.name}/{cfg.variant}] epoch {record['epoch']}/{cfg.train.epochs} "
+        f"[{job}] epoch {record['epoch']}/{cfg.train.epochs} "
         f"loss {record['loss']:.4f}{tail}{took}",
         flush=True,
     )
