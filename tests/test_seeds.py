@@ -193,22 +193,23 @@ HIT, HALF, MISS = [0.0, 9.0], [0.0, 6.0], [12.0, 20.0]  # IoU with [0, 10]: 0.9,
 
 
 def test_compare_pools_seeds_per_query_by_hand(tmp_path: Path) -> None:
-    # 4 queries; R@1 at IoU 0.5: variant seed0 (1,1,0,0) seed1 (1,0,0,1); reference (1,1,1,0) both seeds
+    # 4 queries, 2 seeds each; IoU with the ground truth [0, 10]: HIT 0.9, HALF 0.6, MISS 0, None: no prediction
     v0 = _predictions(tmp_path / "v0.jsonl", [HIT, HALF, MISS, MISS])
-    v1 = _predictions(tmp_path / "v1.jsonl", [HIT, MISS, None, HALF], order=[3, 1, 0, 2])  # any line order; no prediction
+    v1 = _predictions(tmp_path / "v1.jsonl", [HIT, MISS, None, MISS], order=[3, 1, 0, 2])  # any line order
     r0 = _predictions(tmp_path / "r0.jsonl", [HIT, HIT, HALF, MISS])
-    r1 = _predictions(tmp_path / "r1.jsonl", [HALF, HIT, HIT, MISS])
+    r1 = _predictions(tmp_path / "r1.jsonl", [HALF, HIT, HIT, HIT])
     out = compare_runs([v0, v1], [r0, r1], metrics=["R@1,IoU=0.5", "R@1,IoU=0.7"], iou_rule="gt", resamples=2000,
                        level=0.95, seed=0)  # fmt: skip
     m5, m7 = out["metrics"]["R@1,IoU=0.5"], out["metrics"]["R@1,IoU=0.7"]
-    # IoU 0.5: per query, variant pooled (1, .5, 0, .5), reference (1, 1, 1, 0): differences (0, -.5, -1, .5)
-    assert m5["variant"] == pytest.approx(0.5) and m5["reference"] == pytest.approx(0.75)
-    assert m5["difference"] == pytest.approx(-0.25)
-    # IoU 0.7 (only HIT hits; seed1's query 2 has no prediction: a miss): variant (1,0,0,0) and
-    # (1,0,0,0) -> (1, 0, 0, 0); reference (1,1,0,0) and (0,1,1,0) -> (.5, 1, .5, 0)
-    assert m7["variant"] == pytest.approx(1 / 4) and m7["reference"] == pytest.approx(2 / 4)
-    assert m7["difference"] == pytest.approx(-0.25)
-    assert m5["low"] <= m5["difference"] <= m5["high"] and m5["contains_zero"] == (m5["low"] <= 0 <= m5["high"])
+    # IoU 0.5: variant (1,1,0,0) and (1,0,0,0) -> per query (1, .5, 0, 0); reference (1,1,1,0) and
+    # (1,1,1,1) -> (1, 1, 1, .5); per-query differences (0, -.5, -1, -.5)
+    assert m5["variant"] == pytest.approx(0.375) and m5["reference"] == pytest.approx(0.875)
+    assert m5["difference"] == pytest.approx(-0.5)
+    same = paired_bootstrap([0, -0.5, -1, -0.5], resamples=2000, level=0.95, seed=0)  # the same draws
+    assert (m5["low"], m5["high"], m5["contains_zero"]) == (same.low, same.high, same.contains_zero)
+    # IoU 0.7 (only HIT): variant (1,0,0,0) twice -> (1,0,0,0); reference (1,1,0,0) and (0,1,1,1) -> (.5,1,.5,.5)
+    assert m7["variant"] == pytest.approx(1 / 4) and m7["reference"] == pytest.approx(2.5 / 4)
+    assert m7["difference"] == pytest.approx(-0.375)
     assert out["n_queries"] == 4 and out["n_runs"] == 2 and out["bootstrap"]["resamples"] == 2000
     # the hit rule matters at IoU exactly 0.5... (HALF is 0.6: no change); ge vs gt on an exact 0.5
     exact = _predictions(tmp_path / "e.jsonl", [[0.0, 5.0]] * 4)
