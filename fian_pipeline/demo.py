@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in warnings:
             print("  " + w)
     print("\nwhere things are:")
-    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs)")
+    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs; beside each: .md Markdown,")
+    print("           .csv every value, .provenance.json where each of our numbers came from)")
     print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png")
     print(
         "  results  results/<dataset>/<variant>/metrics_<split>.json, predictions_<split>.jsonl, history.csv"

@@ -447,16 +447,21 @@ def paired_rows(spec: TableSpec, ours: Sequence[OurRow], markup: Markup = TEX) -
     return out
 
 
+def _reference_label(spec: TableSpec) -> str:
+    """The "(ours)" row label of full FIAN in this table (Table 5: "FIAN-Full (ours)")."""
+    return next((label for label, v in spec.ours if v == REFERENCE_VARIANT), "FIAN (ours)")
+
+
 def _signed(x: float, markup: Markup) -> str:
     text = f"{x:+.2f}"
     return markup.math(f"${text}$", text.replace("-", "−"))
 
 
-def _paired_caption(ours: Sequence[OurRow], markup: Markup) -> str:
+def _paired_caption(spec: TableSpec, ours: Sequence[OurRow], markup: Markup) -> str:
     first = next(r.comparison for r in ours if r.comparison)
     b = first.get("bootstrap") or {}
     level = 100 * float(b.get("level", 0.95))
-    ref = next((r.label for r in ours if r.variant == REFERENCE_VARIANT), "FIAN (ours)")
+    ref = _reference_label(spec)
     delta = markup.math(r"$\Delta$", "Δ")
     dagger = markup.math(r"$^\dagger$", "†")
     return (
@@ -536,11 +541,11 @@ def render_table(spec: TableSpec, ours: Sequence[OurRow], *, source: str, split:
     if paired:
         lines += [
             r"\par\medskip",
-            rf"{{\footnotesize {_paired_caption(ours, TEX)}\par}}\smallskip",
+            rf"{{\footnotesize {_paired_caption(spec, ours, TEX)}\par}}\smallskip",
             r"\begin{tabular}{lcccccc}",
             r"\toprule",
             r" & \multicolumn{3}{c}{R@1, IoU=0.5} & \multicolumn{3}{c}{R@1, IoU=0.7} \\",
-            r"vs.\ FIAN (ours) & $\Delta$ [95\% interval] & paper $\Delta$ & sign & $\Delta$ [95\% interval] & paper $\Delta$ & sign \\",
+            rf"vs.\ {_reference_label(spec)} & $\Delta$ [95\% interval] & paper $\Delta$ & sign & $\Delta$ [95\% interval] & paper $\Delta$ & sign \\",
             r"\midrule",
             *(tex_row(r) for r in paired),
             r"\bottomrule",
@@ -572,10 +577,11 @@ def render_markdown(spec: TableSpec, ours: Sequence[OurRow], *, source: str, spl
         lines += _md_table(header, paper + mine)
     paired = paired_rows(spec, ours, MD)
     if paired:
-        lines += ["", _paired_caption(ours, MD), ""]
+        lines += ["", _paired_caption(spec, ours, MD), ""]
         lines += _md_table(
             [["", "R@1,IoU=0.5", "", "", "R@1,IoU=0.7", "", ""],
-             ["vs. FIAN (ours)", "Δ [95% interval]", "paper Δ", "sign", "Δ [95% interval]", "paper Δ", "sign"]],
+             [f"vs. {MD.label(_reference_label(spec))}", "Δ [95% interval]", "paper Δ", "sign", "Δ [95% interval]",
+              "paper Δ", "sign"]],
             paired,
         )  # fmt: skip
     lines += ["", caption(spec, source, split, ours, MD), "", footnote(spec.key, MD), ""]
