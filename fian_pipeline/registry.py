@@ -476,10 +476,9 @@ def per_seed(s: Stage) -> Stage:
                                when="seeds")  # fmt: skip
 
 
-_SINGLE = {s.name: s for s in STAGES if s.when == "single"}
-STAGES = tuple(
-    x for s in STAGES for x in ((s, per_seed(s)) if s.name in _SINGLE else (s,))
-)  # train, train_seed, evaluate, evaluate_seed, baseline, plots, plots_seed, aggregate, compare, tables
+# each one-run stage followed by its per-seed twin: ... train, train_seed, evaluate, evaluate_seed,
+# baseline, plots, plots_seed, aggregate, compare, tables
+STAGES = tuple(x for s in STAGES for x in ((s, per_seed(s)) if s.when == "single" else (s,)))
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 PHASES: tuple[Phase, ...] = ("data", "features", "model", "reports")
