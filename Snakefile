@@ -33,10 +33,14 @@ if not config:
 
 
 
-# the config's schema first, then every params layer the config uses (clear error naming file/key)
+# the config file(s) in errors: --configfile's, else the default
+_CONFIG_NAME = " + ".join(str(f) for f in workflow.overwrite_configfiles or ()) or "workflow/config/default.yaml"
+# `seeds:` first (the schema's messages name neither file nor value), then the config's schema, then
+# every params layer the config uses (clear error naming file/key)
+R.check_seeds(config, _CONFIG_NAME)
 R.check_config_files(workflow.configfiles)  # a key given twice, a byte that is not UTF-8
 validate(config, "workflow/schemas/config.schema.json")
-PLAN = R.plan_from_config(config)
+PLAN = R.plan_from_config(config, source=_CONFIG_NAME)
 # files that only a person can fetch (share pages): said now, before any job runs (dry runs too)
 for _note in R.manual_fetches(PLAN):
     print(f"NOTE {_note}", file=sys.stderr)
@@ -47,6 +51,7 @@ for _note in R.missing_local(PLAN):
 wildcard_constraints:
     dataset="|".join(d.name for d in PLAN.datasets),
     variant=R.variant_regex(PLAN),
+    seed="[0-9]+",
     split="[a-z]+",
 
 

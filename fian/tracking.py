@@ -13,7 +13,10 @@ Conventions (docs/TRAINING.md "MLflow"):
   custom_model_development`` (read by earlier MLflow 3 UIs; the UI of MLflow 3.17 ignores it and
   opens the view of its own "GenAI | Model training" switch: :func:`ui_runs_url` is the link that
   lands on the runs, docs/TRAINING.md "MLflow");
-- run name ``<dataset>/<variant>/<stage>[:<split>] <UTC time>-<4 hex>``: readable, never repeated;
+- run name ``<dataset>/<variant>/<stage>[:<split>][ seed <N>] <UTC time>-<4 hex>``: readable, never
+  repeated (the seed for one seed's job of a config with ``seeds:``); tags ``seed`` (the run's
+  ``train.seed``) and ``fian.group`` (``<dataset>/<variant>/<stage>[:<split>]``, the same for every
+  seed of a variant: the UI's "Group by" tag puts the seeds side by side);
 - a workflow invocation (``FIAN_WORKFLOW_RUN`` set, by the Snakefile) gets a parent run per
   experiment, tagged ``fian.workflow_run``; each job's run is its child (``mlflow.parentRunId``).
   The parent is RUNNING while a job of it runs and ends FINISHED when all its jobs finished
@@ -284,14 +287,17 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         parent: str | None = None,
         out: str | Path | None = None,
+        seed: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.uri = resolve_uri(tracking_uri)
         self.experiment = f"fian/{dataset}"
-        self.job = f"{dataset}/{variant}/{stage}" + (f":{split}" if split else "")
+        group = f"{dataset}/{variant}/{stage}" + (f":{split}" if split else "")
+        self.job = group + (f" seed {seed}" if seed is not None else "")
         self.run_name = f"{self.job} {_utc_stamp()}-{secrets.token_hex(2)}"
         self.workflow = parent if parent is not None else os.environ.get(WORKFLOW_ENV) or None
-        self.tags = {"dataset": dataset, "variant": variant, "stage": stage, **(tags or {})}
+        self.tags = {"dataset": dataset, "variant": variant, "stage": stage, "fian.group": group,
+                     **({"seed": str(seed)} if seed is not None else {}), **(tags or {})}  # fmt: skip
         self.out = str(Path(out).resolve()) if out is not None else None
         self.run_id: str | None = None
         self.parent_run_id: str | None = None
@@ -564,6 +570,7 @@ def build_tracker(
     split: str | None = None,
     out: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
+    seed: int | None = None,
 ) -> Tracker:
     """The :class:`Tracker` of a stage from ``cfg`` (a :class:`fian.config.Config`).
 
@@ -571,9 +578,11 @@ def build_tracker(
     ``hashes``: those tags already computed (:func:`data_hashes`), instead of ``inputs``.
     ``active``: false on DDP ranks other than 0 (they log nothing).  ``split``: the split the stage
     scores (run name); ``out``: its output folder (tag ``fian.out``: which job a run is).
+    ``seed``: one seed's job of a config with ``seeds:`` (run name; tag ``seed``); without it the
+    tag ``seed`` still records ``cfg.train.seed``.
     """
     enabled = cfg.tracking.enabled and active
-    all_tags = dict(tags or {})
+    all_tags = {"seed": str(cfg.train.seed), **dict(tags or {})}
     if enabled:
         all_tags.update(hashes if hashes is not None else data_hashes(inputs))
     return Tracker(
@@ -585,4 +594,5 @@ def build_tracker(
         stage=stage,
         split=split,
         tags=all_tags,
+        seed=seed,
     )

@@ -6,7 +6,8 @@
 Fits :class:`fian.baselines.MomentPrior` (``eval.max_predictions`` k-means centres of the
 training moments normalized by duration, seeded by ``train.seed``) on ``<data>/train.h5`` and
 predicts the same ranked moments for every query of ``<data>/<split>.h5``.  Writes
-``predictions_<split>.jsonl`` and ``metrics_<split>.json`` (fractions), as the evaluate stage;
+``predictions_<split>.jsonl`` and ``metrics_<split>.json`` (fractions), as the evaluate stage
+(``info_<split>.json``: the protocol and ``provenance``: seed, MLflow run, commit, input hashes);
 MLflow gets the metrics and the fitted prior as the artifact ``moment_prior.json``.
 """
 
@@ -54,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval)  # NMS and hit rule of eval.*
     frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
 
-    with build_tracker(cfg, stage="baseline", inputs=[train_path, split_path], tags={"split": args.split, **override_tags(args)}) as tracker:
+    from fian.tracking import data_hashes
+    from fian_pipeline.provenance import git_state, mlflow_ref, strip_prefix
+
+    hashes = data_hashes([train_path, split_path])  # MLflow tags and provenance
+    with build_tracker(cfg, stage="baseline", hashes=hashes, tags={"split": args.split, **override_tags(args)}) as tracker:
         tracker.log_params({"baseline": VARIANT, "k": cfg.eval.max_predictions, "seed": cfg.train.seed})
         # the fitted prior is a result, not a setting: an artifact (a long nested list as a param
         # fills every comparison view of the MLflow UI)
@@ -63,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_path = args.out / f"metrics_{args.split}.json"
         write_predictions(pred_path, frame)
         write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
-                      baseline=VARIANT, info=args.out / f"info_{args.split}.json")  # fmt: skip
+                      baseline=VARIANT, info=args.out / f"info_{args.split}.json",
+                      provenance={"seed": cfg.train.seed, "mlflow": mlflow_ref(tracker), **git_state(),
+                                  "inputs_sha256": strip_prefix(hashes)})  # fmt: skip
         tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()})
         tracker.log_artifact(metrics_path)
     log.info("moment prior: centres (start, end) / duration %s, weights %s",

@@ -112,6 +112,26 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def with_seed(cfg: Config, seed: int | None) -> Config:
+    """``cfg`` with ``train.seed`` replaced by a job's ``--seed`` (None: unchanged)."""
+    if seed is None:
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
+
+
 def setup_logging() -> None:
     """INFO logging on stderr (the stage's log); every line, and an uncaught traceback, passes
     :func:`fian.tracking.redact` (a tracking URI's password never reaches a log)."""
@@ -162,13 +182,14 @@ def eta_seconds(epoch_seconds: Sequence[float], epochs_left: int) -> float | Non
     return epochs_left * sum(steady) / len(steady)
 
 
-def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5", *,
-                eta_s: float | None = None) -> None:  # fmt: skip
+def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5", *, eta_s: float | None = None,
+                seed: int | None = None) -> None:  # fmt: skip
     """One line per epoch on stdout, named by the job:
     ``[tacos/fian] epoch 3/30 loss 1.2345 val R@1,IoU=0.5 45.67% | epoch 12 s (train + val) | ETA 5 min 24 s (27 epochs left)``.
 
     The seconds are the epoch's wall time, training steps and validation together (``time_s`` of
-    history.csv); ``eta_s`` (:func:`eta_seconds`): the time the job's remaining epochs will take.
+    history.csv); ``eta_s`` (:func:`eta_seconds`): the time the job's remaining epochs will take;
+    ``seed``: one seed's job of a config with ``seeds:`` (``[tacos/fian seed 1] ...``).
     Under Snakemake a stage's stderr (logging, the progress bar) goes to its log and stdout to the
     console (registry ``Stage.console``), so many jobs at once still read as one line per epoch each."""
     val = record.get(f"val/{metric}")
@@ -181,7 +202,8 @@ def print_epoch(cfg: Config, record: dict, metric: str = "R@1,IoU=0.5", *,
         tail += " | last epoch"
     elif eta_s is not None:
         tail += f" | ETA {duration(eta_s)} ({left} epoch{'s' if left != 1 else ''} left)"
-    print(f"[{cfg.dataset.name}/{cfg.variant}] epoch {record['epoch']}/{cfg.train.epochs} loss {record['loss']:.4f}{tail}",
+    job = f"{cfg.dataset.name}/{cfg.variant}" + (f" seed {seed}" if seed is not None else "")
+    print(f"[{job}] epoch {record['epoch']}/{cfg.train.epochs} loss {record['loss']:.4f}{tail}",
           flush=True)  # fmt: skip
 
 

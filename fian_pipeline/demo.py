@@ -266,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in warnings:
             print("  " + w)
     print("\nwhere things are:")
-    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs)")
+    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs; beside each: .md Markdown,")
+    print("           .csv every value, .provenance.json where each of our numbers came from)")
     print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png, "
           "attention_<split>.png (also in MLflow: the plots run's artifacts)")
     print(

@@ -2,13 +2,17 @@
 
     python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/<d>.yaml params/variants/<v>.yaml \
         --data data/processed/<d> --text data/interim/<d>/text \
-        --checkpoint results/<d>/<v>/checkpoint.pt --split test --out results/<d>/<v>
+        --checkpoint results/<d>/<v>/checkpoint.pt --split test --out results/<d>/<v> [--seed N]
 
 The model is rebuilt from the config stored in the checkpoint (its best-on-validation weights);
 the evaluation settings (``eval.*``) come from ``--params``.  Writes ``predictions_<split>.jsonl``
 (one query per line, ranked moments in seconds), ``metrics_<split>.json`` (numbers only: fractions)
 and ``info_<split>.json`` (``"unit": "fraction"``, the split, the protocol of ``eval.iou_rule`` / ``eval.nms`` in words
-under ``"protocol"``).  Under torchrun only rank 0 evaluates (evaluation is fast).
+under ``"protocol"``, and ``"provenance"``: the seed the checkpoint was trained with, the MLflow
+runs of this evaluation and of the training, commit, device, the sha256 of the split and the
+checkpoint).  ``--seed N`` (one seed's job of a config with ``seeds:``): the checkpoint must have
+been trained with ``train.seed`` N (else an error naming it); the MLflow run is named by it.
+Under torchrun only rank 0 evaluates (evaluation is fast).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian_pipeline.common import StageError, interrupt_on_signal, load, override_tags, parser, run_stage
+from fian_pipeline.common import StageError, interrupt_on_signal, load, override_tags, parser, run_stage, seed_arg
 
 log = logging.getLogger("fian.evaluate")
 
@@ -34,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", required=True, help="split name: reads <data>/<split>.h5")
     p.add_argument("--out", type=Path, required=True, help="output folder (predictions_<split>.jsonl, metrics_<split>.json)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--seed", type=seed_arg, default=None,
+                   help="the train.seed the checkpoint must have been trained with (the workflow's per-seed jobs)")  # fmt: skip
     args = p.parse_args(argv)
     cfg = load(args)
 
@@ -59,13 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, RuntimeError) as e:
             raise StageError(f"{args.checkpoint}: cannot rebuild the model: {e}") from None
         check_params(args.checkpoint, trained_cfg, cfg)
+        if args.seed is not None and trained_cfg.train.seed != args.seed:
+            raise StageError(f"{args.checkpoint}: trained with train.seed={trained_cfg.train.seed}, but --seed {args.seed}")
         if split.num_steps != trained_cfg.features.num_steps:
             raise StageError(f"{split_path}: num_steps={split.num_steps}, the model was trained on {trained_cfg.features.num_steps}")
         model.to(device)
         trained_by = (ckpt.get("tracking") or {}).get("run_id")  # the train run that wrote the checkpoint
+        from fian.tracking import data_hashes
+
+        hashes = data_hashes([split_path, args.checkpoint])  # MLflow tags and provenance
         tracker = build_tracker(
-            cfg, stage="evaluate", inputs=[split_path, args.checkpoint], split=args.split, out=args.out,
-            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")),
+            cfg, stage="evaluate", hashes=hashes, split=args.split, out=args.out, seed=args.seed,
+            tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")), "seed": str(trained_cfg.train.seed),
                   **({"fian.train_run_id": str(trained_by)} if trained_by else {}), **override_tags(args)},
         )  # fmt: skip
         with tracker:
@@ -82,8 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             pred_path = args.out / f"predictions_{args.split}.jsonl"
             metrics_path = args.out / f"metrics_{args.split}.json"
             write_predictions(pred_path, frame)
+            from fian_pipeline.provenance import device_info, git_state, mlflow_ref, strip_prefix
+
+            provenance = {
+                "seed": trained_cfg.train.seed, "mlflow": mlflow_ref(tracker), "train_run_id": trained_by,
+                **git_state(),
+                "device": device_info(device, 1), "inputs_sha256": strip_prefix(hashes),
+            }  # fmt: skip
             write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
-                          best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json")  # fmt: skip
+                          best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json",
+                          provenance=provenance)  # fmt: skip
             tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()},
                                 model_id=_logged_model(tracker, trained_by))  # fmt: skip
             tracker.log_artifact(pred_path)

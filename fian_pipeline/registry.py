@@ -19,6 +19,7 @@ backbone with seeded RANDOM weights, no ``backbone.pt``: params ``extract.allow_
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fian.config import ConfigError, load_config, load_yaml
+from fian.reports.paper_results import REFERENCE_VARIANT
 
 Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
+# (single / seeds: a config without / with `seeds:`, one run per variant or one per seed)
 When = Literal["always", "download", "generate", "import", "extract", "extract_fallback", "glove", "glove_download",
-               "fallback"]
+               "fallback", "single", "seeds"]
 
-WILDCARDS = ("dataset", "variant", "split")
+WILDCARDS = ("dataset", "variant", "seed", "split")
 # per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
 # file, params text.vectors_file or GLOVE_FILE); Snakemake takes them from PLAN, DVC from each item
 PLAN_VARS = ("vectors",)
@@ -44,6 +47,9 @@ GLOVE_DIR = "data/raw/glove"
 GLOVE_FILE = f"{GLOVE_DIR}/glove.840B.300d.txt"
 BASELINE = "prior"  # results/<dataset>/prior/: the moment-prior baseline (not a params variant)
 TABLES = tuple(f"reports/table{k}.tex" for k in range(1, 7))
+# beside each table: its Markdown twin, every seed's value (CSV) and where each "ours" cell came from
+TABLE_FILES = tuple(t.removesuffix(".tex") + ext for t in TABLES for ext in (".tex", ".md", ".csv", ".provenance.json"))
+REFERENCE = REFERENCE_VARIANT  # the variant every ablation is compared with (stage compare; Tables 4-6)
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,14 @@ class Arg:
 
     ``role`` says what the path is to the DAG: ``in`` (a dependency), ``out`` (declared in
     ``Stage.outputs`` as itself or as files under it) or ``value`` (neither, e.g. a split name).
+    ``seeds``: dependencies, one per seed of the plan: the path holds ``{seed}`` and the stage has
+    no ``seed`` wildcard (the aggregate and compare stages read every seed's run), so the flag takes
+    the paths of all the plan's seeds, in the config's order.
     """
 
     flag: str
     path: str
-    role: Literal["in", "out", "value"] = "in"
+    role: Literal["in", "out", "value", "seeds"] = "in"
 
 
 @dataclass(frozen=True)
@@ -110,24 +119,38 @@ class Stage:
         tail = "-".join("{" + w + "}" for w in self.wildcards) or self.name
         return f"logs/{self.name}/{tail}.log"
 
-    def inputs(self) -> tuple[str, ...]:
-        return tuple(a.path for a in self.args if a.role == "in")
+    def inputs(self, seeds: Sequence[int] = ()) -> tuple[str, ...]:
+        """Dependency templates; a ``seeds`` argument gives one per seed of ``seeds``."""
+        return tuple(p for a in self.args if a.role in ("in", "seeds") for p in arg_paths(a, seeds))
 
     def params_files(self) -> tuple[str, ...]:
         return tuple(LAYER_PATHS[layer] for layer in self.layers)
 
-    def command(self, launcher: str = "python -m") -> str:
-        """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{split}``.
+    def command(self, launcher: str = "python -m", seeds: Sequence[int] | None = None) -> str:
+        """The command template; wildcards appear as ``{dataset}``, ``{variant}``, ``{seed}``, ``{split}``.
 
         ``launcher`` runs the module: ``python -m``, or ``torchrun ... -m`` for DDP (see :func:`launcher`).
+        ``seeds``: the plan's seeds, for the ``seeds`` arguments (None: ``{seeds:<flag name>}``, a
+        placeholder the Snakemake rendering replaces by the rule's input of that name).
         """
         parts = [f"{launcher} {self.package}.{self.module}"]
         if self.layers:
             parts.append("--params " + " ".join(self.params_files()))
             parts.append(f"--overrides {OVERRIDES_FILE}")
         parts.extend(self.fixed)
-        parts.extend(f"{a.flag} {a.path}" for a in self.args)
+        for a in self.args:
+            if a.role == "seeds" and seeds is None:
+                parts.append(f"{a.flag} {{seeds:{a.flag.lstrip('-').replace('-', '_')}}}")
+            else:
+                parts.append(f"{a.flag} {' '.join(arg_paths(a, seeds or ()))}")
         return " ".join(parts)
+
+
+def arg_paths(a: Arg, seeds: Sequence[int]) -> list[str]:
+    """The path(s) of an argument: itself, or (role ``seeds``) one per seed."""
+    if a.role != "seeds":
+        return [a.path]
+    return [a.path.replace("{seed}", str(s)) for s in seeds]
 
 
 LAYER_PATHS: dict[str, str] = {
@@ -201,6 +224,10 @@ RUN = "results/{dataset}/{variant}"
 TRAIN_STATE = "state/train/{dataset}/{variant}"
 PRIOR = f"results/{{dataset}}/{BASELINE}"
 FIGURES = "reports/figures/{dataset}/{variant}"
+# a config with `seeds:`: one run per seed, each in its own folder (and state folder, figures)
+SEED_DIR = "seed{seed}"
+SEED_RUN = f"{RUN}/{SEED_DIR}"
+REF_SEED_RUN = f"results/{{dataset}}/{REFERENCE}/{SEED_DIR}"  # the same seed of the reference variant
 
 _EXTRACT_RESOURCES: dict[str, Any] = {"threads": 8, "mem_mb": 32000, "runtime": 24 * 60, "gpus": 1}  # both extract jobs
 
@@ -376,6 +403,7 @@ STAGES: tuple[Stage, ...] = (
                 subcategory="{dataset}", labels="train"),
             Out(f"{RUN}/train_info.json"),
         ),
+        when="single",
         threads=4,
         mem_mb=32000,
         runtime=12 * 60,
@@ -404,6 +432,7 @@ STAGES: tuple[Stage, ...] = (
                 subcategory="{dataset}", labels="metrics"),
             Out(f"{RUN}/info_{{split}}.json"),
         ),
+        when="single",
         threads=4,
         mem_mb=16000,
         runtime=60,
@@ -452,20 +481,89 @@ STAGES: tuple[Stage, ...] = (
                 labels=(("figure", "attention maps"), ("run", "{variant}"), ("split", "{split}"))),
         ),
         mem_mb=4000,
+        when="single",
+    ),
+    Stage(
+        name="aggregate",
+        module="aggregate",
+        phase="reports",
+        doc="Gather the seeds of one variant: summary_<split>.json (mean, sample std, min, max, n, every seed's value).",
+        wildcards=_DVS,
+        layers=(),
+        keys=(),
+        args=(
+            Arg("--metrics", f"{SEED_RUN}/metrics_{{split}}.json", "seeds"),
+            Arg("--info", f"{SEED_RUN}/info_{{split}}.json", "seeds"),
+            Arg("--train-info", f"{SEED_RUN}/train_info.json", "seeds"),
+            Arg("--out", f"{RUN}/summary_{{split}}.json", "out"),
+        ),
+        outputs=(Out(f"{RUN}/summary_{{split}}.json"),),
+        when="seeds",
+    ),
+    Stage(
+        name="compare",
+        module="compare",
+        phase="reports",
+        doc=f"A variant vs {REFERENCE} on the same queries: mean R@1 differences, paired bootstrap intervals (seeds pooled).",
+        wildcards=_DVS,
+        layers=(),
+        keys=(),
+        # the analysis settings (ours, docs/PIPELINE.md "Seeds and intervals"): not model hyperparameters
+        fixed=("--metrics", "R@1,IoU=0.5", "R@1,IoU=0.7", "--resamples", "2000", "--level", "0.95",
+               "--bootstrap-seed", "0"),  # fmt: skip
+        args=(
+            Arg("--predictions", f"{SEED_RUN}/predictions_{{split}}.jsonl", "seeds"),
+            Arg("--info", f"{SEED_RUN}/info_{{split}}.json", "seeds"),
+            Arg("--reference", f"{REF_SEED_RUN}/predictions_{{split}}.jsonl", "seeds"),
+            Arg("--reference-info", f"{REF_SEED_RUN}/info_{{split}}.json", "seeds"),
+            Arg("--out", f"{RUN}/compare_{REFERENCE}_{{split}}.json", "out"),
+        ),
+        outputs=(Out(f"{RUN}/compare_{REFERENCE}_{{split}}.json"),),
+        when="seeds",
     ),
     Stage(
         name="tables",
         module="tables",
         phase="reports",
-        doc="LaTeX Tables 1-6: the paper's numbers (kept as data) beside ours.",
+        doc="Tables 1-6 (LaTeX, Markdown, per-seed CSV, provenance): the paper's numbers (kept as data) beside ours.",
         wildcards=(),
         layers=(),
         keys=(),
         args=(Arg("--results", "results", "value"), Arg("--out", "reports", "value")),
-        outputs=tuple(Out(t, report="tables", category="Tables", labels=(("table", f"Table {k}"),))
-                      for k, t in enumerate(TABLES, 1)),
+        outputs=tuple(Out(f"{t.removesuffix('.tex')}{ext}", **({"report": "tables", "category": "Tables",
+                                                             "labels": (("table", f"Table {k}"),)} if ext == ".tex" else {}))
+                      for k, t in enumerate(TABLES, 1) for ext in (".tex", ".md", ".csv", ".provenance.json")),  # fmt: skip
     ),
 )
+
+
+def per_seed(s: Stage) -> Stage:
+    """The stage ``s`` for one seed of a config with ``seeds:`` (name ``<name>_seed``): a ``seed``
+    wildcard, its run in ``results/<d>/<v>/seed<N>/`` (state and figures in ``.../seed<N>``), and
+    train given the seed on its command line (``--seed N``, over params' ``train.seed``; evaluate
+    checks that its checkpoint was trained with it)."""
+
+    def move(path: str) -> str:
+        for folder in (RUN, TRAIN_STATE, FIGURES):
+            if path.startswith(folder) and not path.startswith(f"{folder}/{SEED_DIR}"):
+                return f"{folder}/{SEED_DIR}{path[len(folder):]}"
+        return path
+
+    args = tuple(dataclasses.replace(a, path=move(a.path)) for a in s.args)
+    if s.module in ("train", "evaluate"):  # train: train.seed; evaluate: checks the checkpoint's
+        args += (Arg("--seed", "{seed}", "value"),)
+    wildcards = tuple(w for w in WILDCARDS if w in s.wildcards or w == "seed")
+    outputs = tuple(dataclasses.replace(o, path=move(o.path), labels=o.labels + (("seed", "{seed}"),))
+                    if o.report and isinstance(o.labels, tuple) else dataclasses.replace(o, path=move(o.path))
+                    for o in s.outputs)  # fmt: skip
+    doc = s.doc.rstrip(".") + ", one seed (config `seeds:`)."
+    return dataclasses.replace(s, name=f"{s.name}_seed", doc=doc, wildcards=wildcards, args=args, outputs=outputs,
+                               when="seeds")  # fmt: skip
+
+
+# each one-run stage followed by its per-seed twin: ... train, train_seed, evaluate, evaluate_seed,
+# baseline, plots, plots_seed, aggregate, compare, tables
+STAGES = tuple(x for s in STAGES for x in ((s, per_seed(s)) if s.when == "single" else (s,)))
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 PHASES: tuple[Phase, ...] = ("data", "features", "model", "reports")
@@ -494,6 +592,7 @@ class DatasetPlan:
     glove: bool = True  # False when params ask for the offline fallback (text.fallback_train_glove)
     random_backbone: bool = False  # features: extract with extract.allow_random_weights (no backbone.pt)
     vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
+    seeds: tuple[int, ...] | None = None  # the config's `seeds:` (None: one run per variant, params' train.seed)
 
     def uses(self, when: When) -> bool:
         return {
@@ -506,6 +605,8 @@ class DatasetPlan:
             "glove": self.glove,
             "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
+            "single": self.seeds is None,
+            "seeds": self.seeds is not None,
         }[when]
 
 
@@ -520,6 +621,9 @@ class Plan:
     # per table dataset, the dataset of its "ours" rows (the rehearsal: (("tacos", "tacos_mini"), ...))
     tables_map: tuple[tuple[str, str], ...] = ()
     params_dir: str = "params"
+    # `seeds:` of the config: one train/evaluate job per (dataset, variant, seed), aggregated and
+    # compared; None (no key): one job per (dataset, variant) with params' train.seed, as before
+    seeds: tuple[int, ...] | None = None
 
     def dataset(self, name: str) -> DatasetPlan:
         for d in self.datasets:
@@ -575,9 +679,36 @@ def check_config_files(paths: Sequence[str | Path]) -> None:
         load_yaml(p, ConfigError, "workflow config")
 
 
-def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
-    """Resolve a (schema-validated) config; load every params layer it uses (clear errors)."""
+def check_seeds(config: Mapping[str, Any], source: str = "workflow config") -> tuple[int, ...] | None:
+    """The config's ``seeds:`` as a tuple (None when the key is absent); a clear error naming
+    ``source`` (the config file) and the key for an empty list, a repeated seed or a non-integer.
+
+    The Snakefile calls it before the schema check (whose messages name neither), ``fian render``
+    before its own schema check; both before any job runs."""
+    seeds = config.get("seeds") if isinstance(config, Mapping) else None
+    if seeds is None:  # absent (or null)
+        return None
+    where = f"{source}: seeds"
+    if not isinstance(seeds, list | tuple):
+        raise ConfigError(f"{where}: expected a list of integer seeds, e.g. [0, 1, 2], got {seeds!r}")
+    if not seeds:
+        raise ConfigError(f"{where}: the list is empty; give at least one seed (or leave the key out: one run, params' train.seed)")
+    for i, v in enumerate(seeds):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where}[{i}]: {v!r} is not an integer")
+        if v < 0:
+            raise ConfigError(f"{where}[{i}]: {v} is negative (seeds are >= 0)")
+    repeated = sorted({v for v in seeds if seeds.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: seed(s) {repeated} repeated; each seed is one run")
+    return tuple(int(v) for v in seeds)
+
+
+def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: str = "workflow config") -> Plan:
+    """Resolve a (schema-validated) config; load every params layer it uses (clear errors).
+    ``source``: how errors name the config (its file)."""
     root = Path(root)
+    seeds = check_seeds(config, source)
     params_dir = str(config.get("params_dir", "params"))
     if "datasets" not in config or not config["datasets"]:
         raise ConfigError("workflow config: 'datasets' must name at least one dataset")
@@ -616,6 +747,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
                 glove=not cfg.text.fallback_train_glove,
                 random_backbone=cfg.extract.allow_random_weights,
                 vectors=cfg.text.vectors_file,
+                seeds=seeds,
             )
         )
     tables_from = config.get("tables_from")
@@ -646,6 +778,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".") -> Plan:
         tables_from=tables_from,
         tables_map=tables_map,
         params_dir=params_dir,
+        seeds=seeds,
     )
 
 
@@ -678,7 +811,8 @@ class Instance:
         return f"{self.stage.name}@{self.key}" if self.key else self.stage.name
 
     def command(self, plan: Plan | None = None) -> str:
-        cmd = fill(self.stage.command(launcher(self.stage, plan) if plan else "python -m"), self.wildcards)
+        seeds = plan.seeds if plan is not None else None
+        cmd = fill(self.stage.command(launcher(self.stage, plan) if plan else "python -m", seeds), self.wildcards)
         if plan is not None:
             cmd = " ".join([cmd, *plan_args(self.stage, plan)])
         return cmd
@@ -703,7 +837,7 @@ class Instance:
 
     def deps(self, plan: Plan) -> list[str]:
         files = self.params_files()
-        files += [fill(p, self.wildcards) for p in self.stage.inputs()]
+        files += [fill(p, self.wildcards) for p in self.stage.inputs(plan.seeds or ())]
         files += plan_inputs(self.stage, plan)
         return files
 
@@ -760,19 +894,29 @@ def plan_args(stage_: Stage, plan: Plan) -> list[str]:
         args += ["--ours-from", plan.tables_from]
     for table_ds, ours in plan.tables_map:
         args += ["--ours-from", f"{table_ds}={ours}"]
+    if plan.seeds is not None:  # read each variant's summary (stage aggregate) and comparison (compare)
+        args += ["--seeds", *(str(s) for s in plan.seeds)]
     return args
 
 
 def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
-    """Dependencies that depend on the whole plan (the tables read every metrics file)."""
+    """Dependencies that depend on the whole plan: the tables read every run's metrics and info
+    files (one run per variant), or (``seeds:``) every variant's summary and comparison with the
+    reference, and the baseline's metrics."""
     if stage_.name != "tables":
         return []
     files = []
+    split = plan.eval_split
     for d in plan.datasets:
         for v in d.variants:
-            files.append(f"results/{d.name}/{v}/metrics_{plan.eval_split}.json")
+            run = f"results/{d.name}/{v}"
+            if plan.seeds is None:
+                files += [f"{run}/metrics_{split}.json", f"{run}/info_{split}.json", f"{run}/train_info.json"]
+            else:
+                files.append(f"{run}/summary_{split}.json")
         if d.baseline:
-            files.append(f"results/{d.name}/{BASELINE}/metrics_{plan.eval_split}.json")
+            files += [f"results/{d.name}/{BASELINE}/metrics_{split}.json", f"results/{d.name}/{BASELINE}/info_{split}.json"]
+    files += [o for inst in instances(plan) if inst.stage.name == "compare" for o in inst.outs()]
     return files
 
 
@@ -790,17 +934,22 @@ def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
                 continue
             if s.name == "baseline" and not d.baseline:
                 continue
-            if s.name == "plots" and not d.plots:
+            if s.module == "plots" and not d.plots:
                 continue
             variants = d.variants if "variant" in s.wildcards else (None,)
+            if s.name == "compare":  # every other variant of a dataset that runs the reference
+                variants = tuple(v for v in d.variants if v != REFERENCE) if REFERENCE in d.variants else ()
             for v in variants:
-                wc = {"dataset": d.name}
-                if v is not None:
-                    wc["variant"] = v
-                if "split" in s.wildcards:
-                    wc["split"] = split
-                wc.update(plan_vars(s, d))
-                out.append(Instance(s, wc))
+                for seed in d.seeds if "seed" in s.wildcards and d.seeds else (None,):
+                    wc = {"dataset": d.name}
+                    if v is not None:
+                        wc["variant"] = v
+                    if seed is not None:
+                        wc["seed"] = str(seed)
+                    if "split" in s.wildcards:
+                        wc["split"] = split
+                    wc.update(plan_vars(s, d))
+                    out.append(Instance(s, wc))
     return out
 
 
@@ -809,6 +958,13 @@ def plan_vars(stage_: Stage, d: DatasetPlan) -> dict[str, str]:
     values = {"vectors": d.vectors or GLOVE_FILE}
     used = {v for v in PLAN_VARS for a in stage_.args if "{" + v + "}" in a.path}
     return {v: values[v] for v in sorted(used)}
+
+
+def seed_inputs(plan: Plan, stage_name: str, flag: str, wildcards: Mapping[str, str]) -> list[str]:
+    """The paths of a ``seeds`` argument of a job, one per seed of the plan (Snakemake input functions)."""
+    (a,) = [a for a in stage(stage_name).args if a.flag == flag]
+    wc = {k: str(v) for k, v in dict(wildcards).items()}
+    return [fill(p, wc) for p in arg_paths(a, plan.seeds or ())]
 
 
 def plan_var(plan: Plan, name: str, wildcards: Mapping[str, str]) -> str:
@@ -823,7 +979,7 @@ def dataset_targets(plan: Plan, name: str) -> list[str]:
     plan.dataset(name)
     files: list[str] = []
     for inst in instances(plan):
-        if inst.stage.name in ("plots", "evaluate", "baseline", "train") and inst.wildcards.get("dataset") == name:
+        if inst.stage.module in FINAL and inst.stage.module != "tables" and inst.wildcards.get("dataset") == name:
             files.extend(inst.outs())
     return files
 
@@ -850,9 +1006,13 @@ def targets(plan: Plan) -> list[str]:
     """The final files of a plan: tables, figures, every metrics file (Snakemake's `all`)."""
     files: list[str] = []
     for inst in instances(plan):
-        if inst.stage.name in ("tables", "plots", "evaluate", "baseline", "train"):
+        if inst.stage.module in FINAL:
             files.extend(inst.outs())
     return files
+
+
+# the modules whose outputs a run ends with (Snakemake's targets)
+FINAL = ("tables", "plots", "evaluate", "baseline", "train", "aggregate", "compare")
 
 
 def dataset_regex(plan: Plan, when: When) -> str:

@@ -43,7 +43,7 @@ def _smk_template(template: str) -> str:
         out = out.replace("{" + w + "}", "{wildcards." + w + "}")
     for v in R.PLAN_VARS:
         out = out.replace("{" + v + "}", "{params." + v + "}")
-    return out
+    return out.replace("{seeds:", "{input.")  # a `seeds` argument: the rule's input of that name (a list)
 
 
 def _plan_vars(path: str) -> list[str]:
@@ -72,12 +72,18 @@ def render_rule(s: R.Stage) -> str:
         if a.role == "in"
         for v in _plan_vars(a.path)
     ]
+    inputs += [  # one path per seed of the config
+        f'        {_name(a.flag)}=lambda wildcards: R.seed_inputs(PLAN, "{s.name}", "{a.flag}", wildcards),'
+        for a in s.args
+        if a.role == "seeds"
+    ]
     if s.wildcards == ():
         inputs.append(f'        plan=R.plan_inputs(R.stage("{s.name}"), PLAN),')
     if inputs:
         lines.append("    input:")
         lines.extend(inputs)
     lines.append("    output:")
+    used: set[str] = set()
     for o in s.outputs:
         value = f'directory("{o.path}")' if o.kind == "dir" else f'"{o.path}"'
         if o.report:  # a result of `snakemake --report`, with its caption (workflow/report/<name>.rst)
@@ -88,7 +94,12 @@ def render_rule(s: R.Stage) -> str:
             sub = f', subcategory="{o.subcategory}"' if o.subcategory else ""
             value = (f'report({value}, caption="../report/{o.report}.rst", category="{o.category}"{sub}, '
                      f"labels={labels})")
-        lines.append(f"        {_out_name(o)}={value},")
+        name = _out_name(o)
+        if name in used:  # table1.tex -> table1; table1.md -> table1_md, table1.provenance.json -> table1_provenance
+            parts = Path(o.path).name.split(".")
+            name = "_".join(parts[:2]).replace("-", "_")
+        used.add(name)
+        lines.append(f"        {name}={value},")
     lines.append("    log:")
     lines.append(f'        "{s.log}",')
     constraints = []
@@ -202,10 +213,10 @@ def dvc_params(s: R.Stage, items: list[R.Instance], root: Path) -> tuple[list[An
 
 
 def dvc_stage(s: R.Stage, items: list[R.Instance], plan: R.Plan, root: Path) -> dict[str, Any]:
-    body: dict[str, Any] = {"cmd": _dvc_template(s.command(R.launcher(s, plan)))}
+    body: dict[str, Any] = {"cmd": _dvc_template(s.command(R.launcher(s, plan), plan.seeds or ()))}
     if s.wildcards == ():
         body["cmd"] = " ".join([s.command(), *R.plan_args(s, plan)])
-    deps = [_dvc_template(p) for p in s.inputs()]
+    deps = [_dvc_template(p) for p in s.inputs(plan.seeds or ())]
     if s.wildcards == ():
         deps += R.plan_inputs(s, plan)
     if deps:
@@ -356,13 +367,14 @@ def load_plan(config_path: str | Path, root: Path = Path(".")) -> R.Plan:
 
     path = root / config_path
     config = load_yaml(path, StageError, "workflow config") or {}
+    R.check_seeds(config, str(path))  # a clear message naming the file, before the schema's
     schema = json.loads((root / "workflow/schemas/config.schema.json").read_text())
     try:
         jsonschema.validate(config, schema)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise StageError(f"{path}: {where}: {e.message}") from None
-    return R.plan_from_config(config, root)
+    return R.plan_from_config(config, root, source=str(path))
 
 
 def rendered_files(config_path: str, root: Path = Path(".")) -> dict[Path, str]:

@@ -1,13 +1,17 @@
-"""Stage ``tables``: the paper's Tables 1-6 in LaTeX with our numbers beside the reported ones.
+"""Stage ``tables``: the paper's Tables 1-6 with our numbers beside the reported ones.
 
     python -m fian_pipeline.tables --results results --out reports [--ours-from synthetic] [--split test]
     python -m fian_pipeline.tables ... --ours-from tacos=tacos_mini --ours-from charades=charades_mini
+    python -m fian_pipeline.tables ... --seeds 0 1 2      # a workflow config with seeds:
 
-Reads ``results/<dataset>/<variant>/metrics_<split>.json`` of the runs each table names
-(fian/reports/paper_results.yaml: ``ours``) and writes ``<out>/table1.tex`` ... ``table6.tex``
-(each a ``table`` environment; booktabs).  A missing run is "---"; a malformed metrics file is an
-error naming the file and the key, and then no table is written.  Reads no params (the tables'
-layout is the paper's).
+Reads ``results/<dataset>/<variant>/metrics_<split>.json`` (with ``info_<split>.json`` and
+``train_info.json`` beside it) of the runs each table names (fian/reports/paper_results.yaml:
+``ours``), or with ``--seeds`` each variant's ``summary_<split>.json`` (stage aggregate) and
+``compare_fian_<split>.json`` (stage compare), and writes per table ``<out>/table<k>.tex`` (a
+``table`` environment; booktabs), ``table<k>.md`` (its Markdown twin), ``table<k>.csv`` (every
+value of every seed) and ``table<k>.provenance.json`` (where each "(ours)" cell came from).
+A missing run is "---"; a malformed metrics or summary file is an error naming the file and the
+key, and then nothing is written.  Reads no params (the tables' layout is the paper's).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--results", type=Path, required=True, help="results folder (results/<dataset>/<variant>/...)"
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for table1.tex ... table6.tex")
+    p.add_argument("--out", type=Path, required=True, help="folder for table1.tex ... table6.tex (+ .md, .csv, .provenance.json)")
     p.add_argument(
         "--ours-from",
         action="append",
@@ -39,12 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "those of the tables of TABLE_DATASET (the rehearsal)",
     )
     p.add_argument("--split", default="test", help="which metrics_<split>.json to report")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="the config's seeds: read each variant's summary_<split>.json and compare_fian_<split>.json")  # fmt: skip
     args = p.parse_args(argv)
     ours_from = ours_from_arg(p, args.ours_from)
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds: a seed is repeated: {args.seeds}")
 
-    from fian.reports.tables import render_all
+    from fian.reports.tables import KINDS, render_all
 
-    tables = render_all(args.results, ours_from=ours_from, split=args.split)  # all read before any write
+    tables = render_all(args.results, ours_from=ours_from, split=args.split, seeds=args.seeds,
+                        kinds=KINDS)  # all read before any write  # fmt: skip
     for name, text in tables.items():
         write_text(args.out / name, text)
     log.info(

@@ -2,7 +2,7 @@
 
     python -m fian_pipeline.train --params params/base.yaml params/datasets/<d>.yaml params/variants/<v>.yaml \
         --data data/processed/<d> --text data/interim/<d>/text --out results/<d>/<v> \
-        [--state state/train/<d>/<v>] [--restart | --resume]
+        [--state state/train/<d>/<v>] [--restart | --resume] [--seed N]
 
 Several GPUs: ``torchrun --nproc_per_node N -m fian_pipeline.train ...`` (DDP; the global batch stays
 ``train.batch_size``; only rank 0 writes files and logs to MLflow).
@@ -11,7 +11,12 @@ Reads ``<data>/train.h5`` and ``<data>/val.h5`` (when the dataset has a ``val`` 
 dataset without a split list, when the file exists); writes ``checkpoint.pt`` (after every epoch,
 atomically), ``history.csv`` (one row per epoch), ``train_metrics.json`` (the best epoch's
 validation metrics as fractions: numbers only, for DVC) and ``train_info.json`` (unit, best_by,
-the evaluation protocol).
+the evaluation protocol, and ``provenance``: seed, MLflow run, commit, device, batch, input hashes
+and sources; fian_pipeline/provenance.py).
+
+``--seed N`` (a workflow config with ``seeds:``, one job per seed) replaces params' ``train.seed``
+for this run: the initial weights, the batch order and the run key follow it, and the MLflow run
+is named and tagged with it (docs/PIPELINE.md "Seeds and intervals").
 
 Resuming (docs/TRAINING.md "Resume"): with ``--state`` (the workflow passes it) the state after
 every epoch goes to ``<state>/<run key>.pt`` (:mod:`fian.resume`), which neither Snakemake nor DVC
@@ -50,7 +55,9 @@ from fian_pipeline.common import (
     parser,
     print_epoch,
     run_stage,
+    seed_arg,
     warn_loud,
+    with_seed,
 )
 
 log = logging.getLogger("fian.train")
@@ -68,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     how.add_argument("--resume", action="store_true", help="without --state: continue from <out>/checkpoint.pt if it exists")
     how.add_argument("--restart", action="store_true", help="start afresh: delete this run's state, replace the checkpoint")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--seed", type=seed_arg, default=None,
+                   help="train.seed of this run, over the params' value (the workflow's per-seed jobs)")  # fmt: skip
     args = p.parse_args(argv)
-    cfg = load(args)
+    cfg = with_seed(load(args), args.seed)
     overrides = applied_overrides(args)  # params.yaml's set keys and --set: recorded in MLflow and the checkpoint
 
     from fian.data.dataset import GroundingSplit, load_embeddings
@@ -113,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         inputs = [train_path, *([val_path] if val is not None else []), args.text / "embeddings.npy", args.text / "vocab.json"]
         ckpt_path = args.out / "checkpoint.pt"
-        hashes = data_hashes(inputs) if (args.state is not None or cfg.tracking.enabled) and info.is_main else {}
+        hashes = data_hashes(inputs) if info.is_main else {}  # run key, MLflow tags, provenance
         with contextlib.ExitStack() as stack:
             # -- where to start: the run's state (--state), <out>/checkpoint.pt (--resume) or afresh
             state, start = _start_point(args, cfg, hashes, ckpt_path, info, stack)
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     link["fian.resumed_from"] = str(prev["run_id"])
 
             tracker = build_tracker(cfg, stage="train", hashes=hashes, active=info.is_main, out=args.out,
+                                    seed=args.seed,
                                     tags={"world_size": str(info.world_size), "device": str(device), **link})  # fmt: skip
             with tracker:
                 tracker.log_params(cfg.flat())
@@ -142,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])
                     timed.append(float(record["time_s"]))
                     eta = eta_seconds(timed, cfg.train.epochs - int(record["epoch"]))
-                    print_epoch(cfg, record, eta_s=eta)  # one console line per epoch (the bar goes to the log)
+                    print_epoch(cfg, record, eta_s=eta, seed=args.seed)  # one console line per epoch (the bar goes to the log)
 
                 extra = {META: {"key": state.key if state else None, "attempt": attempt},
                          TRACKING: {"run_id": tracker.run_id, "experiment": tracker.experiment if tracker.run_id else None},
@@ -169,8 +179,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
 
                     model_id = package_model(ckpt_path, cfg, vocab, train.attrs, tracker)
+                    from fian_pipeline.provenance import (
+                        device_info,
+                        git_state,
+                        mlflow_ref,
+                        sources,
+                        strip_prefix,
+                    )
+
+                    provenance = {
+                        "seed": cfg.train.seed, "mlflow": mlflow_ref(tracker), **git_state(),
+                        "device": device_info(device, info.world_size),
+                        "batch_size": {"effective": cfg.train.batch_size,
+                                       "per_device": cfg.train.batch_size // info.world_size},
+                        "inputs_sha256": strip_prefix(hashes), **sources(cfg, args.text, train.attrs),
+                        "run_key": state.key if state is not None else None,
+                    }  # fmt: skip
                     summary = write_outputs(args.out, history, has_val=val is not None, vocab_size=len(vocab),
-                                            protocol=protocol_info(cfg.eval))  # fmt: skip
+                                            protocol=protocol_info(cfg.eval), provenance=provenance)  # fmt: skip
                     tracker.log_metrics({f"best/{k}": v for k, v in summary.items() if isinstance(v, float)},
                                         model_id=model_id)  # fmt: skip
                     with tempfile.TemporaryDirectory() as tmp:
@@ -239,8 +265,10 @@ def _log_inputs(tracker, dataset: str, splits: dict) -> None:  # noqa: ANN001
                                 digests=split_digests(split.records, split.video))  # fmt: skip
 
 
-def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int, protocol: dict[str, str]) -> dict:
-    """``history.csv`` and ``train_metrics.json`` (best epoch; fractions) from the fit history."""
+def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int, protocol: dict[str, str],
+                  provenance: dict | None = None) -> dict:  # fmt: skip
+    """``history.csv`` and ``train_metrics.json`` (best epoch; fractions) from the fit history;
+    ``train_info.json``: the text (best_by, unit, protocol) and ``provenance`` (where the run came from)."""
     if not history:
         raise StageError(f"{out}: no epoch was trained (train.epochs is 0?)")
     frame = pd.DataFrame(history)
@@ -262,7 +290,8 @@ def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: 
     text = {k: v for k, v in summary.items() if k not in numbers}
     # wall-clock figures differ on every run: in the info file, not among DVC's metrics (dvc metrics diff)
     train_time = float(sum(r["time_s"] for r in history))
-    write_json(out / "train_info.json", {**text, "train_time_s": train_time, "protocol": protocol})
+    extra = {"provenance": provenance} if provenance is not None else {}
+    write_json(out / "train_info.json", {**text, "train_time_s": train_time, "protocol": protocol, **extra})
     return {**summary, "train_time_s": train_time}
 
 

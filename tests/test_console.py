@@ -42,5 +42,11 @@ def test_eta_is_the_epochs_left_times_the_mean_steady_epoch() -> None:
 
 
 def test_only_train_talks_to_the_console() -> None:
-    assert [s.name for s in STAGES if s.console] == ["train"]
-    assert re.search(r"print_epoch\(cfg, \w+, eta_s=\w+\)", (Path(__file__).resolve().parents[1] / "fian_pipeline/train.py").read_text())
+    assert [s.name for s in STAGES if s.console] == ["train", "train_seed"]  # one run, or one per seed
+    assert re.search(r"print_epoch\(cfg, \w+, eta_s=\w+, seed=args\.seed\)", (Path(__file__).resolve().parents[1] / "fian_pipeline/train.py").read_text())
+
+
+def test_a_seeds_job_says_its_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config_from_dict({"dataset": {"name": "tacos"}, "train": {"epochs": 30}})
+    print_epoch(cfg, {"epoch": 1, "loss": 2.0}, seed=2)
+    assert capsys.readouterr().out == "[tacos/fian seed 2] epoch 1/30 loss 2.0000\n"

@@ -75,7 +75,14 @@ def test_paths_are_unique_and_every_input_has_a_producer(paper_plan: R.Plan, dem
 
 
 def test_paths_follow_the_architecture(paper_plan: R.Plan) -> None:
-    by_id = {i.id: i for i in R.instances(paper_plan)}
+    raw = yaml.safe_load((ROOT / PAPER).read_text())
+    assert raw.pop("seeds") == [0, 1, 2]  # the paper's config: three seeds (issue 16)
+    seeded = {i.id: i for i in R.instances(paper_plan)}
+    assert seeded["train_seed@tacos-soft-2"].outs()[0] == "results/tacos/soft/seed2/checkpoint.pt"
+    assert seeded["evaluate_seed@tacos-soft-2-test"].outs()[1] == "results/tacos/soft/seed2/metrics_test.json"
+    assert seeded["aggregate@tacos-soft-test"].outs() == ["results/tacos/soft/summary_test.json"]
+    assert seeded["compare@tacos-soft-test"].outs() == ["results/tacos/soft/compare_fian_test.json"]
+    by_id = {i.id: i for i in R.instances(R.plan_from_config(raw, ROOT))}  # without seeds: one run per variant
     assert by_id["train@tacos-soft"].outs() == [
         "results/tacos/soft/checkpoint.pt",
         "results/tacos/soft/history.csv",

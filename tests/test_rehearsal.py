@@ -48,7 +48,9 @@ def test_mini_config_plans_the_papers_whole_matrix() -> None:
     assert args == ["--split", "test", "--ours-from", "activitynet=activitynet_mini",
                     "--ours-from", "charades=charades_mini", "--ours-from", "tacos=tacos_mini"]  # fmt: skip
     inputs = R.plan_inputs(R.stage("tables"), mini)
-    assert len(inputs) == 15 + 3 and "results/tacos_mini/stride2/metrics_test.json" in inputs
+    # per run: metrics, info and train_info (provenance); per baseline: metrics and info
+    assert len(inputs) == 15 * 3 + 3 * 2 and "results/tacos_mini/stride2/metrics_test.json" in inputs
+    assert "results/tacos_mini/stride2/train_info.json" in inputs
 
 
 @pytest.mark.parametrize(

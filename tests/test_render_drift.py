@@ -219,3 +219,57 @@ def test_multi_gpu_training_runs_under_torchrun_in_both_tools(tmp_path: Path) ->
     dvc = _dvc_jobs(tmp_path / "dvc", plan, str(conf))
     assert smk["train@synthetic-fian"][0] == train
     assert dvc["train@synthetic-fian"][0] == train
+
+
+def _two_seeds_config(tmp: Path) -> Path:
+    """The demo's config with `seeds: [0, 1]` and one ablation beside FIAN."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
+    config["seeds"] = [0, 1]
+    config["datasets"]["synthetic"]["variants"] = ["fian", "soft"]
+    conf = tmp / "two-seeds.yaml"
+    conf.write_text(yaml.safe_dump(config))
+    return conf
+
+
+def test_two_seeds_plan_two_train_jobs_per_variant_in_both_tools(tmp_path: Path) -> None:
+    """Issue 16: with `seeds: [0, 1]` Snakemake's dry run, DVC's stages (and `dvc status`) and the
+    registry agree on two train and two evaluate jobs per variant (train.seed from the command
+    line, a run folder and state folder per seed), one aggregate job per variant and one paired
+    comparison of the ablation with FIAN; the tables read the summaries."""
+    conf = _two_seeds_config(tmp_path)
+    plan = load_plan(conf, ROOT)
+    assert plan.seeds == (0, 1)
+    reg = _registry_jobs(plan)
+    (tmp_path / "smk").mkdir()
+    (tmp_path / "dvc").mkdir()
+    smk = _snakemake_jobs(str(conf), tmp_path / "smk", plan)
+    dvc = _dvc_jobs(tmp_path / "dvc", plan, str(conf))
+    assert sorted(smk) == sorted(dvc) == sorted(reg)
+    for job_id, job in reg.items():
+        assert smk[job_id] == dvc[job_id] == job, job_id
+    train = sorted(j for j in reg if j.startswith("train"))
+    assert train == ["train_seed@synthetic-fian-0", "train_seed@synthetic-fian-1",
+                     "train_seed@synthetic-soft-0", "train_seed@synthetic-soft-1"]  # fmt: skip
+    cmd, _, outs = reg["train_seed@synthetic-soft-1"]
+    assert cmd.endswith("--out results/synthetic/soft/seed1 --state state/train/synthetic/soft/seed1 --seed 1")
+    assert "results/synthetic/soft/seed1/checkpoint.pt" in outs
+    assert sorted(j for j in reg if j.startswith("evaluate")) == [
+        f"evaluate_seed@synthetic-{v}-{s}-test" for v in ("fian", "soft") for s in (0, 1)
+    ]
+    assert {j for j in reg if j.startswith(("aggregate", "compare"))} == {
+        "aggregate@synthetic-fian-test", "aggregate@synthetic-soft-test", "compare@synthetic-soft-test"}  # fmt: skip
+    cmd, deps, _ = reg["compare@synthetic-soft-test"]
+    assert {"results/synthetic/fian/seed1/predictions_test.jsonl", "results/synthetic/soft/seed0/predictions_test.jsonl"} <= deps
+    assert " --resamples 2000 " in cmd and " --level 0.95 " in cmd
+    cmd, deps, _ = reg["tables"]
+    assert cmd.endswith("--seeds 0 1") and "results/synthetic/soft/summary_test.json" in deps
+    assert "results/synthetic/soft/compare_fian_test.json" in deps
+    # `dvc status` (as typed) lists every per-seed job
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tmp_path / "dvc", env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert status.returncode == 0, status.stderr[-2000:]
+    listed = set(re.findall(r"^(\S+@\S+):", status.stdout, re.M))
+    assert {f"train_seed@synthetic-{v}-{s}" for v in ("fian", "soft") for s in (0, 1)} <= listed, status.stdout[-3000:]

@@ -3,6 +3,7 @@ run that does nothing, and config/params validation before anything runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -214,6 +215,36 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
     readme("git checkout params.yaml")
     assert (proj / "params.yaml").read_text() == before
     assert sorted(ran) == sorted(RC.e2e()), "README commands this test does not run (or no longer exist)"
+
+    # issue 16 on the same project (its data stages done): two seeds of FIAN, each its own train and
+    # evaluate job, aggregated; the tables in mean ± std (the compare stage on real predictions:
+    # tests/test_train.py::test_two_seeds_through_the_stages; its wiring: tests/test_render_drift.py)
+    _two_seeds_on_the_finished_demo(proj)
+
+
+def _two_seeds_on_the_finished_demo(proj: Path) -> None:
+    config = yaml.safe_load((proj / "workflow/config/default.yaml").read_text())
+    config["seeds"] = [0, 1]
+    config["datasets"]["synthetic"].update(plots=False)
+    (proj / "two-seeds.yaml").write_text(yaml.safe_dump(config))
+    # on 2 cores, the two seeds' jobs side by side (the rules ask for 4 threads)
+    run = _snakemake(proj, "--configfile", "two-seeds.yaml", "--set-threads", "train_seed=1", "evaluate_seed=1")
+    out = run.stdout + run.stderr
+    for rule, n in (("train_seed", 2), ("evaluate_seed", 2), ("aggregate", 1), ("tables", 1)):
+        assert re.search(rf"^{rule} +{n}$", out, re.M), (rule, out[-3000:])
+    assert re.search(r"^\[synthetic/fian seed 1\] epoch 1/1 loss", run.stdout, re.M)
+    summary = json.loads((proj / "results/synthetic/fian/summary_test.json").read_text())
+    r1 = [json.loads((proj / f"results/synthetic/fian/seed{s}/metrics_test.json").read_text())["R@1,IoU=0.5"] for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and summary["metrics"]["R@1,IoU=0.5"]["values"] == {"0": r1[0], "1": r1[1]}
+    assert [r["train"]["seed"] for r in summary["runs"]] == [0, 1]
+    t1 = (proj / "reports/table1.tex").read_text()
+    mean, std = 100 * (r1[0] + r1[1]) / 2, 100 * abs(r1[0] - r1[1]) / 2**0.5
+    assert rf"{mean:.2f}\,{{\scriptsize$\pm$}}\,{std:.2f}" in t1 and "$n = 2$ seeds (0, 1)" in t1
+    assert "FIAN (ours) on synthetic" in (proj / "reports/table1.md").read_text()
+    csv = (proj / "reports/table1.csv").read_text()
+    assert "table1,stand-in,FIAN (ours),synthetic,fian,1," in csv
+    prov = json.loads((proj / "reports/table1.provenance.json").read_text())
+    assert next(r for r in prov["rows"] if r["variant"] == "fian")["seeds"] == [0, 1]
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:

@@ -107,17 +107,31 @@ def test_caption_states_the_protocol_of_our_rows(tmp_path: Path) -> None:
     assert "Protocol of our rows: none run (---)." in render_all(tmp_path, split="test")["table1.tex"]  # ActivityNet
 
 
-def test_stand_in_dataset_is_said_and_bolded_separately(tmp_path: Path) -> None:
+def test_stand_in_rows_are_a_separate_block_named_and_never_bold(tmp_path: Path) -> None:
+    """Issue 19 item 1: rows a reader could take for a reproduction (the synthetic demo beating the
+    paper) are not bold, stand in a block of their own under a line saying so, and name their dataset."""
     _metrics(tmp_path / "synthetic/fian/metrics_test.json", scale=1.0)
     _metrics(tmp_path / "synthetic/prior/metrics_test.json", scale=0.2)
-    tables = render_all(tmp_path, ours_from="synthetic")
+    tables = render_all(tmp_path, ours_from="synthetic", kinds=(".tex", ".md"))
     t1 = tables["table1.tex"]
-    assert "Our rows come from the SYNTHETIC demo dataset, not from ActivityNet Captions" in t1
+    assert r"\textbf{Not a reproduction: our rows come from the SYNTHETIC demo dataset (synthetic), not from ActivityNet Captions}" in t1
     assert r"results/synthetic/<variant>/metrics\_test.json" in t1
     rows = _rows(t1)
     assert rows["FIAN"][0] == r"\textbf{64.10}"  # best of the paper's block
-    assert rows["FIAN (ours)"][0] == r"\textbf{60.00}"  # best of our block (0.9-0.3 = 60 %)
-    assert not rows["Moment prior (ours)"][0].startswith(r"\textbf")
+    assert rows["FIAN (ours) on synthetic"] == ["60.00", "40.00", "20.00", "51.08", "34.05", "17.03"]  # never bold
+    assert rows["Moment prior (ours) on synthetic"][0] == "12.00"
+    body = t1.split(r"\midrule")[2]  # the block after the paper's rows: a line saying what it is, then ours
+    assert body.lstrip().startswith(r"\multicolumn{7}{l}{\emph{Not a reproduction: our runs on synthetic")
+    assert r"\textbf" not in body
+    # the Markdown twin: our rows in a table of their own after the line, none bold; the paper's best bold
+    md = tables["table1.md"]
+    paper_table, ours_table = md.split("**Not a reproduction: our runs on synthetic, a stand-in dataset**")
+    assert "| FIAN | 64.10 | **47.90** |" in paper_table.replace("**64.10**", "64.10")
+    assert "| FIAN (ours) on synthetic | 60.00 | 40.00 |" in ours_table and "**" not in ours_table.split("\n\n")[1]
+    # the same data from the table's own dataset: our rows compete with the paper's (bold), no such line
+    _metrics(tmp_path / "activitynet/fian/metrics_test.json", scale=1.2)
+    own = render_all(tmp_path)["table1.tex"]
+    assert _rows(own)["FIAN (ours)"][0] == r"\textbf{72.00}" and "Not a reproduction" not in own
 
 
 def test_ties_are_all_bold(tmp_path: Path) -> None:
@@ -159,10 +173,14 @@ def test_bad_metrics_file_is_a_clear_error_and_nothing_is_written(
     assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
 
 
-def test_stage_writes_six_files(tmp_path: Path) -> None:
+def test_stage_writes_the_files_the_registry_declares(tmp_path: Path) -> None:
+    from fian_pipeline.registry import TABLE_FILES
+
     _metrics(tmp_path / "results/synthetic/fian/metrics_test.json")
     code = tables_main(
         ["--results", str(tmp_path / "results"), "--out", str(tmp_path / "r"), "--ours-from", "synthetic"]
     )
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [f"table{k}.tex" for k in range(1, 7)]
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == sorted(Path(t).name for t in TABLE_FILES)  # per table: .tex, .md, .csv, .provenance.json
+    assert len(names) == 6 * 4

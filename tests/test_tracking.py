@@ -467,3 +467,31 @@ def test_the_installed_mlflow_ui_still_reads_the_workflow_type_from_the_url() ->
     main = next(js.glob("main.*.js")).read_text(errors="replace")
     assert 'key:"mlflow.workflowType"' in main and 'get("workflowType")' in main
     assert 'MACHINE_LEARNING="machine_learning"' in main and 'GENAI="genai"' in main
+def test_seed_runs_are_named_tagged_and_grouped(tmp_path, monkeypatch, store) -> None:
+    """Issue 16: one seed's job names its run by the seed and tags it; the seeds of one variant share
+    the tag fian.group (the UI's "Group by"); a job without --seed still records train.seed."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from fian_pipeline.provenance import clean_uri, mlflow_ref
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    ids = {}
+    for seed in (0, 1, None):
+        cfg = Config() if seed is None else dataclasses.replace(Config(), train=dataclasses.replace(Config().train, seed=seed))
+        with build_tracker(cfg, stage="train", seed=seed, out=tmp_path / f"run{seed}") as t:
+            ids[seed] = t.run_id
+            ref = mlflow_ref(t)
+        assert ref == {"run_id": t.run_id, "experiment": "fian/synthetic", "tracking_uri": store}
+    client = MlflowClient(store)
+    runs = {s: client.get_run(i) for s, i in ids.items()}
+    assert runs[1].info.run_name.startswith("synthetic/fian/train seed 1 ")
+    assert runs[None].info.run_name.startswith("synthetic/fian/train 2")  # no seed in the name: as before
+    assert [runs[s].data.tags["seed"] for s in (0, 1, None)] == ["0", "1", "0"]
+    assert {runs[s].data.tags["fian.group"] for s in (0, 1, None)} == {"synthetic/fian/train"}
+    found = client.search_runs([runs[0].info.experiment_id], "tags.`fian.group` = 'synthetic/fian/train' and tags.seed = '1'")
+    assert [r.info.run_id for r in found] == [ids[1]]
+    assert clean_uri("http://user:secret@mlflow.example:5000/x") == "http://mlflow.example:5000/x"
+    assert clean_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"

@@ -406,3 +406,62 @@ def test_crafted_checkpoint_runs_nothing_in_evaluate_or_resume(tiny_files, tmp_p
     assert tr.returncode == 1, tr.stderr[-2000:]
     assert f"{out / 'checkpoint.pt'}: refused to load" in tr.stderr, tr.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_two_seeds_through_the_stages(tiny_files) -> None:
+    """Issue 16 on real runs: `--seed` replaces train.seed (another initialisation, recorded in the
+    checkpoint, train_info.json and info_<split>.json with the inputs' sha256); evaluate refuses a
+    checkpoint of another seed; aggregate summarizes the two runs; compare's per-query R@1 from the
+    real predictions files reproduces the metrics files' R@1 (top-1 hits, whatever the NMS)."""
+    import hashlib
+
+    from fian_pipeline import aggregate, compare, evaluate, train
+    from fian_pipeline.common import run_stage
+
+    tmp, params, data, text = tiny_files
+    runs = {0: tmp / "results"}  # seed 0 (params' train.seed): the run of test_train_evaluate_baseline_stages
+    if not (runs[0] / "metrics_test.json").is_file():  # run alone (-k)
+        test_train_evaluate_baseline_stages(tiny_files)
+    for seed in (1,):
+        out = tmp / "seeds" / f"seed{seed}"
+        assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out),
+                           "--seed", str(seed)]) == 0  # fmt: skip
+        args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(out / "checkpoint.pt")]
+        assert evaluate.main([*args, "--split", "test", "--out", str(out), "--seed", str(seed)]) == 0
+        runs[seed] = out
+    ckpt = [load_checkpoint(runs[s] / "checkpoint.pt") for s in (0, 1)]
+    assert [c["config"]["train"]["seed"] for c in ckpt] == [0, 1]
+    differ = [k for k, v in ckpt[0]["model"].items() if not torch.equal(v, ckpt[1]["model"][k])]
+    assert differ  # another initialisation and batch order (the same seed reproduces a run: tests/test_resume.py)
+    prov = json.loads((runs[1] / "train_info.json").read_text())["provenance"]
+    assert prov["seed"] == 1 and prov["mlflow"] is None  # tracking is off in this config
+    assert prov["device"] == {"kind": "cpu", "name": "cpu", "count": 1}
+    assert prov["batch_size"] == {"effective": 8, "per_device": 8}
+    assert prov["inputs_sha256"]["train.h5"] == hashlib.sha256((data / "train.h5").read_bytes()).hexdigest()
+    assert prov["inputs_sha256"]["embeddings.npy"] == hashlib.sha256((text / "embeddings.npy").read_bytes()).hexdigest()
+    assert prov["git_dirty"] in ("true", "false", "unknown") and "features" in prov and "word_vectors" in prov
+    info = json.loads((runs[1] / "info_test.json").read_text())["provenance"]
+    assert info["seed"] == 1 and info["inputs_sha256"]["test.h5"] == hashlib.sha256((data / "test.h5").read_bytes()).hexdigest()
+    # evaluate checks the seed the checkpoint was trained with
+    args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(runs[1] / "checkpoint.pt")]
+    assert run_stage(evaluate.main, [*args, "--split", "test", "--out", str(tmp / "wrong"), "--seed", "0"]) == 1
+    assert not (tmp / "wrong").exists()
+
+    summary = tmp / "seeds" / "summary_test.json"
+    files = {k: [str(runs[s] / f) for s in (0, 1)] for k, f in
+             (("m", "metrics_test.json"), ("i", "info_test.json"), ("t", "train_info.json"))}  # fmt: skip
+    assert aggregate.main(["--metrics", *files["m"], "--info", *files["i"], "--train-info", *files["t"],
+                           "--out", str(summary)]) == 0  # fmt: skip
+    s = json.loads(summary.read_text())
+    r1 = [json.loads((runs[k] / "metrics_test.json").read_text())["R@1,IoU=0.5"] for k in (0, 1)]
+    assert s["seeds"] == [0, 1] and s["metrics"]["R@1,IoU=0.5"]["values"] == {"0": r1[0], "1": r1[1]}
+
+    out = tmp / "seeds" / "compare_fian_test.json"
+    preds = [str(runs[k] / "predictions_test.jsonl") for k in (0, 1)]
+    assert compare.main(["--predictions", *preds, "--info", *files["i"], "--reference", *preds,
+                         "--reference-info", *files["i"], "--out", str(out)]) == 0  # fmt: skip
+    c = json.loads(out.read_text())["metrics"]
+    for name in ("R@1,IoU=0.5", "R@1,IoU=0.7"):
+        per_seed = [json.loads((runs[k] / "metrics_test.json").read_text())[name] for k in (0, 1)]
+        assert c[name]["variant"] == pytest.approx(np.mean(per_seed), abs=1e-9)  # the metrics' own R@1
+        assert (c[name]["difference"], c[name]["low"], c[name]["high"]) == (0.0, 0.0, 0.0)  # itself

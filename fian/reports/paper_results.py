@@ -8,6 +8,7 @@ from pathlib import Path
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 METRIC_RE = re.compile(r"^R@(\d+),IoU=(0\.\d+)$")
+REFERENCE_VARIANT = "fian"  # full FIAN: the row every ablation of Tables 4-6 is compared with (ours and the paper's)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ rule train:
         train_info="results/{dataset}/{variant}/train_info.json",
     log:
         "logs/train/{dataset}-{variant}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "single"),
     conda:
         "../envs/fian.yaml"
     threads: 4
@@ -28,6 +30,34 @@ rule train:
         "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant} --state state/train/{wildcards.dataset}/{wildcards.variant} 2> {log}"
 
 
+rule train_seed:
+    """Train FIAN (one variant): checkpoint.pt, history.csv, train_metrics.json (+ train_info.json); logged to MLflow, one seed (config `seeds:`)."""
+    input:
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
+    output:
+        checkpoint="results/{dataset}/{variant}/seed{seed}/checkpoint.pt",
+        history="results/{dataset}/{variant}/seed{seed}/history.csv",
+        train_metrics=report("results/{dataset}/{variant}/seed{seed}/train_metrics.json", caption="../report/train_metrics.rst", category="Training", subcategory="{dataset}", labels=R.report_labels("train")),
+        train_info="results/{dataset}/{variant}/seed{seed}/train_info.json",
+    log:
+        "logs/train_seed/{dataset}-{variant}-{seed}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 4
+    resources:
+        mem_mb=32000,
+        runtime=720,
+        gpu=R.resources(R.stage("train_seed"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("train_seed", wildcards),
+        launcher=R.launcher(R.stage("train_seed"), PLAN),
+    shell:
+        "{params.launcher} fian_pipeline.train --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --out results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed} --state state/train/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed} --seed {wildcards.seed} 2> {log}"
+
+
 rule evaluate:
     """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU)."""
     input:
@@ -40,6 +70,8 @@ rule evaluate:
         info="results/{dataset}/{variant}/info_{split}.json",
     log:
         "logs/evaluate/{dataset}-{variant}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "single"),
     conda:
         "../envs/fian.yaml"
     threads: 4
@@ -51,6 +83,33 @@ rule evaluate:
         values=lambda wildcards: R.param_values("evaluate", wildcards),
     shell:
         "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
+
+
+rule evaluate_seed:
+    """Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU), one seed (config `seeds:`)."""
+    input:
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
+        checkpoint="results/{dataset}/{variant}/seed{seed}/checkpoint.pt",
+    output:
+        predictions="results/{dataset}/{variant}/seed{seed}/predictions_{split}.jsonl",
+        metrics=report("results/{dataset}/{variant}/seed{seed}/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
+        info="results/{dataset}/{variant}/seed{seed}/info_{split}.json",
+    log:
+        "logs/evaluate_seed/{dataset}-{variant}-{seed}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=R.resources(R.stage("evaluate_seed"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("evaluate_seed", wildcards),
+    shell:
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule baseline:

@@ -16,6 +16,8 @@ rule plots:
         attention=report("reports/figures/{dataset}/{variant}/attention_{split}.png", caption="../report/attention.rst", category="Figures", subcategory="{dataset}", labels={"figure": "attention maps", "run": "{variant}", "split": "{split}"}),
     log:
         "logs/plots/{dataset}-{variant}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "single"),
     conda:
         "../envs/fian.yaml"
     threads: 1
@@ -28,17 +30,108 @@ rule plots:
         "python -m fian_pipeline.plots --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --predictions results/{wildcards.dataset}/{wildcards.variant}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/history.csv --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant} > {log} 2>&1"
 
 
+rule plots_seed:
+    """Figure-6-like timelines (ground truth vs top-1), training curves, attention maps; logged to MLflow, one seed (config `seeds:`)."""
+    input:
+        predictions="results/{dataset}/{variant}/seed{seed}/predictions_{split}.jsonl",
+        history="results/{dataset}/{variant}/seed{seed}/history.csv",
+        checkpoint="results/{dataset}/{variant}/seed{seed}/checkpoint.pt",
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
+    output:
+        timeline=report("reports/figures/{dataset}/{variant}/seed{seed}/timeline_{split}.png", caption="../report/timeline.rst", category="Figures", subcategory="{dataset}", labels={"figure": "timeline", "run": "{variant}", "split": "{split}", "seed": "{seed}"}),
+        training_curves=report("reports/figures/{dataset}/{variant}/seed{seed}/training_curves_{split}.png", caption="../report/training_curves.rst", category="Figures", subcategory="{dataset}", labels={"figure": "training curves", "run": "{variant}", "split": "{split}", "seed": "{seed}"}),
+        attention=report("reports/figures/{dataset}/{variant}/seed{seed}/attention_{split}.png", caption="../report/attention.rst", category="Figures", subcategory="{dataset}", labels={"figure": "attention maps", "run": "{variant}", "split": "{split}", "seed": "{seed}"}),
+    log:
+        "logs/plots_seed/{dataset}-{variant}-{seed}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        values=lambda wildcards: R.param_values("plots_seed", wildcards),
+    shell:
+        "python -m fian_pipeline.plots --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --predictions results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/predictions_{wildcards.split}.jsonl --history results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/history.csv --checkpoint results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/checkpoint.pt --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --split {wildcards.split} --out reports/figures/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed} > {log} 2>&1"
+
+
+rule aggregate:
+    """Gather the seeds of one variant: summary_<split>.json (mean, sample std, min, max, n, every seed's value)."""
+    input:
+        metrics=lambda wildcards: R.seed_inputs(PLAN, "aggregate", "--metrics", wildcards),
+        info=lambda wildcards: R.seed_inputs(PLAN, "aggregate", "--info", wildcards),
+        train_info=lambda wildcards: R.seed_inputs(PLAN, "aggregate", "--train-info", wildcards),
+    output:
+        summary="results/{dataset}/{variant}/summary_{split}.json",
+    log:
+        "logs/aggregate/{dataset}-{variant}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m fian_pipeline.aggregate --metrics {input.metrics} --info {input.info} --train-info {input.train_info} --out results/{wildcards.dataset}/{wildcards.variant}/summary_{wildcards.split}.json > {log} 2>&1"
+
+
+rule compare:
+    """A variant vs fian on the same queries: mean R@1 differences, paired bootstrap intervals (seeds pooled)."""
+    input:
+        predictions=lambda wildcards: R.seed_inputs(PLAN, "compare", "--predictions", wildcards),
+        info=lambda wildcards: R.seed_inputs(PLAN, "compare", "--info", wildcards),
+        reference=lambda wildcards: R.seed_inputs(PLAN, "compare", "--reference", wildcards),
+        reference_info=lambda wildcards: R.seed_inputs(PLAN, "compare", "--reference-info", wildcards),
+    output:
+        compare_fian="results/{dataset}/{variant}/compare_fian_{split}.json",
+    log:
+        "logs/compare/{dataset}-{variant}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m fian_pipeline.compare --metrics R@1,IoU=0.5 R@1,IoU=0.7 --resamples 2000 --level 0.95 --bootstrap-seed 0 --predictions {input.predictions} --info {input.info} --reference {input.reference} --reference-info {input.reference_info} --out results/{wildcards.dataset}/{wildcards.variant}/compare_fian_{wildcards.split}.json > {log} 2>&1"
+
+
 rule tables:
-    """LaTeX Tables 1-6: the paper's numbers (kept as data) beside ours."""
+    """Tables 1-6 (LaTeX, Markdown, per-seed CSV, provenance): the paper's numbers (kept as data) beside ours."""
     input:
         plan=R.plan_inputs(R.stage("tables"), PLAN),
     output:
         table1=report("reports/table1.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 1"}),
+        table1_md="reports/table1.md",
+        table1_csv="reports/table1.csv",
+        table1_provenance="reports/table1.provenance.json",
         table2=report("reports/table2.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 2"}),
+        table2_md="reports/table2.md",
+        table2_csv="reports/table2.csv",
+        table2_provenance="reports/table2.provenance.json",
         table3=report("reports/table3.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 3"}),
+        table3_md="reports/table3.md",
+        table3_csv="reports/table3.csv",
+        table3_provenance="reports/table3.provenance.json",
         table4=report("reports/table4.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 4"}),
+        table4_md="reports/table4.md",
+        table4_csv="reports/table4.csv",
+        table4_provenance="reports/table4.provenance.json",
         table5=report("reports/table5.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 5"}),
+        table5_md="reports/table5.md",
+        table5_csv="reports/table5.csv",
+        table5_provenance="reports/table5.provenance.json",
         table6=report("reports/table6.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 6"}),
+        table6_md="reports/table6.md",
+        table6_csv="reports/table6.csv",
+        table6_provenance="reports/table6.provenance.json",
     log:
         "logs/tables/tables.log",
     conda:
