@@ -25,7 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian_pipeline.common import StageError, interrupt_on_signal, load, override_tags, parser, run_stage, seed_arg
+from fian_pipeline.common import (
+    StageError,
+    interrupt_on_signal,
+    load,
+    override_tags,
+    parser,
+    run_stage,
+    seed_arg,
+)
 
 log = logging.getLogger("fian.evaluate")
 
