@@ -23,4 +23,4 @@ demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m fian_pipeline.demo --cores $(CORES)
 
 lint: install
-	$(VENV)/bin/ruff check fian fian_pipeline tests bench
+	$(VENV)/bin/ruff check fian pipeline tests bench

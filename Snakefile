@@ -1,4 +1,4 @@
-# FIAN pipeline.  The rules live in workflow/rules/*.smk, rendered from fian_pipeline/registry.py
+# FIAN pipeline.  The rules live in workflow/rules/*.smk, rendered from pipeline/registry.py
 # (`fian render`); this file loads and validates the config, resolves the plan and includes them.
 #
 #   snakemake --profile workflow/profiles/local                      # the demo (synthetic)
@@ -15,7 +15,7 @@ min_version("9.0")
 
 
 # `snakemake --report report.html`: this description, then the tables, figures and metrics that the
-# rules mark with report() (captions in workflow/report/*.rst; rendered from fian_pipeline/registry.py)
+# rules mark with report() (captions in workflow/report/*.rst; rendered from pipeline/registry.py)
 report: "workflow/report/workflow.rst"
 
 # one id per workflow invocation (jobs inherit it, SLURM jobs too): their MLflow runs become the

@@ -1,6 +1,6 @@
 """The served model: a request (rows of a table) -> checked inputs -> ranked windows, over
 :class:`fian.predict.Predictor` (issue 18).  No MLflow here: the MLflow pyfunc model
-(``fian_pipeline/pyfunc_model.py``) turns a :class:`RequestError` into HTTP 400 and anything else
+(``pipeline/pyfunc_model.py``) turns a :class:`RequestError` into HTTP 400 and anything else
 into a 500 that says only "internal error" (the traceback stays in the server's log).
 
 Input columns (one row per query): ``query`` and exactly one source of the video,

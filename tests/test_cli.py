@@ -52,7 +52,7 @@ def test_wheel_ships_only_namespaced_packages_and_the_license(tmp_path):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
-    for pkg in ("fian", "fian_pipeline"):
+    for pkg in ("fian", "pipeline"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
@@ -64,3 +64,15 @@ def test_wheel_ships_only_namespaced_packages_and_the_license(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"fian", "fian_pipeline"}, top
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names), names[-10:]
+
+
+def test_the_stage_modules_live_in_pipeline_and_import_as_fian_pipeline():
+    """Issue 19 item 11: the design card's folder ``pipeline/``, the namespaced import name
+    ``fian_pipeline`` (pyproject's package-dir); no second copy under the old folder name."""
+    import fian_pipeline
+
+    assert Path(fian_pipeline.__file__).resolve().parent == ROOT / "pipeline"
+    assert not (ROOT / "fian_pipeline").exists() and not (ROOT / "pipeline.py").exists()
+    r = subprocess.run([sys.executable, "-m", "fian_pipeline.cli", "--help"], capture_output=True, text=True,
+                       cwd=ROOT.parent, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "python -m fian_pipeline.<stage>" in r.stdout, r.stderr[-500:]

@@ -43,7 +43,7 @@ def test_eta_is_the_epochs_left_times_the_mean_steady_epoch() -> None:
 
 def test_only_train_talks_to_the_console() -> None:
     assert [s.name for s in STAGES if s.console] == ["train", "train_seed"]  # one run, or one per seed
-    assert re.search(r"print_epoch\(cfg, \w+, eta_s=\w+, seed=args\.seed\)", (Path(__file__).resolve().parents[1] / "fian_pipeline/train.py").read_text())
+    assert re.search(r"print_epoch\(cfg, \w+, eta_s=\w+, seed=args\.seed\)", (Path(__file__).resolve().parents[1] / "pipeline/train.py").read_text())
 
 
 def test_a_seeds_job_says_its_seed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,7 +46,7 @@ def _help(module: str) -> str:
 def test_stage_cli_accepts_registry_flags(stage: R.Stage) -> None:
     """Every flag the registry puts on a command line exists in that stage's parser."""
     if importlib.util.find_spec(f"fian_pipeline.{stage.module}") is None:
-        pytest.skip(f"fian_pipeline/{stage.module}.py not written yet")
+        pytest.skip(f"pipeline/{stage.module}.py not written yet")
     text = _help(stage.module)
     flags = [a.flag for a in stage.args] + [f for f in stage.fixed if f.startswith("--")]
     if stage.layers:

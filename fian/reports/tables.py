@@ -25,7 +25,7 @@ Beside ``table<k>.tex``: ``table<k>.md`` (the same table for READMEs and GitHub)
 (one line per value: the paper's, and every seed's of ours) and ``table<k>.provenance.json`` (per
 "(ours)" row, whose cells all come from the same runs: the MLflow runs, commit and dirty flag,
 sha256 of the feature and word-vector files with their sources, seeds, device kind and count,
-effective batch size, protocol; fian_pipeline/provenance.py writes them at train/evaluate time).
+effective batch size, protocol; pipeline/provenance.py writes them at train/evaluate time).
 
 Reusable pieces for other tables: :func:`cell_text` (the values of n seeds -> one cell),
 :func:`collect_ours` / :class:`OurRow` (a run's values and provenance), :func:`csv_lines`.

@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     diffs = check(rendered_files(DEFAULT_CONFIG, root), root)
     if diffs:
         print(
-            "warning: workflow/rules/*.smk or dvc.yaml differ from fian_pipeline/registry.py or from the keys the "
+            "warning: workflow/rules/*.smk or dvc.yaml differ from pipeline/registry.py or from the keys the "
             "params files hold (dvc.yaml tracks each key under its file); run `fian render`",
             file=sys.stderr,
         )

@@ -11,7 +11,7 @@ features, base64), or, only on a server started with ``predict.path_root``, ``vi
 
 The train stage logs it as ``<dataset>-<variant>`` (a logged model of the train run, registered in
 the model registry under that name; alias ``best``: the version whose training run has the best
-validation score, :data:`BEST_ALIAS`), "from code" (``fian_pipeline/pyfunc_model.py``, no pickled
+validation score, :data:`BEST_ALIAS`), "from code" (``pipeline/pyfunc_model.py``, no pickled
 object) with the checkpoint as its one artifact and the ``fian`` package as its code: it loads
 without this checkout and needs only the third-party packages of its requirements.  Its
 ``model_config`` holds ``device``, ``backbone_weights`` (None) and ``predict`` (the limits), all

@@ -12,7 +12,7 @@ dataset without a split list, when the file exists); writes ``checkpoint.pt`` (a
 atomically), ``history.csv`` (one row per epoch), ``train_metrics.json`` (the best epoch's
 validation metrics as fractions: numbers only, for DVC) and ``train_info.json`` (unit, best_by,
 the evaluation protocol, and ``provenance``: seed, MLflow run, commit, device, batch, input hashes
-and sources; fian_pipeline/provenance.py).
+and sources; pipeline/provenance.py).
 
 ``--seed N`` (a workflow config with ``seeds:``, one job per seed) replaces params' ``train.seed``
 for this run: the initial weights, the batch order and the run key follow it, and the MLflow run

@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command -> module of fian_pipeline/ (the stage modules of the registry, plus the tools)
+# command -> module of pipeline/ (the stage modules of the registry, plus the tools)
 TOOLS = {"render": "render", "demo": "demo", "params": "params", "predict": "predict",
          "plots-template": "plots_template"}
 
