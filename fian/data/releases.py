@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,204 @@ def _write_features(ds: SyntheticDataset, ids: Mapping[str, str], features_dir: 
                 f.create_group(ids[v.video_id]).create_dataset("c3d_features", data=v.features)
             else:
                 f.create_dataset(ids[v.video_id], data=v.features)
+
+
+# --------------------------------------------------------------------------------------------
+# Full-size releases (issue 21): the real annotation files, synthetic features of the real shapes
+# --------------------------------------------------------------------------------------------
+#
+# The annotation files are the real ones (copied, or at ``scale < 1`` cut to the first videos of
+# each file); the feature files are random values laid out as the released files are:
+#
+# activitynet  sub_activitynet_v1-3.c3d.hdf5: one group per video id, dataset ``c3d_features``
+#              [n, 500] float64 (the PCA output; public readers cast it with ``.astype(float32)``),
+#              contiguous (h5py's default, no filter); one row per 8 frames (16-frame C3D clips,
+#              stride 8: activity-net.org challenge 2016), at 29.97 fps (the annotations carry no
+#              frame rate; YouTube's usual rate) -> n = floor(duration * 29.97 / 8).  The real
+#              file also holds ~5k ActivityNet v1.3 videos that no caption uses: not written (the
+#              import never reads them; they add ~9 GB to the download only).
+# tacos        tall_c3d_features.hdf5: one dataset per id (``sNN-dNN.avi``) [n, 4096] float32,
+#              gzip (h5py's automatic chunks), as 2D-TAN's data/TACoS/merge_npys_to_hdf5.py writes
+#              it: 64-frame windows every 64 // 5 = 12 frames -> n = (num_frames - 64) // 12 + 1.
+# charades     one ``<vid>.npy`` [n, 1024] float32 per video (LGI's I3D release): one row per 8
+#              frames at 24 fps (the Charades frames I3D was run on) -> n = floor(length * 3).
+#
+# GloVe 840B: 2,196,017 lines ``word v1 ... v300`` (values with 5 significant digits, as 840B
+# prints them), the annotation words at spread-out lines, filler words elsewhere, one word with
+# spaces (840B's ``. . .``).
+
+FULL_FEATURES: dict[str, dict[str, Any]] = {
+    "activitynet": {"file": ACTIVITYNET_FEATURES, "dim": 500, "dtype": "<f8", "compression": None},
+    "tacos": {"file": TACOS_FEATURES, "dim": 4096, "dtype": "<f4", "compression": "gzip"},
+    "charades": {"file": None, "dim": 1024, "dtype": "<f4", "compression": None},
+}
+ACTIVITYNET_FPS = 29.97  # frames per second assumed for ActivityNet's YouTube videos
+ACTIVITYNET_STRIDE = 8  # frames per C3D feature row (challenge 2016 release)
+TACOS_WINDOW, TACOS_STRIDE = 64, 64 // 5  # 2D-TAN merge_npys_to_hdf5.py(sampling_rate=64)
+CHARADES_ROWS_PER_SECOND = 24 / 8  # I3D every 8 frames of 24 fps frames
+GLOVE_840B_LINES = 2_196_017
+GLOVE_840B_BYTES = 5_646_236_541  # size of glove.840B.300d.txt (for the report; not enforced)
+_POOL_ROWS = 4096  # random feature rows reused cyclically (values are random anyway)
+_GLOVE_POOL = 1024  # distinct filler vectors
+
+
+def _full_split_files(fmt: str, splits: Mapping[str, Sequence[str]]) -> list[str]:
+    """Annotation files of every split (Charades: the .txt and the .csv of each)."""
+    files: list[str] = []
+    for split in splits:
+        ann, csv_file = _split_files(splits, split, fmt)
+        files += [ann] + ([csv_file] if csv_file else [])
+    return files
+
+
+def _keep(n: int, scale: float) -> int:
+    return max(1, int(n * scale))
+
+
+def _read_release(src: Path, fmt: str, splits: Mapping[str, Sequence[str]], scale: float
+                  ) -> tuple[dict[str, str], dict[str, float], list[str]]:
+    """Copy plan of the annotation files: ``{file: new content}`` ({} at scale 1: copied as they
+    are), ``{video id: rows of features}`` and every sentence.  Cut to the first videos of each
+    file at ``scale < 1``."""
+    contents: dict[str, str] = {}
+    rows: dict[str, float] = {}
+    sentences: list[str] = []
+    for split in splits:
+        ann, csv_file = _split_files(splits, split, fmt)
+        if fmt in ("activitynet", "tacos"):
+            data = json.loads((src / ann).read_text())
+            keep = list(data)[: _keep(len(data), scale)]
+            for vid in keep:
+                v = data[vid]
+                sentences += [str(s) for s in v["sentences"]]
+                if fmt == "activitynet":
+                    rows[vid] = float(v["duration"]) * ACTIVITYNET_FPS / ACTIVITYNET_STRIDE
+                else:
+                    rows[vid] = (int(v["num_frames"]) - TACOS_WINDOW) // TACOS_STRIDE + 1
+            if scale < 1:
+                contents[ann] = json.dumps({vid: data[vid] for vid in keep}) + "\n"
+            continue
+        assert csv_file is not None
+        lines = (src / ann).read_text().splitlines()
+        ids = list(dict.fromkeys(line.split(" ", 1)[0] for line in lines if line.strip()))
+        ids = ids[: _keep(len(ids), scale)]
+        wanted = set(ids)
+        kept = [line for line in lines if line.split(" ", 1)[0] in wanted]
+        sentences += [line.split("##", 1)[1] for line in kept if "##" in line]
+        with open(src / csv_file, newline="") as f:
+            lengths = {r["id"]: float(r["length"]) for r in csv.DictReader(f) if r["id"] in wanted}
+        for vid in ids:
+            rows[vid] = lengths.get(vid, 30.0) * CHARADES_ROWS_PER_SECOND  # an id without a length: the parser says so
+        if scale < 1:
+            contents[ann] = "\n".join(kept) + "\n"
+    return contents, rows, sentences
+
+
+def write_full_release(src: str | Path, annotations_dir: str | Path, features_dir: str | Path, *, fmt: str,
+                       splits: Mapping[str, Sequence[str]], scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Write the release of ``fmt`` at its real size (section comment above): the real annotation
+    files of ``src`` (the files ``splits`` names) copied to ``annotations_dir``, random features of
+    the real layout, dtype, rate and chunking in ``features_dir``.
+
+    ``scale`` (0 < scale <= 1) keeps the first ``scale`` of each file's videos and ``scale`` of each
+    video's rows (at least one of each): the same code path at a test's size.  Returns a summary
+    (videos, rows, bytes of features, the sentences' count); deterministic from ``seed``.
+    """
+    import shutil
+
+    if fmt not in FULL_FEATURES:
+        raise ReleaseSpecError(f"dataset.format: no full-size writer for {fmt!r}; known: {sorted(FULL_FEATURES)}")
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    src, annotations_dir, features_dir = Path(src), Path(annotations_dir), Path(features_dir)
+    for name in _full_split_files(fmt, splits):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src / name}: annotation file of the {fmt} release not found")
+    contents, rows_f, sentences = _read_release(src, fmt, splits, scale)
+    for name in _full_split_files(fmt, splits):
+        if name in contents:
+            write_text(annotations_dir / name, contents[name])
+        else:
+            with atomic_path(annotations_dir / name) as tmp:
+                shutil.copyfile(src / name, tmp)
+    spec = FULL_FEATURES[fmt]
+    rows = {vid: max(1, int(r * scale)) for vid, r in rows_f.items()}
+    rng = np.random.default_rng([seed, 21])
+    pool = rng.standard_normal((_POOL_ROWS, spec["dim"])).astype(spec["dtype"])  # [P, D]
+
+    def features(n: int) -> np.ndarray:  # [n, D]: a cyclic run of the pool from a random row
+        start = int(rng.integers(_POOL_ROWS))
+        return np.take(pool, np.arange(start, start + n), axis=0, mode="wrap")
+
+    features_dir.mkdir(parents=True, exist_ok=True)
+    if spec["file"] is None:  # one .npy per video
+        for vid, n in rows.items():
+            with atomic_path(features_dir / f"{vid}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, features(n), allow_pickle=False)
+        write_json(features_dir / "SYNTHETIC.json", {"synthetic": True, "source": "fian.data.releases.write_full_release"})
+    else:
+        import h5py
+
+        with atomic_path(features_dir / spec["file"]) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["synthetic"] = True
+            f.attrs["source"] = "fian.data.releases.write_full_release (generated; not real video features)"
+            for vid, n in rows.items():
+                if fmt == "activitynet":
+                    f.create_group(vid).create_dataset("c3d_features", data=features(n))
+                else:
+                    f.create_dataset(vid, data=features(n), compression=spec["compression"])
+    total = sum(rows.values())
+    return {"synthetic_features": True, "release": fmt, "scale": scale, "videos": len(rows), "rows": total,
+            "feature_dim": spec["dim"], "dtype": spec["dtype"], "sentences": len(sentences),
+            "feature_bytes_raw": total * spec["dim"] * np.dtype(spec["dtype"]).itemsize}
+
+
+def release_sentences(src: str | Path, fmt: str, splits: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every sentence of the release's annotation files in ``src`` (for the GloVe-shaped file)."""
+    return _read_release(Path(src), fmt, splits, 1.0)[2]
+
+
+def write_glove_like(path: str | Path, words: Sequence[str], *, lines: int = GLOVE_840B_LINES, dim: int = 300,
+                     seed: int = 0) -> dict[str, Any]:
+    """A word-vector text file of glove.840B.300d's shape: ``lines`` lines of a word and ``dim``
+    values (5 significant digits).  ``words`` (each once) sit at random lines spread over the whole
+    file with vectors of their own; the other lines are filler words (``<n>filler``, never one of
+    ``words``) with vectors from a pool; line ``lines // 2`` is ``. . .`` (a word with spaces, as in
+    840B).  Written in blocks of lines (no per-value Python formatting), atomically."""
+    words = list(dict.fromkeys(words))
+    clash = [w for w in words if re.fullmatch(r"[0-9]+filler", w) or w == ". . ."]
+    if clash:
+        raise ValueError(f"words {clash[:5]} look like the filler lines' words")
+    if len(words) + 1 > lines:
+        raise ValueError(f"{len(words)} words and '. . .' do not fit in {lines} lines")
+    rng = np.random.default_rng([seed, 840])
+
+    def bodies(n: int) -> list[str]:  # n vectors as text: " v1 ... vdim"
+        values = rng.normal(0.0, 0.35, size=(n, dim))
+        buf = io.StringIO()
+        np.savetxt(buf, values, fmt="%.5g", delimiter=" ")
+        return [" " + b for b in buf.getvalue().splitlines()]
+
+    spaced = lines // 2
+    slots = np.setdiff1d(np.arange(lines), [spaced])
+    at = np.sort(rng.choice(slots, size=len(words), replace=False))
+    order = rng.permutation(len(words))  # which word sits at each chosen line
+    own = bodies(len(words))
+    pool = bodies(_GLOVE_POOL)
+    word_at = dict(zip(at.tolist(), (words[i] for i in order), strict=True))
+    body_at = dict(zip(at.tolist(), (own[i] for i in order), strict=True))
+    block = 20_000
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for s in range(0, lines, block):
+            out = []
+            for n in range(s, min(s + block, lines)):
+                w = word_at.get(n)
+                if w is not None:
+                    out.append(f"{w}{body_at[n]}\n")
+                elif n == spaced:
+                    out.append(f". . .{pool[n % _GLOVE_POOL]}\n")
+                else:
+                    out.append(f"{n}filler{pool[n % _GLOVE_POOL]}\n")
+            f.write("".join(out))
+    return {"lines": lines, "dim": dim, "words": len(words), "bytes": Path(path).stat().st_size,
+            "spaced_line": spaced + 1}
