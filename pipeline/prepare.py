@@ -92,23 +92,13 @@ def plan_split(
     return df, encode_sentences(kept, vocab, max_len, lower), counts
 
 
-def build_split(df: Any, encoded: tuple[np.ndarray, np.ndarray], store: Any, cfg: Any) -> Any:
-    """The :class:`GroundingSplit` of one planned split (downsampling every referenced video)."""
-    from fian.data.dataset import GroundingSplit
-    from fian.data.features import downsample
+# videos per block written to a split file: about this many bytes of downsampled features at once
+BLOCK_BYTES = 64 << 20
 
-    T = cfg.features.num_steps
-    words, word_len = encoded  # [Q, n_q] 0-padded, [Q]
-    video_ids = sorted(df["video_id"].unique())
-    row_of = {v: i for i, v in enumerate(video_ids)}
-    video = np.empty((len(video_ids), T, store.feature_dim), dtype=np.float32)  # [n_videos, T, D]
-    video_mask = np.empty((len(video_ids), T), dtype=bool)  # [n_videos, T]
-    for i, vid in enumerate(video_ids):
-        video[i], video_mask[i] = downsample(store.get(vid), T, cfg.features.shorter)
-    records = df[[c for c in RECORD_COLUMNS if c in df.columns]].copy()
-    if "source" not in records:
-        records["source"] = ""
-    attrs = {
+
+def split_attrs(store: Any, cfg: Any) -> dict[str, Any]:
+    """The provenance a split file carries (file attr ``attrs_json``)."""
+    return {
         "dataset": cfg.dataset.name,
         "backbone": str(store.attrs.get("backbone", "")),
         "random_weights": bool(store.attrs.get("random_weights", False)),
@@ -119,10 +109,38 @@ def build_split(df: Any, encoded: tuple[np.ndarray, np.ndarray], store: Any, cfg
         # that the train stage puts into the checkpoint (fian.predict.feature_recipe)
         "feature_store_attrs": {k: v for k, v in store.attrs.items()},
     }
-    return GroundingSplit.from_arrays(
-        video, df["video_id"].map(row_of).to_numpy(), words, word_len,
-        df[["start", "end"]].to_numpy(np.float32), df["duration"].to_numpy(np.float32),
-        records=records, num_steps=T, video_mask=video_mask, video_ids=video_ids, attrs=attrs,
+
+
+def write_prepared_split(df: Any, encoded: tuple[np.ndarray, np.ndarray], store: Any, cfg: Any, path: Path) -> None:
+    """Write the split file of one planned split (fian.data.dataset.write_split), downsampling the
+    referenced videos block by block (:data:`BLOCK_BYTES`): memory stays one block whatever the
+    split's size (ActivityNet's train split holds 4 GB of downsampled features)."""
+    from fian.data.dataset import write_split
+    from fian.data.features import downsample
+
+    T, D = cfg.features.num_steps, store.feature_dim
+    words, word_len = encoded  # [Q, n_q] 0-padded, [Q]
+    video_ids = sorted(df["video_id"].unique())
+    row_of = {v: i for i, v in enumerate(video_ids)}
+    per_block = max(1, BLOCK_BYTES // (T * D * 4))
+
+    def blocks():
+        for s in range(0, len(video_ids), per_block):
+            ids = video_ids[s : s + per_block]
+            video = np.empty((len(ids), T, D), dtype=np.float32)  # [k, T, D]
+            video_mask = np.empty((len(ids), T), dtype=bool)  # [k, T]
+            for i, vid in enumerate(ids):
+                video[i], video_mask[i] = downsample(store.get(vid), T, cfg.features.shorter)
+            yield video, video_mask
+
+    records = df[[c for c in RECORD_COLUMNS if c in df.columns]].copy()
+    if "source" not in records:
+        records["source"] = ""
+    write_split(
+        path, blocks(), n_videos=len(video_ids), num_steps=T, feature_dim=D, video_ids=video_ids,
+        video_index=df["video_id"].map(row_of).to_numpy(), words=words, word_len=word_len,
+        gt=df[["start", "end"]].to_numpy(np.float32), duration=df["duration"].to_numpy(np.float32),
+        records=records.reset_index(drop=True), attrs=split_attrs(store, cfg), where=str(path),
     )  # fmt: skip
 
 
@@ -169,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "splits": {},
         }
         for name, (df, tok, c) in plans.items():
-            split = build_split(df, tok, store, cfg)
-            split.save(args.out / f"{name}.h5")
+            write_prepared_split(df, tok, store, cfg, args.out / f"{name}.h5")
             counts["splits"][name] = c
             log.info(
                 "%s: %d queries, %d videos -> %s",

@@ -169,3 +169,37 @@ def test_load_embeddings(tmp_path: Path) -> None:
         load_embeddings(tmp_path)
     with pytest.raises(FileNotFoundError, match="embeddings.npy"):
         load_embeddings(tmp_path / "nothing")
+
+
+def _write_blocks(s: GroundingSplit, path: Path, blocks: list) -> None:
+    from fian.data.dataset import write_split
+
+    write_split(path, blocks, n_videos=N_VIDEOS, num_steps=T, feature_dim=D, video_ids=s.video_ids,
+                video_index=s.video_index, words=s.words, word_len=s.word_len, gt=s.gt, duration=s.duration,
+                records=s.records, attrs=s.attrs, where=str(path))  # fmt: skip
+
+
+def test_write_split_streams_blocks_and_refuses_bad_ones(tmp_path: Path) -> None:
+    """Videos written block by block (the prepare stage) give the file save() writes in one go; a
+    block with NaN, too few or too many rows, or a wrong shape raises naming the file, leaving nothing."""
+    s = _split()
+    v, m = s.video.numpy(), s.video_mask.numpy()
+    _write_blocks(s, tmp_path / "blocks.h5", [(v[:2], m[:2]), (v[2:3], m[2:3]), (v[3:], m[3:])])
+    r = GroundingSplit.load(tmp_path / "blocks.h5")
+    for key in ("video", "video_mask", "video_index", "words", "word_len", "gt", "duration", "rows"):
+        assert torch.equal(getattr(s, key), getattr(r, key)), key
+    pd.testing.assert_frame_equal(s.records, r.records)
+    assert (r.video_ids, r.attrs) == (s.video_ids, s.attrs)
+    bad = v.copy()
+    bad[4, 1, 2] = np.nan
+    cases = [
+        ([(v[:2], m[:2]), (bad[2:], m[2:])], "non-finite"),
+        ([(v[:4], m[:4])], "4 rows written, 5 expected"),
+        ([(v, m), (v[:1], m[:1])], "does not fit"),
+        ([(v[:, :, :2], m)], "does not fit"),
+        ([(v, m[:, :3])], "does not fit"),
+    ]
+    for blocks, match in cases:
+        with pytest.raises(SplitError, match=match):
+            _write_blocks(s, tmp_path / "bad.h5", blocks)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.h5"], match

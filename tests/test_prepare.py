@@ -45,7 +45,12 @@ def built(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict[str
     # the text stage's coverage.json: "the" (in the vocabulary) has no word vector: "the the" is all-OOV
     (p["text"] / "coverage.json").write_text(json.dumps({"oov_words": ["the"], "fallback": True}))
     argv = [*params, "--annotations", str(p["ann"]), "--features", str(p["store"]), "--text", str(p["text"])]
-    assert prepare.main([*argv, "--out", str(p["out"])]) == 0
+    block_bytes = prepare.BLOCK_BYTES
+    prepare.BLOCK_BYTES = 3 * 64 * 64 * 4  # blocks of 3 videos (T = D = 64): the streamed writes, a short last block
+    try:
+        assert prepare.main([*argv, "--out", str(p["out"])]) == 0
+    finally:
+        prepare.BLOCK_BYTES = block_bytes
     p["argv"] = argv  # type: ignore[assignment]
     return p
 

@@ -21,7 +21,7 @@ split lives on (:meth:`GroundingSplit.to`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,106 @@ def _t(x: Any, dtype: torch.dtype) -> torch.Tensor:
     if not a.flags.writeable:  # torch wants writable memory (pandas / h5py may hand out read-only views)
         a = a.copy()
     return torch.as_tensor(a, dtype=dtype)
+
+
+def _query_fields(video_index: Any, words: Any, word_len: Any, gt: Any, duration: Any, n_videos: int,
+                  where: str) -> tuple[torch.Tensor, ...]:
+    """The per-query arrays as tensors ``(video_index, words, word_len, gt, duration)``, checked
+    (shapes, index range, 1..n_q words, positive durations); :class:`SplitError` names ``where``."""
+    vi = _t(video_index, torch.long)
+    w = _t(words, torch.long)
+    wl = _t(word_len, torch.long)
+    g = _t(gt, torch.float32)
+    d = _t(duration, torch.float32)
+    Q = vi.shape[0]
+    checks = [
+        ("video_index", vi.ndim == 1),
+        ("words", w.ndim == 2 and w.shape[0] == Q),
+        ("word_len", tuple(wl.shape) == (Q,)),
+        ("gt", tuple(g.shape) == (Q, 2)),
+        ("duration", tuple(d.shape) == (Q,)),
+    ]
+    for key, ok in checks:
+        if not ok:
+            raise SplitError(f"{where}: {key}: inconsistent shape (Q={Q}, n_videos={n_videos})")
+    if Q and (int(vi.min()) < 0 or int(vi.max()) >= n_videos):
+        raise SplitError(f"{where}: video_index: values must be in [0, {n_videos})")
+    if Q and (int(wl.min()) < 1 or int(wl.max()) > w.shape[1]):
+        raise SplitError(f"{where}: word_len: every query needs 1..{w.shape[1]} words")
+    if Q and not bool((d > 0).all()):
+        raise SplitError(f"{where}: duration: row {int((d <= 0).nonzero()[0, 0])} is not positive")
+    return vi, w, wl, g, d
+
+
+def write_split(
+    path: str | Path,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_videos: int,
+    num_steps: int,
+    feature_dim: int,
+    video_ids: Sequence[str],
+    video_index: Any,
+    words: Any,
+    word_len: Any,
+    gt: Any,
+    duration: Any,
+    records: pd.DataFrame,
+    attrs: Mapping[str, Any],
+    rows: Any | None = None,
+    where: str = "write_split",
+) -> None:
+    """Write a split file (module docstring) atomically, its videos streamed: ``blocks`` yields
+    ``(video [k, T, D] float32, video_mask [k, T] bool)`` in row order, ``n_videos`` rows in all, so
+    that no more than one block is ever held (the prepare stage at ActivityNet's size: 4 GB of
+    train features).  Every check of :meth:`GroundingSplit.from_arrays` applies (a non-finite
+    feature or a wrong count of rows raises :class:`SplitError` naming ``where``; nothing is left at
+    ``path``)."""
+    import h5py
+
+    vi, w, wl, g, d = _query_fields(video_index, words, word_len, gt, duration, n_videos, where)
+    Q = vi.shape[0]
+    ids = [str(x) for x in video_ids]
+    if len(ids) != n_videos:
+        raise SplitError(f"{where}: video_ids: {len(ids)} ids for {n_videos} videos")
+    if len(records) != Q:
+        raise SplitError(f"{where}: records: {len(records)} rows for {Q} queries")
+    r = torch.arange(Q, dtype=torch.long) if rows is None else _t(rows, torch.long)
+    if tuple(r.shape) != (Q,):
+        raise SplitError(f"{where}: rows: {tuple(r.shape)} for {Q} queries")
+    T, D = int(num_steps), int(feature_dim)
+    str_dt = h5py.string_dtype("utf-8")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["num_steps"] = T
+        f.attrs["feature_dim"] = D
+        f.attrs["attrs_json"] = json.dumps(dict(attrs), sort_keys=True, default=str)
+        video = f.create_dataset("video", shape=(n_videos, T, D), dtype=np.float32)
+        mask = f.create_dataset("video_mask", shape=(n_videos, T), dtype=bool)
+        at = 0
+        for v, m in blocks:
+            v, m = np.asarray(v, dtype=np.float32), np.asarray(m, dtype=bool)
+            k = v.shape[0] if v.ndim == 3 else -1
+            if v.shape[1:] != (T, D) or m.shape != (k, T) or at + k > n_videos:
+                raise SplitError(f"{where}: video rows {at}..: block of shape {v.shape} / mask {m.shape} does not fit "
+                                 f"[{n_videos}, {T}, {D}]")  # fmt: skip
+            if not np.isfinite(v).all():
+                raise SplitError(f"{where}: video: non-finite features")
+            video[at : at + k] = v
+            mask[at : at + k] = m
+            at += k
+        if at != n_videos:
+            raise SplitError(f"{where}: video: {at} rows written, {n_videos} expected")
+        f.create_dataset("video_ids", data=np.array(ids, dtype=object), dtype=str_dt)
+        for key, value in (("video_index", vi), ("words", w), ("word_len", wl), ("gt", g), ("duration", d), ("rows", r)):
+            f.create_dataset(key, data=value.cpu().numpy())
+        grp = f.create_group("records")
+        for col in records.columns:
+            values = records[col].to_numpy()
+            if values.dtype.kind in "biuf":
+                grp.create_dataset(str(col), data=values)
+            else:
+                grp.create_dataset(str(col), data=np.array([str(x) for x in values], dtype=object), dtype=str_dt)
 
 
 class GroundingSplit:
@@ -117,29 +217,10 @@ class GroundingSplit:
         if num_steps != T:
             raise SplitError(f"{where}: num_steps={num_steps} but video has T={T} steps")
         vm = torch.ones(n_videos, T, dtype=torch.bool) if video_mask is None else _t(video_mask, torch.bool)
-        vi = _t(video_index, torch.long)
-        w = _t(words, torch.long)
-        wl = _t(word_len, torch.long)
-        g = _t(gt, torch.float32)
-        d = _t(duration, torch.float32)
+        vi, w, wl, g, d = _query_fields(video_index, words, word_len, gt, duration, n_videos, where)
+        if tuple(vm.shape) != (n_videos, T):
+            raise SplitError(f"{where}: video_mask: inconsistent shape (Q={vi.shape[0]}, n_videos={n_videos}, T={T})")
         Q = vi.shape[0]
-        checks = [
-            ("video_mask", tuple(vm.shape) == (n_videos, T)),
-            ("video_index", vi.ndim == 1),
-            ("words", w.ndim == 2 and w.shape[0] == Q),
-            ("word_len", tuple(wl.shape) == (Q,)),
-            ("gt", tuple(g.shape) == (Q, 2)),
-            ("duration", tuple(d.shape) == (Q,)),
-        ]
-        for key, ok in checks:
-            if not ok:
-                raise SplitError(f"{where}: {key}: inconsistent shape (Q={Q}, n_videos={n_videos}, T={T})")
-        if Q and (int(vi.min()) < 0 or int(vi.max()) >= n_videos):
-            raise SplitError(f"{where}: video_index: values must be in [0, {n_videos})")
-        if Q and (int(wl.min()) < 1 or int(wl.max()) > w.shape[1]):
-            raise SplitError(f"{where}: word_len: every query needs 1..{w.shape[1]} words")
-        if Q and not bool((d > 0).all()):
-            raise SplitError(f"{where}: duration: row {int((d <= 0).nonzero()[0, 0])} is not positive")
         if not torch.isfinite(v).all():
             raise SplitError(f"{where}: video: non-finite features")
         ids = [str(i) for i in range(n_videos)] if video_ids is None else [str(x) for x in video_ids]
@@ -171,30 +252,13 @@ class GroundingSplit:
 
     # ------------------------------------------------------------------------------- file I/O
     def save(self, path: str | Path) -> None:
-        """Write the split as one HDF5 file, atomically."""
-        import h5py
-
-        path = Path(path)
-        str_dt = h5py.string_dtype("utf-8")
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["num_steps"] = self.num_steps
-            f.attrs["feature_dim"] = int(self.video.shape[2])
-            f.attrs["attrs_json"] = json.dumps(self.attrs, sort_keys=True, default=str)
-            f.create_dataset("video", data=self.video.cpu().numpy())
-            f.create_dataset("video_mask", data=self.video_mask.cpu().numpy())
-            f.create_dataset("video_ids", data=np.array(self.video_ids, dtype=object), dtype=str_dt)
-            for key in ("video_index", "words", "word_len", "gt", "duration", "rows"):
-                f.create_dataset(key, data=getattr(self, key).cpu().numpy())
-            g = f.create_group("records")
-            for col in self.records.columns:
-                values = self.records[col].to_numpy()
-                if values.dtype.kind in "biuf":
-                    g.create_dataset(str(col), data=values)
-                else:
-                    g.create_dataset(
-                        str(col), data=np.array([str(x) for x in values], dtype=object), dtype=str_dt
-                    )
+        """Write the split as one HDF5 file, atomically (:func:`write_split`)."""
+        write_split(
+            path, [(self.video.cpu().numpy(), self.video_mask.cpu().numpy())], n_videos=int(self.video.shape[0]),
+            num_steps=self.num_steps, feature_dim=int(self.video.shape[2]), video_ids=self.video_ids,
+            video_index=self.video_index, words=self.words, word_len=self.word_len, gt=self.gt,
+            duration=self.duration, records=self.records, attrs=self.attrs, rows=self.rows, where=str(path),
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> GroundingSplit:
