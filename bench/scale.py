@@ -40,10 +40,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ANNOTATIONS = ROOT.parent / "shared" / "data" / "annotations"
+ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or ROOT.parent / "shared" / "data" / "annotations")
 # dataset -> folder of its real annotation files under ANNOTATIONS
 SOURCES = {"activitynet": "activitynet", "tacos": "tacos", "charades": "charades-sta"}
-STAGES = ("annotations", "features", "text", "prepare")
+STAGES = ("annotations", "features", "text", "prepare")  # the data phase; `run --stages glove_scan` times the scan alone
 GLOVE = "raw/glove/glove.840B.300d.txt"
 # the shim: run one stage module as __main__, then save /proc/self/io (argv: io file, module, args...)
 SHIM = (
@@ -112,6 +112,8 @@ def stage_command(stage: str, d: str, data: Path) -> tuple[list[str], Path]:
         return [*common, "--raw", str(raw / "features"), "--annotations", str(ann), "--out", str(store)], store
     if stage == "text":
         return [*common, "--annotations", str(ann), "--glove", str(data / GLOVE), "--out", str(text)], text
+    if stage == "glove_scan":  # a module of its own: the scan alone, with the text stage's vocabulary
+        return ["glove-scan", "--glove", str(data / GLOVE), "--vocab", str(text / "vocab.json")], text / "vocab.json"
     if stage == "prepare":
         return [*common, "--annotations", str(ann), "--features", str(store), "--text", str(text),
                 "--out", str(processed)], processed  # fmt: skip
@@ -140,8 +142,8 @@ def parse_time_v(text: str) -> dict[str, float]:
 def run_stage(stage: str, d: str, data: Path, logs: Path) -> dict[str, Any]:
     args, output = stage_command(stage, d, data)
     io_file, time_file = logs / f"{d}-{stage}.io", logs / f"{d}-{stage}.time"
-    cmd = ["/usr/bin/time", "-v", "-o", str(time_file), sys.executable, "-c", SHIM, str(io_file),
-           f"fian_pipeline.{stage}", *args]  # fmt: skip
+    module = "bench.scale" if stage == "glove_scan" else f"fian_pipeline.{stage}"
+    cmd = ["/usr/bin/time", "-v", "-o", str(time_file), sys.executable, "-c", SHIM, str(io_file), module, *args]
     t = time.perf_counter()
     with open(logs / f"{d}-{stage}.log", "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -179,38 +181,75 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, *body])
 
 
-def paper_projection(results: dict[str, Any]) -> str:
-    """Training epoch and test evaluation at paper size from bench/RESULTS.md's train_speed rows,
-    and the disk the paper matrix (workflow/config/paper.yaml) needs."""
+def glove_scan(glove: Path, vocab_file: Path) -> dict[str, Any]:
+    """The GloVe scan alone (fian.data.text.read_glove with a text stage's vocabulary)."""
+    from fian.data.text import Vocab, read_glove
+
+    vocab = Vocab.load(vocab_file)
+    t = time.perf_counter()
+    hits = read_glove(glove, vocab, dim=300)
+    out = {"seconds": round(time.perf_counter() - t, 1), "lines": hits.lines, "vocab": len(vocab),
+           "found": len(hits.vectors)}  # fmt: skip
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# bench/train_speed.py on this VM, quiet machine (bench/RESULTS.md "Training loop and evaluation speed",
+# 2026-11-28): projected seconds per training epoch (fp32, batch 1/8 of the paper's) and evaluated queries/s
+TRAIN_SPEED = {"activitynet": (4775.6, 37.1), "tacos": (1663.6, 28.5), "charades": (826.6, 91.9)}
+PREDICTION_BYTES = 800  # one query's line of predictions_<split>.jsonl (10 segments + scores; a demo run)
+
+
+def checkpoint_bytes(d: str, vocab: int) -> int:
+    """checkpoint.pt of one run: model + best_model weights and Adam's two moments (fian.train)."""
     from fian.config import load_params
     from fian.model.build import build_model
 
-    # bench/train_speed.py on this VM, quiet (RESULTS.md "Training loop and evaluation speed"):
-    # projected s per epoch and evaluated queries/s, fp32, batch 1/8 of the paper's
-    measured = {"activitynet": (4775.6, 37.1), "tacos": (1663.6, 28.5), "charades": (826.6, 91.9)}
-    test_queries = {"activitynet": 17_031, "tacos": 4_001, "charades": 3_720}  # our parse of the releases
+    cfg = load_params(ROOT / "params", d, "fian")
+    model = build_model(cfg, vocab_size=vocab)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * weights + 2 * trainable
+
+
+def projection(results: dict[str, Any]) -> str:
+    """Training and evaluation at paper size, and the disk of workflow/config/paper.yaml's matrix."""
+    from fian.config import load_params
+
     paper = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
     seeds = len(paper.get("seeds") or [0])
-    lines = ["| dataset | epoch (proj.) | epochs (params) | training run | test queries | evaluation | runs in the matrix |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    disk_runs = 0
-    run_bytes: dict[str, int] = {}
-    for d, (epoch_s, qps) in measured.items():
-        cfg = load_params([ROOT / "params/base.yaml", ROOT / f"params/datasets/{d}.yaml", ROOT / "params/variants/fian.yaml"])
-        epochs = cfg.train.epochs
+    rows = {(r["dataset"], r["stage"]): r for r in results["rows"]}
+    lines = ["| dataset | epoch (proj.) | epochs | one training run | test queries | evaluation (test) | "
+             "runs (variants x seeds) | checkpoint.pt | data artifacts | raw files |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    total = {"raw": 0, "data": 0, "runs": 0}
+    for d, (epoch_s, qps) in TRAIN_SPEED.items():
+        if (d, "prepare") not in rows:
+            continue
+        cfg = load_params(ROOT / "params", d, "fian")
+        info = json.loads((Path(results["data"]) / "interim" / d / "text" / "coverage.json").read_text())
+        counts = json.loads((Path(results["data"]) / "processed" / d / "counts.json").read_text())
+        test = counts["splits"]["test"]["queries_out"]
         runs = len(paper["datasets"][d]["variants"]) * seeds
-        vocab = results.get("vocab", {}).get(d, 10_000)
-        model = build_model(cfg, vocab_size=vocab) if "vocab_size" in build_model.__code__.co_varnames else None
-        params = sum(p.numel() for p in model.parameters()) if model is not None else 0
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model is not None else 0
-        # checkpoint.pt: model + best_model + Adam's two moments; the resume state holds the same again
-        ckpt = 4 * (2 * params + 2 * trainable)
-        run_bytes[d] = 2 * ckpt
-        disk_runs += runs * run_bytes[d]
-        lines.append(f"| {d} | {epoch_s / 60:.0f} min | {epochs} | {epoch_s * epochs / 3600:.1f} h | {test_queries[d]:,} | "
-                     f"{test_queries[d] / qps / 60:.1f} min | {runs} |")  # fmt: skip
-    results["run_bytes"] = run_bytes
-    results["disk_runs"] = disk_runs
+        ckpt = checkpoint_bytes(d, int(info["vocab_size"]))
+        # per run: checkpoint.pt, the resume state (fian.resume: the same checkpoint), MLflow's artifact copy,
+        # predictions of the test split (twice: the output and MLflow's copy)
+        run = 3 * ckpt + 2 * test * PREDICTION_BYTES
+        data = sum(rows[(d, s)]["output_bytes"] for s in ("annotations", "features", "text", "prepare"))
+        raw = results.get("raw_feature_bytes", {}).get(d) or results.get("generate", {}).get(d, {}).get("feature_bytes", 0)
+        total["raw"] += raw
+        total["data"] += data
+        total["runs"] += runs * run
+        lines.append(f"| {d} | {epoch_s / 60:.0f} min | {cfg.train.epochs} | {epoch_s * cfg.train.epochs / 3600:.1f} h | "
+                     f"{test:,} | {test / qps / 60:.1f} min | {runs} | {gib(ckpt)} | {gib(data)} | {gib(raw)} |")  # fmt: skip
+    glove = results.get("generate", {}).get("glove", {}).get("bytes", 0)
+    total["raw"] += glove
+    lines.append("")
+    lines.append(f"Paper matrix ({seeds} seeds): raw feature files {gib(total['raw'] - glove)} + GloVe text {gib(glove)}, "
+                 f"data artifacts (interim + processed) {gib(total['data'])}, runs {gib(total['runs'])}: "
+                 f"**{gib(sum(total.values()))}** (Snakemake; under `dvc repro` the DVC cache holds a second copy of "
+                 f"every output: {gib(sum(total.values()) + total['data'] + total['runs'])}).")  # fmt: skip
+    results["disk_total"] = sum(total.values())
     return "\n".join(lines)
 
 
@@ -230,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--json", type=Path, required=True, help="results file (appended per stage)")
     r.add_argument("--drop-raw-after-import", action="store_true",
                    help="delete a dataset's raw feature files once its features stage is measured (disk)")
+    gs = sub.add_parser("glove-scan", help="time fian.data.text.read_glove alone (run as a stage by `run`)")
+    gs.add_argument("--glove", type=Path, required=True)
+    gs.add_argument("--vocab", type=Path, required=True)
     s = sub.add_parser("report")
     s.add_argument("--json", type=Path, required=True)
     a = p.parse_args(argv)
@@ -242,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         logs = a.data / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         results = json.loads(a.json.read_text()) if a.json.is_file() else {"rows": []}
+        results["data"] = str(a.data)
+        if (a.data / "generate.json").is_file():
+            results["generate"] = json.loads((a.data / "generate.json").read_text())
         results.setdefault("machine", f"{platform.node()} {platform.processor() or platform.machine()}, "
                                       f"{os.cpu_count()} CPUs, python {platform.python_version()}")  # fmt: skip
         for d in a.datasets:
@@ -256,8 +301,23 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(a.data / "raw" / d / "features")
                     a.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
+    if a.cmd == "glove-scan":
+        glove_scan(a.glove, a.vocab)
+        return 0
     results = json.loads(a.json.read_text())
-    print(table(results["rows"]))
+    print(table([r for r in results["rows"] if r["stage"] in STAGES]))
+    data_rows = [r for r in results["rows"] if r["stage"] in STAGES]
+    per = {}
+    for r in data_rows:
+        per[r["dataset"]] = per.get(r["dataset"], 0) + r["wall_s"]
+    big = max(data_rows, key=lambda r: r["max_rss_mib"])
+    print(f"\ndata phase: {', '.join(f'{d} {s / 60:.1f} min' for d, s in per.items())}; all {sum(per.values()) / 60:.1f} min; "
+          f"largest peak RSS {big['max_rss_mib']:.0f} MiB ({big['dataset']}/{big['stage']})")  # fmt: skip
+    scans = [r for r in results["rows"] if r["stage"] == "glove_scan"]
+    for r in scans:
+        print(f"GloVe scan alone ({r['dataset']} vocabulary): {r['wall_s']:.1f} s wall, peak RSS {r['max_rss_mib']:.0f} MiB")
+    print()
+    print(projection(results))
     return 0
 
 
