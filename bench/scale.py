@@ -16,7 +16,7 @@ and nothing else, unlike RUSAGE_CHILDREN of a long-lived parent, which keeps the
 every child so far).  Output size = bytes under the stage's output path.  Then ``--report`` adds
 the paper-size projections (training epoch, test evaluation, the paper matrix's disk).
 
-    nice -n 10 .venv/bin/python -m bench.scale generate --data /work/scale_data      # ~50 GB
+    nice -n 10 .venv/bin/python -m bench.scale generate --data /work/scale_data      # ~36 GB
     nice -n 10 .venv/bin/python -m bench.scale run --data /work/scale_data --json out.json
     .venv/bin/python -m bench.scale report --json out.json                          # the tables
 

@@ -27,6 +27,10 @@ They are extra records (copies of a real query), so every generated query keeps 
 Generated data, not real videos: the annotations folder gets ``<name>_meta.json`` saying so,
 HDF5 feature files carry the attr ``synthetic = True`` (the feature store inherits it).
 Every file is written atomically.  Deterministic from the dataset's seed.
+
+:func:`write_full_release` and :func:`write_glove_like` (issue 21, bench/scale.py) write the three
+releases at their REAL size instead: the real annotation files, random features in the released
+files' layout, dtype, rate and chunking, and a GloVe-840B-shaped text file (section below).
 """
 
 from __future__ import annotations
