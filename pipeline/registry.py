@@ -164,7 +164,8 @@ LAYER_PATHS: dict[str, str] = {
 OVERRIDES_FILE = "params.yaml"
 # a dataset's identity: set only in params/datasets/<d>.yaml, never for all datasets at once
 DATASET_IDENTITY = ("dataset.name", "dataset.format", "dataset.splits", "dataset.annotation_sources",
-                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone")  # fmt: skip
+                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone",
+                    "dataset.eval_splits", "dataset.features_from")  # fmt: skip
 
 
 def override_keys() -> list[str]:
