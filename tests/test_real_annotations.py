@@ -95,6 +95,12 @@ def test_charades_cd_keeps_the_release_counts(shared_annotations: Path) -> None:
         rest = df[~outside_video(df)]
         assert len(rest) == len(df) - (3 if split == "test_ood" else 0)
         assert (rest["start"] >= 0).all() and (rest["end"] <= rest["duration"]).all() and (rest["start"] < rest["end"]).all()
+    # the store it reads (dataset.features_from: charades) holds the videos of Charades-STA's kept pairs:
+    # exactly the videos of every pair prepare keeps; LEOL6 and AKKWU (only reversed pairs in STA) are not in it
+    sta, _ = counts_for("charades", shared_annotations)
+    store = set().union(*(set(df["video_id"]) for df in sta.values()))
+    kept = set().union(*(set(df.loc[~outside_video(df), "video_id"]) for df in tables.values()))
+    assert kept == store and len(store) == 6670 and not {"LEOL6", "AKKWU"} & store
 
 
 def test_activitynet_cd_local_splits(shared_annotations: Path) -> None:
