@@ -142,6 +142,12 @@ def test_cd_datasets_share_a_store_and_evaluate_both_test_splits(paper_plan: R.P
         assert f"results/charades_cd/fian/summary_{t}.json" in tables and f"results/charades_cd/prior/metrics_{t}.json" in tables
     # train reads the prepared folder; its model selection looks at val.h5 only (fian_pipeline.train)
     assert by_id["train_seed@charades_cd-fian-0"].command(paper_plan).count("--data data/processed/charades_cd ") == 1
+    # ActivityNet-CD the same way over ActivityNet's store (not in paper.yaml: add it under datasets)
+    anet = R.plan_from_config({"datasets": {"activitynet": {}, "activitynet_cd": {}}}, ROOT)
+    ids = {i.id: i for i in R.instances(anet)}
+    assert "data/interim/activitynet/features.h5" in ids["prepare@activitynet_cd"].deps(anet)
+    assert {"evaluate@activitynet_cd-fian-test_iid", "evaluate@activitynet_cd-fian-test_ood", "evaluate@activitynet-fian-test",
+            "download_annotations@activitynet_cd"} <= set(ids) and "features@activitynet_cd" not in ids
 
 
 def test_cd_config_errors_name_the_file(tmp_path: Path) -> None:
