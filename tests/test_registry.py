@@ -172,6 +172,8 @@ def test_cd_config_errors_name_the_file(tmp_path: Path) -> None:
     dfile.write_text(text)
     with pytest.raises(ConfigError, match=r"'charades' is not among the config's datasets \['charades_cd'\]"):
         R.plan_from_config({"datasets": {"charades_cd": {"variants": ["fian"]}}}, proj)
+    with pytest.raises(ConfigError, match=r"datasets.charades_cd.features: 'charades_cd' has no store of its own"):
+        R.plan_from_config({"datasets": {"charades_cd": {"features": "extract"}, "charades": {}}}, proj)
 
 
 def test_gpu_resources_only_when_the_config_allows(demo_plan: R.Plan, paper_plan: R.Plan) -> None:
