@@ -797,7 +797,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
         cfg = load_config(base, dfile, extra=over)  # raises ConfigError naming file and key
         eval_splits = check_splits(cfg, dfile, str(config.get("eval_split", "test")), spec.get("source", "download"))
         configs[str(name)] = (dfile, cfg)
-        if cfg.dataset.features_from and "features" in spec:
+        if cfg.dataset.features_from and spec.get("features", "import") != "import":  # the schema fills "import" in
             raise ConfigError(f"{source}: datasets.{name}.features: {name!r} has no store of its own (it reads "
                               f"{cfg.dataset.features_from!r}'s, {dfile}: dataset.features_from): set features on "
                               f"datasets.{cfg.dataset.features_from} instead")
