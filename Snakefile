@@ -52,7 +52,7 @@ wildcard_constraints:
     dataset="|".join(d.name for d in PLAN.datasets),
     variant=R.variant_regex(PLAN),
     seed="[0-9]+",
-    split="[a-z]+",
+    split="[a-z0-9_]+",
 
 
 rule all:

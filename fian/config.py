@@ -42,6 +42,9 @@ class Source:
     name: str
     url: str
     sha256: str | None = None  # None: not pinned upstream; the download stage warns and records it
+    # the file's git blob id (SHA-1 of "blob <size>\0" + bytes) in its repository's tree at a pinned
+    # commit: verifies a file whose sha256 is not known (too large for the stored snapshot)
+    git_blob_sha1: str | None = None
     # the url is a share page (a browser, a login): fetched by hand into the download folder; the
     # workflow says so when it is parsed, before anything runs (fian_pipeline.registry.manual_fetches)
     by_hand: bool = False
@@ -57,6 +60,10 @@ class PolicyConfig:
     empty_sentence: Literal["drop", "fail"] = "drop"
     missing_features: Literal["drop", "fail"] = "fail"
     all_oov: Literal["drop", "fail"] = "drop"
+    # a moment wholly outside [0, duration] (clip leaves nothing): drop it in the annotations stage
+    # (counted past_end_unclippable), or keep it there unclipped (the release's pair count stays)
+    # and let the prepare stage drop it, loudly counted as dropped_outside_video (Charades-CD, ours)
+    outside_video: Literal["drop", "keep"] = "drop"
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,16 @@ class DatasetConfig:
 
     name: str = "synthetic"
     # annotation parser: activitynet (JSON duration/timestamps/sentences), tacos (JSON frames+fps),
-    # charades (txt 'vid s e##sentence' + Charades_v1 csv)
-    format: Literal["activitynet", "tacos", "charades"] = "activitynet"
+    # charades (txt 'vid s e##sentence' + Charades_v1 csv), charades_cd (JSON video_duration/timestamps/sentences)
+    format: Literal["activitynet", "tacos", "charades", "charades_cd"] = "activitynet"
     # split name -> annotation file names (relative to the raw annotation folder)
     splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the splits evaluated and reported (evaluate / baseline jobs, tables); empty: the workflow
+    # config's eval_split (Charades-CD / ActivityNet-CD: test_iid and test_ood)
+    eval_splits: tuple[str, ...] = ()
+    # use the feature store of this dataset (same videos, e.g. charades for charades_cd): no
+    # download, import or store of its own; None: the dataset's own store
+    features_from: str | None = None
     annotation_sources: tuple[Source, ...] = ()
     # feature file layout: activitynet_c3d (<vid>/c3d_features), tacos_c3d (<vid> -> array),
     # i3d_npy (one <vid>.npy per video), i3d_hdf5 (<vid> -> array), store (our own HDF5 store)

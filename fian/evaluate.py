@@ -142,9 +142,11 @@ def predict_and_score(
     device: torch.device | str,
     amp: str = "off",
     offset_unit: str = "steps",
+    discounted: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], dict[str, float]]:
     """Ranked moments at ``eval.nms_threshold`` and the metrics under the protocol of ``eval_cfg``:
-    ``(index [Q], (segments [Q, K, 2], scores [Q, K]), metrics)``."""
+    ``(index [Q], (segments [Q, K, 2], scores [Q, K]), metrics)``; ``discounted``: with the
+    dR@n,IoU=m of Yuan et al. 2021 (the metrics files; not the per-epoch validation)."""
     levels = level_thresholds(eval_cfg)
     fixed = float(eval_cfg.nms_threshold)
     index, ranked = predict_at(
@@ -153,7 +155,9 @@ def predict_and_score(
     )  # fmt: skip
     gt = split.gt.detach().cpu().numpy()  # [Q, 2] seconds, in split order as the predictions
     by_level = {m: ranked[t][0].numpy() for m, t in levels.items()}
-    metrics = score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule)
+    durations = split.duration.detach().cpu().numpy() if discounted else None  # [Q] seconds
+    metrics = score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds,
+                                iou_rule=eval_cfg.iou_rule, durations=durations)  # fmt: skip
     return index, ranked[fixed], metrics
 
 
@@ -178,24 +182,29 @@ def score_predictions(
     top_n: Sequence[int],
     ious: Sequence[float],
     iou_rule: str,
+    durations: np.ndarray | None = None,
 ) -> dict[str, float]:
     """R@n, IoU=m and mIoU (fractions) of ranked ``segments [Q, K, 2]`` (or ``{m: [Q, K, 2]}``, one
-    ranked list per IoU level) against ``gt [Q, 2]``; a hit is IoU > m (``"gt"``) or >= m (``"ge"``)."""
+    ranked list per IoU level) against ``gt [Q, 2]``; a hit is IoU > m (``"gt"``) or >= m (``"ge"``).
+    With ``durations [Q]`` (seconds) also dR@n,IoU=m (:func:`fian.metrics.discounted_recall_at`)."""
     from fian.metrics import evaluate_predictions
 
     if len(gt) == 0:
         raise ValueError("no queries to evaluate")
-    metrics = evaluate_predictions(segments, gt, tuple(top_n), tuple(ious), iou_rule)
+    metrics = evaluate_predictions(segments, gt, tuple(top_n), tuple(ious), iou_rule, duration=durations)
     return {k: float(v) for k, v in metrics.items()}
 
 
-def score_ranked(segments: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, eval_cfg: EvalConfig) -> dict[str, float]:
+def score_ranked(segments: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, eval_cfg: EvalConfig,
+                 durations: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of lists ranked elsewhere (the moment prior: ``segments [Q, K, 2]``, ``scores [Q, K]``)
-    under the protocol of ``eval_cfg``: each level's list is the host-side NMS of the given one."""
+    under the protocol of ``eval_cfg``: each level's list is the host-side NMS of the given one
+    (with ``durations [Q]``: dR@n,IoU=m too)."""
     from fian.metrics import rank_with_nms
 
     by_level = {m: rank_with_nms(segments, scores, t)[0] for m, t in level_thresholds(eval_cfg).items()}
-    return score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule)
+    return score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule,
+                             durations=durations)  # fmt: skip
 
 
 def predictions_frame(
@@ -246,7 +255,8 @@ def evaluate(
     ``amp``: ``train.amp`` (bf16 autocast on CUDA); ``offset_unit``: ``loss.offset_unit`` of the run.
     """
     index, (segs, scores), metrics = predict_and_score(
-        model, split, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit
+        model, split, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit,
+        discounted=True,
     )
     frame = predictions_frame(split.records, index.numpy(), segs.numpy(), scores.numpy())
     return frame, metrics

@@ -1,4 +1,5 @@
-"""Temporal IoU, greedy 1-D NMS and the metrics of Section 4.2: "R@n, IoU=m" and mIoU.
+"""Temporal IoU, greedy 1-D NMS and the metrics of Section 4.2: "R@n, IoU=m" and mIoU, plus the
+discounted recall "dR@n, IoU=m" of Yuan et al. 2021 (:func:`discounted_recall_at`).
 
 Intervals are (start, end) pairs on closed-open spans.  Predictions are ``[Q, K, 2]`` seconds,
 best first, padded with NaN rows; a NaN prediction never hits (IoU is NaN, counted 0).  Recalls
@@ -153,6 +154,59 @@ def recall_at(
     return out
 
 
+def discounted_name(n: int, m: float) -> str:
+    """The key of one discounted recall: ``dR@1,IoU=0.5``."""
+    return f"dR@{n},IoU={m:g}"
+
+
+def discounted_recall_at(
+    pred: Any,
+    gt: Any,
+    duration: Any,
+    ns: Sequence[int] = (1, 5),
+    ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    iou_rule: str = "gt",
+) -> dict[str, float]:
+    """Discounted recall "dR@n, IoU=m" (Yuan et al. 2021, "A Closer Look at Temporal Sentence
+    Grounding in Videos: Dataset and Metric"): a hit counts only as much as its boundaries are close,
+
+        dR@n,IoU=m = (1 / Q) * sum_i r(n, m, q_i) * alpha_i^s * alpha_i^e,
+        alpha_i^* = 1 - |p_i^* - g_i^*|   (* in {s, e}),
+
+    with ``p`` the predicted and ``g`` the ground-truth start / end divided by the video's duration
+    (so each alpha is in [0, 1]) and ``r(n, m, q_i)`` the hit of R@n,IoU=m (:func:`is_hit` under
+    ``iou_rule``).  For n = 1 ``p`` is the top-1 moment (as the paper's formula and BSSARD's
+    ``calculate_diou_accuracy``).  For n > 1 the paper names one predicted moment; we take the
+    hitting moment among the top n with the largest ``alpha^s * alpha^e`` (ours: dR@n is then
+    non-decreasing in n, like R@n, and equals dR@1 when only the top-1 hits).
+
+    pred ``[Q, K, 2]`` seconds (or ``{m: [Q, K, 2]}``, one ranked list per IoU level, as
+    :func:`recall_at`), gt ``[Q, 2]`` seconds, duration ``[Q]`` seconds (> 0).
+    """
+    d = np.asarray(duration.detach().cpu() if isinstance(duration, torch.Tensor) else duration, dtype=np.float64)
+    if isinstance(pred, Mapping):
+        missing = [m for m in ms if float(m) not in {float(k) for k in pred}]
+        if missing:
+            raise ValueError(f"no ranked list for IoU level(s) {missing}; have {sorted(pred)}")
+        by_level = {float(k): v for k, v in pred.items()}
+        per_m = {float(m): discounted_recall_at(by_level[float(m)], gt, d, ns, (m,), iou_rule) for m in ms}
+        return {discounted_name(n, m): per_m[float(m)][discounted_name(n, m)] for n in ns for m in ms}
+    p, g = _pred_gt(pred, gt)
+    if d.shape != (len(g),):
+        raise ValueError(f"duration must be [Q] = [{len(g)}], got shape {d.shape}")
+    if not (np.isfinite(d).all() and (d > 0).all()):
+        raise ValueError(f"duration must be finite and > 0; query rows {np.flatnonzero(~(np.isfinite(d) & (d > 0)))[:10].tolist()}")
+    iou = np.nan_to_num(temporal_iou(p, g[:, None, :]), nan=0.0)  # [Q, K]
+    dist = np.abs(p - g[:, None, :]) / d[:, None, None]  # [Q, K, 2] normalised boundary distances
+    alpha = np.nan_to_num(np.clip(1.0 - dist, 0.0, 1.0).prod(axis=2), nan=0.0)  # [Q, K] alpha^s * alpha^e
+    out = {}
+    for n in ns:
+        for m in ms:
+            hit = is_hit(iou[:, :n], m, iou_rule)  # [Q, n]
+            out[discounted_name(n, m)] = float(np.mean(np.where(hit, alpha[:, :n], 0.0).max(axis=1, initial=0.0)))
+    return out
+
+
 def mean_iou(pred_top1: Any, gt: Any) -> float:
     """Mean IoU of the top-1 prediction ``[Q, 2]`` with the ground truth ``[Q, 2]``; NaN rows count 0."""
     p = _as_numpy(pred_top1, "pred_top1", (2,))
@@ -166,8 +220,10 @@ def evaluate_predictions(
     ns: Sequence[int] = (1, 5),
     ms: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
     iou_rule: str = "gt",
+    duration: Any = None,
 ) -> dict[str, float]:
-    """All of :func:`recall_at` plus ``"mIoU"`` (top-1), fractions in [0, 1].
+    """All of :func:`recall_at` plus ``"mIoU"`` (top-1), fractions in [0, 1]; with ``duration``
+    (``[Q]`` seconds) also every ``dR@n,IoU=m`` (:func:`discounted_recall_at`).
 
     ``pred`` as in :func:`recall_at` (an array, or ``{m: array}`` per IoU level: mIoU then takes the
     top-1 of the first level's list; NMS never changes the top-1).
@@ -176,11 +232,12 @@ def evaluate_predictions(
         out = recall_at(pred, gt, ns, ms, iou_rule)
         first = next(iter(pred.values()))
         p, g = _pred_gt(first, gt)
-        out["mIoU"] = mean_iou(p[:, 0], g) if p.shape[1] else 0.0
-        return out
-    p, g = _pred_gt(pred, gt)
-    out = recall_at(p, g, ns, ms, iou_rule)
+    else:
+        p, g = _pred_gt(pred, gt)
+        out = recall_at(p, g, ns, ms, iou_rule)
     out["mIoU"] = mean_iou(p[:, 0], g) if p.shape[1] else 0.0
+    if duration is not None:
+        out.update(discounted_recall_at(pred, g, duration, ns, ms, iou_rule))
     return out
 
 

@@ -64,7 +64,7 @@ from fian.io import sha256_file
 
 log = logging.getLogger("fian.tracking")
 
-_METRIC_RE = re.compile(r"^R@(\d+),IoU=([0-9.]+)$")
+_METRIC_RE = re.compile(r"^(d?)R@(\d+),IoU=([0-9.]+)$")  # R@n,IoU=m and the discounted dR@n,IoU=m
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 WORKFLOW_ENV = "FIAN_WORKFLOW_RUN"  # one id per workflow invocation (the Snakefile sets it)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # earlier MLflow 3 UIs: the runs view
@@ -77,10 +77,11 @@ T = TypeVar("T")
 
 
 def metric_key(name: str) -> str:
-    """Our metric name -> an MLflow-legal one: ``R@1,IoU=0.5`` -> ``R1_IoU0.5``, ``val/mIoU`` kept."""
+    """Our metric name -> an MLflow-legal one: ``R@1,IoU=0.5`` -> ``R1_IoU0.5``, ``dR@1,IoU=0.5`` ->
+    ``dR1_IoU0.5``, ``val/mIoU`` kept."""
     prefix, _, last = name.rpartition("/")
     m = _METRIC_RE.match(last)
-    last = f"R{m.group(1)}_IoU{m.group(2)}" if m else _BAD_CHARS.sub("_", last)
+    last = f"{m.group(1)}R{m.group(2)}_IoU{m.group(3)}" if m else _BAD_CHARS.sub("_", last)
     return f"{_BAD_CHARS.sub('_', prefix)}/{last}" if prefix else last
 
 

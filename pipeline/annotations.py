@@ -37,8 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             df.to_parquet(tmp, index=False)
         c = counts[split]
         log.info("%s/%s: %d of %d pairs kept (%d videos); start>=end %d, past end %d (%s), empty %d, "
-                 "missing duration %d", ds.name, split, c["pairs_kept"], c["pairs_raw"], c["videos_kept"],
-                 c["start_ge_end"], c["past_end"], ds.policy.past_end, c["empty_sentence"], c["missing_duration"])
+                 "missing duration %d%s", ds.name, split, c["pairs_kept"], c["pairs_raw"], c["videos_kept"],
+                 c["start_ge_end"], c["past_end"], ds.policy.past_end, c["empty_sentence"], c["missing_duration"],
+                 f"; {c['outside_video_kept']} wholly outside the video KEPT (prepare drops them)"
+                 if c.get("outside_video_kept") else "")
     write_json(args.out / "counts.json", {"dataset": ds.name, "format": ds.format,
                                           "policy": dataclasses.asdict(ds.policy), "splits": counts})
     return 0

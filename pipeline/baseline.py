@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"{train_path}: {e}") from None
     prior = MomentPrior.fit(moments, cfg.eval.max_predictions, seed=cfg.train.seed)
     segs, scores = prior.predict(split.duration.numpy())  # [Q, K, 2] seconds, [Q, K]
-    metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval)  # NMS and hit rule of eval.*
+    metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval,
+                           durations=split.duration.numpy())  # NMS and hit rule of eval.*; dR@n,IoU=m too
     frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
 
     from fian.tracking import data_hashes

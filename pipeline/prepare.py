@@ -45,6 +45,22 @@ def _drop_missing_features(df, store_ids: set[str], policy: str, table: Path, st
     return df[~bad].reset_index(drop=True), n
 
 
+def _drop_outside_video(df, table: Path):
+    """Moments wholly outside their video (kept by the annotations stage under ``dataset.policy.
+    outside_video: keep``, e.g. 3 of Charades-CD's test_ood): no window can match them, so they are
+    dropped here, loudly, and counted (``dropped_outside_video`` in counts.json)."""
+    from fian.data.annotations import outside_video
+
+    bad = outside_video(df).to_numpy()
+    n = int(bad.sum())
+    if n:
+        rows = df[bad]
+        log.warning("%s: DROPPED %d quer(ies) whose moment lies wholly outside the video (no window can match it): %s",
+                    table, n, "; ".join(f"{r.get('source', '?')} [{r['start']}, {r['end']}] of {r['duration']} s"
+                                        for _, r in rows.head(5).iterrows()))
+    return df[~bad].reset_index(drop=True), n
+
+
 def plan_split(
     table: Path, store_ids: set[str], vocab: Any, known: np.ndarray, cfg: Any, store_path: Path
 ) -> tuple[Any, tuple, dict]:
@@ -66,6 +82,7 @@ def plan_split(
         raise StageError(f"{table}: columns {sorted(missing_cols)} missing")
     pol, max_len, lower = cfg.dataset.policy, cfg.text.max_query_len, cfg.text.lowercase
     counts: dict[str, Any] = {"queries_in": len(df)}
+    df, counts["dropped_outside_video"] = _drop_outside_video(df.reset_index(drop=True), table)
     df, counts["dropped_missing_features"] = _drop_missing_features(
         df.reset_index(drop=True), store_ids, pol.missing_features, table, store_path
     )

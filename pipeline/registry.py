@@ -33,13 +33,14 @@ Phase = Literal["data", "features", "model", "reports"]
 Layer = Literal["base", "dataset", "variant"]
 # which alternative a stage is; a dataset uses a stage only when its plan selects it
 # (single / seeds: a config without / with `seeds:`, one run per variant or one per seed)
-When = Literal["always", "download", "generate", "import", "extract", "extract_fallback", "glove", "glove_download",
-               "fallback", "single", "seeds"]
+When = Literal["always", "download", "download_features", "generate", "import", "extract", "extract_fallback", "glove",
+               "glove_download", "fallback", "single", "seeds"]
 
 WILDCARDS = ("dataset", "variant", "seed", "split")
 # per-dataset values of the plan that appear in paths like wildcards (``{vectors}``: the word-vector
-# file, params text.vectors_file or GLOVE_FILE); Snakemake takes them from PLAN, DVC from each item
-PLAN_VARS = ("vectors",)
+# file, params text.vectors_file or GLOVE_FILE; ``{store}``: the feature store the dataset reads, its
+# own or that of params dataset.features_from); Snakemake takes them from PLAN, DVC from each item
+PLAN_VARS = ("vectors", "store")
 NAME_RE = re.compile(r"^[a-z0-9_]+$")
 
 # fixed artifact locations (docs/ARCHITECTURE.md "Data artifacts")
@@ -164,7 +165,8 @@ LAYER_PATHS: dict[str, str] = {
 OVERRIDES_FILE = "params.yaml"
 # a dataset's identity: set only in params/datasets/<d>.yaml, never for all datasets at once
 DATASET_IDENTITY = ("dataset.name", "dataset.format", "dataset.splits", "dataset.annotation_sources",
-                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone")  # fmt: skip
+                    "dataset.feature_layout", "dataset.feature_sources", "dataset.feature_dim", "dataset.backbone",
+                    "dataset.eval_splits", "dataset.features_from")  # fmt: skip
 
 
 def override_keys() -> list[str]:
@@ -258,7 +260,7 @@ STAGES: tuple[Stage, ...] = (
         fixed=("--kind", "features"),
         args=(Arg("--out", RAW_FEAT, "out"),),
         outputs=(Out(RAW_FEAT, "dir"),),
-        when="download",
+        when="download_features",  # not for a dataset that uses another's store (dataset.features_from)
         runtime=600,
         local=True,
     ),
@@ -379,7 +381,7 @@ STAGES: tuple[Stage, ...] = (
         keys=("features", "text.max_query_len", "text.lowercase", "dataset.policy"),
         args=(
             Arg("--annotations", ANN),
-            Arg("--features", STORE),
+            Arg("--features", "{store}"),  # its own STORE, or that of dataset.features_from
             Arg("--text", TEXT),
             Arg("--out", PROCESSED, "out"),
         ),
@@ -593,15 +595,26 @@ class DatasetPlan:
     random_backbone: bool = False  # features: extract with extract.allow_random_weights (no backbone.pt)
     vectors: str | None = None  # the dataset's own word-vector file (text.vectors_file); None: GLOVE_FILE
     seeds: tuple[int, ...] | None = None  # the config's `seeds:` (None: one run per variant, params' train.seed)
+    # the splits evaluated and reported: params dataset.eval_splits, else the config's eval_split
+    eval_splits: tuple[str, ...] = ("test",)
+    # the dataset whose feature store this one reads (params dataset.features_from): no store of its own
+    features_from: str | None = None
+
+    @property
+    def store(self) -> str:
+        """The feature store this dataset's prepare job reads."""
+        return fill(STORE, {"dataset": self.features_from or self.name})
 
     def uses(self, when: When) -> bool:
+        own = self.features_from is None  # a store of its own: download, import or extract its features
         return {
             "always": True,
             "download": self.source == "download",
+            "download_features": self.source == "download" and own,
             "generate": self.source == "generate",
-            "import": self.features == "import",
-            "extract": self.features == "extract" and not self.random_backbone,
-            "extract_fallback": self.features == "extract" and self.random_backbone,
+            "import": self.features == "import" and own,
+            "extract": self.features == "extract" and not self.random_backbone and own,
+            "extract_fallback": self.features == "extract" and self.random_backbone and own,
             "glove": self.glove,
             "glove_download": self.glove and self.vectors is None,
             "fallback": not self.glove,
@@ -704,6 +717,56 @@ def check_seeds(config: Mapping[str, Any], source: str = "workflow config") -> t
     return tuple(int(v) for v in seeds)
 
 
+def check_splits(cfg: Any, dfile: Path, eval_split: str, source: str) -> tuple[str, ...]:
+    """The splits a dataset evaluates (params dataset.eval_splits, else the config's ``eval_split``),
+    each a split of dataset.splits; for a downloaded dataset every file of dataset.splits is one of
+    dataset.annotation_sources (a test split whose file nobody fetches fails here, naming the file,
+    not hours later).  Errors name the params file."""
+    ds = cfg.dataset
+    splits = tuple(ds.eval_splits) or (eval_split,)
+    for s in splits:
+        if not NAME_RE.match(s):
+            raise ConfigError(f"{dfile}: dataset.eval_splits: bad split name {s!r} (must match {NAME_RE.pattern})")
+        if ds.splits and s not in ds.splits:
+            what = "dataset.eval_splits" if ds.eval_splits else "the workflow config's eval_split (no dataset.eval_splits)"
+            raise ConfigError(f"{dfile}: {what} names split {s!r}, which is not in dataset.splits {sorted(ds.splits)}")
+    if source == "download" and ds.annotation_sources:
+        fetched = {src.name for src in ds.annotation_sources}
+        for split, files in ds.splits.items():
+            for f in files:
+                if f not in fetched:
+                    raise ConfigError(f"{dfile}: dataset.splits.{split}: annotation file {f!r} is not among "
+                                      f"dataset.annotation_sources {sorted(fetched)}: nothing would download it")
+    return splits
+
+
+def check_features_from(plans: Sequence[DatasetPlan], configs: Mapping[str, tuple[Path, Any]], source: str) -> None:
+    """A dataset that reads another's feature store (params dataset.features_from): that dataset is in
+    the config, has a store of its own, and the same feature layout and width.  Called when the
+    config is resolved, before any job runs."""
+    names = {p.name for p in plans}
+    for p in plans:
+        if p.features_from is None:
+            continue
+        dfile, cfg = configs[p.name]
+        src = p.features_from
+        if src == p.name:
+            raise ConfigError(f"{dfile}: dataset.features_from names the dataset itself ({src!r})")
+        if src not in names:
+            raise ConfigError(f"{source}: dataset {p.name!r} reads the feature store of {src!r} ({dfile}: "
+                              f"dataset.features_from: {src}), but {src!r} is not among the config's datasets "
+                              f"{sorted(names)}: add it under datasets (its store is built by its own jobs)")
+        sfile, scfg = configs[src]
+        if scfg.dataset.features_from is not None:
+            raise ConfigError(f"{dfile}: dataset.features_from: {src!r} itself reads the store of "
+                              f"{scfg.dataset.features_from!r} ({sfile}); name that dataset instead")
+        for key in ("feature_layout", "feature_dim"):
+            mine, theirs = getattr(cfg.dataset, key), getattr(scfg.dataset, key)
+            if mine != theirs:
+                raise ConfigError(f"{dfile}: dataset.{key} is {mine!r} but the store it reads ({src}, {sfile}) "
+                                  f"has {theirs!r}")
+
+
 def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: str = "workflow config") -> Plan:
     """Resolve a (schema-validated) config; load every params layer it uses (clear errors).
     ``source``: how errors name the config (its file)."""
@@ -717,6 +780,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
 
     over = [(OVERRIDES_FILE, read_layer(root / OVERRIDES_FILE, overrides=True))]
     plans = []
+    configs: dict[str, tuple[Path, Any]] = {}  # dataset -> (params file, its config)
     for name, spec in config["datasets"].items():
         spec = spec or {}
         if not NAME_RE.match(str(name)):
@@ -731,6 +795,12 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
             raise ConfigError(f"workflow config: datasets.{name}: no params file {dfile}")
         check_dataset_file(dfile, str(name))  # first: a missing key would surface as a base.yaml value
         cfg = load_config(base, dfile, extra=over)  # raises ConfigError naming file and key
+        eval_splits = check_splits(cfg, dfile, str(config.get("eval_split", "test")), spec.get("source", "download"))
+        configs[str(name)] = (dfile, cfg)
+        if cfg.dataset.features_from and spec.get("features", "import") != "import":  # the schema fills "import" in
+            raise ConfigError(f"{source}: datasets.{name}.features: {name!r} has no store of its own (it reads "
+                              f"{cfg.dataset.features_from!r}'s, {dfile}: dataset.features_from): set features on "
+                              f"datasets.{cfg.dataset.features_from} instead")
         for v in variants:
             vfile = root / params_dir / "variants" / f"{v}.yaml"
             if not vfile.exists():
@@ -748,8 +818,11 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
                 random_backbone=cfg.extract.allow_random_weights,
                 vectors=cfg.text.vectors_file,
                 seeds=seeds,
+                eval_splits=eval_splits,
+                features_from=cfg.dataset.features_from,
             )
         )
+    check_features_from(plans, configs, source)
     tables_from = config.get("tables_from")
     tables_map: tuple[tuple[str, str], ...] = ()
     if isinstance(tables_from, Mapping):  # {table dataset: configured dataset} (the rehearsal)
@@ -870,7 +943,7 @@ def manual_fetches(plan: Plan, root: str | Path = ".") -> list[str]:
             continue
         cfg = load_config(root / plan.params_dir / "base.yaml", root / plan.params_dir / "datasets" / f"{d.name}.yaml")
         kinds = [("annotations", RAW_ANN, cfg.dataset.annotation_sources)]
-        if d.features == "import":
+        if d.uses("import"):
             kinds.append(("features", RAW_FEAT, cfg.dataset.feature_sources))
         for kind, folder, sources in kinds:
             for src in sources:
@@ -906,16 +979,17 @@ def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
     if stage_.name != "tables":
         return []
     files = []
-    split = plan.eval_split
     for d in plan.datasets:
-        for v in d.variants:
-            run = f"results/{d.name}/{v}"
-            if plan.seeds is None:
-                files += [f"{run}/metrics_{split}.json", f"{run}/info_{split}.json", f"{run}/train_info.json"]
-            else:
-                files.append(f"{run}/summary_{split}.json")
-        if d.baseline:
-            files += [f"results/{d.name}/{BASELINE}/metrics_{split}.json", f"results/{d.name}/{BASELINE}/info_{split}.json"]
+        for split in d.eval_splits:  # the config's eval_split, or the dataset's own (test_iid, test_ood)
+            for v in d.variants:
+                run = f"results/{d.name}/{v}"
+                if plan.seeds is None:
+                    files += [f"{run}/metrics_{split}.json", f"{run}/info_{split}.json", f"{run}/train_info.json"]
+                else:
+                    files.append(f"{run}/summary_{split}.json")
+            if d.baseline:
+                files += [f"results/{d.name}/{BASELINE}/metrics_{split}.json",
+                          f"results/{d.name}/{BASELINE}/info_{split}.json"]
     files += [o for inst in instances(plan) if inst.stage.name == "compare" for o in inst.outs()]
     return files
 
@@ -923,7 +997,6 @@ def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
 def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
     """Every job the plan needs, in stage order."""
     out: list[Instance] = []
-    split = plan.eval_split
     for s in stages:
         if not s.wildcards:
             if s.when == "always" or any(d.uses(s.when) for d in plan.datasets):
@@ -941,21 +1014,22 @@ def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
                 variants = tuple(v for v in d.variants if v != REFERENCE) if REFERENCE in d.variants else ()
             for v in variants:
                 for seed in d.seeds if "seed" in s.wildcards and d.seeds else (None,):
-                    wc = {"dataset": d.name}
-                    if v is not None:
-                        wc["variant"] = v
-                    if seed is not None:
-                        wc["seed"] = str(seed)
-                    if "split" in s.wildcards:
-                        wc["split"] = split
-                    wc.update(plan_vars(s, d))
-                    out.append(Instance(s, wc))
+                    for split in d.eval_splits if "split" in s.wildcards else (None,):
+                        wc = {"dataset": d.name}
+                        if v is not None:
+                            wc["variant"] = v
+                        if seed is not None:
+                            wc["seed"] = str(seed)
+                        if split is not None:
+                            wc["split"] = split
+                        wc.update(plan_vars(s, d))
+                        out.append(Instance(s, wc))
     return out
 
 
 def plan_vars(stage_: Stage, d: DatasetPlan) -> dict[str, str]:
     """The PLAN_VARS a stage's paths use, for dataset ``d``."""
-    values = {"vectors": d.vectors or GLOVE_FILE}
+    values = {"vectors": d.vectors or GLOVE_FILE, "store": d.store}
     used = {v for v in PLAN_VARS for a in stage_.args if "{" + v + "}" in a.path}
     return {v: values[v] for v in sorted(used)}
 
@@ -970,7 +1044,7 @@ def seed_inputs(plan: Plan, stage_name: str, flag: str, wildcards: Mapping[str, 
 def plan_var(plan: Plan, name: str, wildcards: Mapping[str, str]) -> str:
     """A PLAN_VAR of a job (Snakemake input functions and params)."""
     d = plan.dataset(str(wildcards["dataset"]))
-    return {"vectors": d.vectors or GLOVE_FILE}[name]
+    return {"vectors": d.vectors or GLOVE_FILE, "store": d.store}[name]
 
 
 def dataset_targets(plan: Plan, name: str) -> list[str]:
@@ -991,7 +1065,7 @@ def missing_local(plan: Plan, root: str | Path = ".") -> list[str]:
     for d in plan.datasets:
         if d.source != "local":
             continue
-        folders = [RAW_ANN] + ([RAW_FEAT] if d.features == "import" else [RAW_VIDEOS])
+        folders = [RAW_ANN] + ([] if d.features_from else [RAW_FEAT] if d.features == "import" else [RAW_VIDEOS])
         folders += [BACKBONE_WEIGHTS] if d.uses("extract") else []
         for f in folders:
             path = fill(f, {"dataset": d.name})

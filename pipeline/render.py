@@ -304,6 +304,7 @@ OVERRIDE_NOTES = {
     "dataset.policy.empty_sentence": "a query without words: drop or fail",
     "dataset.policy.missing_features": "a video without features: drop or fail",
     "dataset.policy.all_oov": "a query none of whose words has a vector: drop or fail",
+    "dataset.policy.outside_video": "a moment wholly outside its video: drop (annotations) or keep (prepare drops it)",
     "dataset.synthetic": "the synthetic generator's settings (params/datasets/synthetic.yaml)",
 }
 

@@ -389,3 +389,23 @@ def test_complete_part_is_kept_only_while_the_file_is_the_same(server, tmp_path:
         server.files["/w.bin"], server.validators["/w.bin"]["etag"] = NEW, '"v2"'
     assert run(server.url("/w.bin"), dest, None).sha256 == sha(NEW if changed else PAYLOAD)
     assert [r for _, r in server.log[1:]] == ([f"bytes={len(PAYLOAD)}-", None] if changed else [f"bytes={len(PAYLOAD)}-"])
+
+
+def test_git_blob_pin_verifies_a_file_without_sha256(server, tmp_path: Path) -> None:
+    """A source pinned by its git blob id (ActivityNet-CD's train file): checked against `git hash-object`
+    of the same bytes; a mismatch deletes the file and records nothing."""
+    import subprocess
+
+    body = b'{"v_a": {"duration": 10.0, "timestamps": [[1, 2]], "sentences": ["x"]}}\n'
+    server.files["/t.json"] = body
+    (tmp_path / "ref.json").write_bytes(body)
+    blob = subprocess.run(["git", "hash-object", str(tmp_path / "ref.json")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    src = SimpleNamespace(name="t.json", url=server.url("/t.json"), sha256=None, git_blob_sha1=blob)
+    (f,) = download_sources([src], tmp_path / "ok", backoff=0, progress=False)
+    assert f.pinned and (tmp_path / "ok" / "t.json").read_bytes() == body
+    assert read_sums(tmp_path / "ok" / "SHA256SUMS") == {"t.json": sha(body)}
+    bad = SimpleNamespace(name="t.json", url=server.url("/t.json"), sha256=None, git_blob_sha1="0" * 40)
+    with pytest.raises(ChecksumError, match=f"git blob id mismatch for t.json: expected {'0' * 40}, got {blob}"):
+        download_sources([bad], tmp_path / "bad", backoff=0, progress=False)
+    assert not (tmp_path / "bad" / "t.json").exists() and read_sums(tmp_path / "bad" / "SHA256SUMS") == {}

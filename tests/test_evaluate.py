@@ -130,7 +130,10 @@ def test_protocol_by_hand(rule: str, nms: str) -> None:
     cfg = EvalConfig(top_n=(1, 5), iou_thresholds=(0.3, 0.5, 0.7), nms_threshold=0.5, batch_size=3,
                      max_predictions=5, iou_rule=rule, nms=nms)  # fmt: skip
     frame, metrics = evaluate(model, split, eval_cfg=cfg, num_steps=T, device="cpu")
+    discounted = {k: metrics.pop(k) for k in list(metrics) if k.startswith("dR@")}  # the metrics files' dR@n,IoU=m
     assert metrics == {**PROTOCOL_CASES[rule, nms], "mIoU": pytest.approx((2 * 4.8 / 11.2 + 2 * 0.5) / 4)}
+    assert set(discounted) == {f"d{k}" for k in PROTOCOL_CASES[rule, nms]}
+    assert all(discounted[f"d{k}"] <= v for k, v in PROTOCOL_CASES[rule, nms].items())
     # the predictions file holds the list at eval.nms_threshold whatever eval.nms is: B dropped
     expect = [[[22.4, 38.4], [48.0, 64.0]]] * 2 + [[[16.0, 24.0], [48.0, 64.0]]] * 2  # A C / D C, seconds
     np.testing.assert_allclose(np.array(frame["segments"].tolist()), expect, rtol=1e-6)

@@ -180,3 +180,40 @@ def test_mean_iou_and_evaluate_predictions():
 def test_bad_metric_inputs(pred, gt, match):
     with pytest.raises(ValueError, match=match):
         evaluate_predictions(pred, gt)
+
+
+def test_discounted_recall_by_hand():
+    """dR@n,IoU=m (Yuan et al. 2021): r(n, m, q) * (1 - |p_s - g_s| / T) * (1 - |p_e - g_e| / T), by hand.
+
+    q0: T = 10, gt [2, 6], top-1 [3, 6]: IoU 3/4 = 0.75; alpha_s = 1 - 1/10 = 0.9, alpha_e = 1 -> 0.9.
+        top-2 [2, 6.5]: IoU 4/4.5 = 0.889; alpha = 1 * (1 - 0.05) = 0.95.
+    q1: T = 20, gt [0, 10], top-1 [10, 20]: IoU 0 (a miss at every m); top-2 [0, 8]: IoU 0.8,
+        alpha = 1 * (1 - 2/20) = 0.9.
+    """
+    from fian.metrics import discounted_recall_at
+
+    pred = np.array([[[3.0, 6.0], [2.0, 6.5]], [[10.0, 20.0], [0.0, 8.0]]])
+    gt = np.array([[2.0, 6.0], [0.0, 10.0]])
+    d = np.array([10.0, 20.0])
+    out = discounted_recall_at(pred, gt, d, ns=(1, 2), ms=(0.5, 0.8, 0.85), iou_rule="ge")
+    # n = 1: only q0 hits at 0.5 (0.75 >= 0.5), at 0.8 / 0.85 nobody: (0.9 + 0) / 2
+    assert out["dR@1,IoU=0.5"] == pytest.approx(0.45)
+    assert out["dR@1,IoU=0.8"] == 0.0
+    # n = 2, m = 0.5: q0 best hitting alpha = max(0.9, 0.95) = 0.95; q1 = 0.9 -> 0.925
+    assert out["dR@2,IoU=0.5"] == pytest.approx((0.95 + 0.9) / 2)
+    # m = 0.8 (ge): q0's second (0.889) and q1's second (0.8 >= 0.8) hit -> (0.95 + 0.9) / 2
+    assert out["dR@2,IoU=0.8"] == pytest.approx((0.95 + 0.9) / 2)
+    # m = 0.85: only q0's second (0.889) -> 0.95 / 2
+    assert out["dR@2,IoU=0.85"] == pytest.approx(0.475)
+    # the hit rule is R@n's: under "gt" q1's 0.8 does not hit at m = 0.8
+    assert discounted_recall_at(pred, gt, d, ns=(2,), ms=(0.8,), iou_rule="gt")["dR@2,IoU=0.8"] == pytest.approx(0.475)
+    # dR <= R, and a perfect prediction is not discounted
+    perfect = discounted_recall_at(gt[:, None, :], gt, d, ns=(1,), ms=(0.5,))
+    assert perfect == {"dR@1,IoU=0.5": 1.0}
+    # evaluate_predictions adds them only with durations; per-level lists are scored level by level
+    assert not any(k.startswith("dR@") for k in evaluate_predictions(pred, gt, (1,), (0.5,)))
+    both = evaluate_predictions({0.5: pred, 0.8: pred[:, ::-1]}, gt, (1,), (0.5, 0.8), "ge", duration=d)
+    # at 0.8 the reversed lists put q0 [2, 6.5] (0.889, alpha 0.95) and q1 [0, 8] (0.8, alpha 0.9) first
+    assert both["dR@1,IoU=0.5"] == pytest.approx(0.45) and both["dR@1,IoU=0.8"] == pytest.approx(0.925)
+    with pytest.raises(ValueError, match="duration must be finite and > 0"):
+        discounted_recall_at(pred, gt, np.array([10.0, 0.0]))

@@ -24,6 +24,7 @@ from fian.data.annotations import load_annotations, read_split
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 FOLDERS = {"activitynet": "activitynet", "tacos": "tacos", "charades": "charades-sta"}
+CD_FOLDERS = {"charades_cd": "charades-cd", "activitynet_cd": "activitynet-cd"}
 
 
 def counts_for(dataset: str, shared: Path) -> tuple[dict, dict]:
@@ -71,3 +72,63 @@ def test_params_pin_the_shared_files(shared_annotations: Path, dataset: str) -> 
         assert s.url.startswith("https://raw.githubusercontent.com/microsoft/2D-TAN/2f7410f0de5e764ac7d84817f173732ef34e1545/data/")
         assert s.url.endswith("/" + s.name)
         assert sha256_file(shared_annotations / FOLDERS[dataset] / s.name) == s.sha256
+
+
+def test_charades_cd_keeps_the_release_counts(shared_annotations: Path) -> None:
+    """Yuan et al.'s Charades-CD: 11,071 / 859 / 823 / 3,375 pairs (their README, SOURCES.md), kept by
+    the annotations stage; the 3 test_ood moments that start after their video's end (Charades-STA's
+    reversed LEOL6 and AKKWU pairs, swapped) are kept unclipped (``outside_video: keep``)."""
+    from fian.data.annotations import outside_video
+
+    cfg = load_config(PARAMS / "base.yaml", PARAMS / "datasets" / "charades_cd.yaml")
+    ds = cfg.dataset
+    tables, counts = load_annotations(shared_annotations / "charades-cd", ds.format, ds.splits, ds.policy)
+    assert {s: c["pairs_kept"] for s, c in counts.items()} == {"train": 11071, "val": 859, "test_iid": 823,
+                                                               "test_ood": 3375}  # fmt: skip
+    assert {s: c["videos_kept"] for s, c in counts.items()} == {"train": 4564, "val": 333, "test_iid": 333,
+                                                                "test_ood": 1442}  # fmt: skip
+    assert counts["test_ood"]["outside_video_kept"] == 3 and counts["test_ood"]["past_end_unclippable"] == 0
+    out = tables["test_ood"][outside_video(tables["test_ood"])]
+    assert sorted(out["video_id"]) == ["AKKWU", "AKKWU", "LEOL6"]
+    assert (out["start"] >= out["duration"]).all()  # left as released: [7.0, 8.0] in a 6.375 s video
+    for split, df in tables.items():  # every other moment lies in its video (clipped)
+        rest = df[~outside_video(df)]
+        assert len(rest) == len(df) - (3 if split == "test_ood" else 0)
+        assert (rest["start"] >= 0).all() and (rest["end"] <= rest["duration"]).all() and (rest["start"] < rest["end"]).all()
+    # the store it reads (dataset.features_from: charades) holds the videos of Charades-STA's kept pairs:
+    # exactly the videos of every pair prepare keeps; LEOL6 and AKKWU (only reversed pairs in STA) are not in it
+    sta, _ = counts_for("charades", shared_annotations)
+    store = set().union(*(set(df["video_id"]) for df in sta.values()))
+    kept = set().union(*(set(df.loc[~outside_video(df), "video_id"]) for df in tables.values()))
+    assert kept == store and len(store) == 6670 and not {"LEOL6", "AKKWU"} & store
+
+
+def test_activitynet_cd_local_splits(shared_annotations: Path) -> None:
+    """ActivityNet-CD's val / test_iid / test_ood (train is not local: the download stage fetches it)."""
+    cfg = load_config(PARAMS / "base.yaml", PARAMS / "datasets" / "activitynet_cd.yaml")
+    ds = cfg.dataset
+    local = {s: f for s, f in ds.splits.items() if s != "train"}
+    _, counts = load_annotations(shared_annotations / "activitynet-cd", ds.format, local, ds.policy)
+    assert {s: c["pairs_raw"] for s, c in counts.items()} == {"val": 3521, "test_iid": 3443, "test_ood": 13578}
+    assert counts["test_ood"]["start_ge_end"] == 4  # zero-length moments, dropped as in ActivityNet
+    assert {s: c["pairs_kept"] for s, c in counts.items()} == {"val": 3521, "test_iid": 3443, "test_ood": 13574}
+
+
+@pytest.mark.parametrize("dataset", sorted(CD_FOLDERS))
+def test_cd_params_pin_the_shared_files(shared_annotations: Path, dataset: str) -> None:
+    """The CD sources: yytzsy/grounding_changing_distribution at commit 83b07d4, real sha256 of the local
+    files; ActivityNet-CD's train (not local) is pinned by its git blob id instead."""
+    from fian.data.download import sha256_file
+
+    cfg = load_config(PARAMS / "base.yaml", PARAMS / "datasets" / f"{dataset}.yaml")
+    sources = cfg.dataset.annotation_sources
+    assert {f for files in cfg.dataset.splits.values() for f in files} == {s.name for s in sources}
+    assert cfg.dataset.eval_splits == ("test_iid", "test_ood")
+    for s in sources:
+        assert s.url.startswith("https://raw.githubusercontent.com/yytzsy/grounding_changing_distribution/"
+                                "83b07d484104e2b5a33da9e17352aeabcc10fe5a/")
+        local = shared_annotations / CD_FOLDERS[dataset] / s.name
+        if local.exists():
+            assert sha256_file(local) == s.sha256
+        else:
+            assert s.name == "anet_train.json" and s.sha256 is None and len(s.git_blob_sha1) == 40

@@ -122,6 +122,60 @@ def test_alternatives_follow_config_and_params(demo_plan: R.Plan, paper_plan: R.
     assert not re.fullmatch(R.dataset_regex(demo_plan, "extract"), "synthetic")  # matches nothing
 
 
+def test_cd_datasets_share_a_store_and_evaluate_both_test_splits(paper_plan: R.Plan) -> None:
+    """charades_cd (paper.yaml) reads Charades-STA's store: no download/import/store of its own, its
+    prepare job depends on charades' features job; evaluate / baseline / aggregate run on test_iid and
+    test_ood (params dataset.eval_splits), never on test, and the tables wait for both."""
+    by_id = {i.id: i for i in R.instances(paper_plan)}
+    ids = set(by_id)
+    assert not {i for i in ids if i.startswith(("features@charades_cd", "download_features@charades_cd"))}
+    assert "download_annotations@charades_cd" in ids and "features@charades" in ids
+    assert "data/interim/charades/features.h5" in by_id["prepare@charades_cd"].deps(paper_plan)
+    assert "--features data/interim/charades/features.h5" in by_id["prepare@charades_cd"].command(paper_plan)
+    assert by_id["features@charades"].outs() == ["data/interim/charades/features.h5"]
+    cd = {i for i in ids if "@charades_cd-" in i and i.split("@")[0] in ("evaluate_seed", "baseline", "aggregate")}
+    assert cd == {f"evaluate_seed@charades_cd-fian-{s}-{t}" for s in (0, 1, 2) for t in ("test_iid", "test_ood")} | {
+        f"{st}@charades_cd-{v}{t}" for st, v in (("baseline", ""), ("aggregate", "fian-")) for t in ("test_iid", "test_ood")}
+    assert "evaluate_seed@charades_cd-fian-0-test" not in ids and "evaluate_seed@charades-fian-0-test" in ids
+    tables = by_id["tables"].deps(paper_plan)
+    for t in ("test_iid", "test_ood"):
+        assert f"results/charades_cd/fian/summary_{t}.json" in tables and f"results/charades_cd/prior/metrics_{t}.json" in tables
+    # train reads the prepared folder; its model selection looks at val.h5 only (fian_pipeline.train)
+    assert by_id["train_seed@charades_cd-fian-0"].command(paper_plan).count("--data data/processed/charades_cd ") == 1
+    # ActivityNet-CD the same way over ActivityNet's store (not in paper.yaml: add it under datasets)
+    anet = R.plan_from_config({"datasets": {"activitynet": {}, "activitynet_cd": {}}}, ROOT)
+    ids = {i.id: i for i in R.instances(anet)}
+    assert "data/interim/activitynet/features.h5" in ids["prepare@activitynet_cd"].deps(anet)
+    assert {"evaluate@activitynet_cd-fian-test_iid", "evaluate@activitynet_cd-fian-test_ood", "evaluate@activitynet-fian-test",
+            "download_annotations@activitynet_cd"} <= set(ids) and "features@activitynet_cd" not in ids
+
+
+def test_cd_config_errors_name_the_file(tmp_path: Path) -> None:
+    """Bad dataset-split setups fail when the config is resolved, naming the params file."""
+    proj = tmp_path / "p"
+    shutil.copytree(ROOT / "params", proj / "params")
+    shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
+    config = {"datasets": {"charades_cd": {"variants": ["fian"]}, "charades": {"variants": ["fian"]}}}
+    R.plan_from_config(config, proj)  # as shipped: fine
+    dfile = proj / "params/datasets/charades_cd.yaml"
+    text = dfile.read_text()
+    dfile.write_text(text.replace("  - test_ood\n  annotation_sources", "  - test_odd\n  annotation_sources"))
+    with pytest.raises(ConfigError, match=r"charades_cd.yaml: dataset.eval_splits names split 'test_odd', which is not in"):
+        R.plan_from_config(config, proj)
+    dfile.write_text(text.replace("    - charades_test_ood.json\n", "    - charades_test_ood2.json\n"))
+    with pytest.raises(ConfigError, match=r"dataset.splits.test_ood: annotation file 'charades_test_ood2.json' is not "
+                                          r"among dataset.annotation_sources"):
+        R.plan_from_config(config, proj)
+    dfile.write_text(text.replace("  feature_dim: 1024 ", "  feature_dim: 1000 "))
+    with pytest.raises(ConfigError, match=r"dataset.feature_dim is 1000 but the store it reads \(charades"):
+        R.plan_from_config(config, proj)
+    dfile.write_text(text)
+    with pytest.raises(ConfigError, match=r"'charades' is not among the config's datasets \['charades_cd'\]"):
+        R.plan_from_config({"datasets": {"charades_cd": {"variants": ["fian"]}}}, proj)
+    with pytest.raises(ConfigError, match=r"datasets.charades_cd.features: 'charades_cd' has no store of its own"):
+        R.plan_from_config({"datasets": {"charades_cd": {"features": "extract"}, "charades": {}}}, proj)
+
+
 def test_gpu_resources_only_when_the_config_allows(demo_plan: R.Plan, paper_plan: R.Plan) -> None:
     train = R.stage("train")
     assert R.resources(train, paper_plan)["gpu"] == 1

@@ -258,6 +258,13 @@ def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
     proc = _snakemake(proj, "-n", "--configfile", "twice.yaml", check=False)
     assert proc.returncode != 0
     assert "twice.yaml: key(s) given twice in one mapping: 'datasets.synthetic' at lines 2 and 3" in proc.stdout + proc.stderr
+    # a dataset that reads another's feature store (charades_cd -> charades) without that dataset
+    (proj / "cd.yaml").write_text("datasets:\n  charades_cd: {variants: [fian]}\n")
+    proc = _snakemake(proj, "-n", "--configfile", "cd.yaml", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Building DAG" not in out, out[-2000:]
+    assert ("dataset 'charades_cd' reads the feature store of 'charades' (params/datasets/charades_cd.yaml: "
+            "dataset.features_from: charades), but 'charades' is not among the config's datasets") in out, out[-2000:]
 
 
 def test_bad_params_layer_fails_before_any_job(tmp_path: Path) -> None:

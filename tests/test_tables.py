@@ -184,3 +184,14 @@ def test_stage_writes_the_files_the_registry_declares(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert names == sorted(Path(t).name for t in TABLE_FILES)  # per table: .tex, .md, .csv, .provenance.json
     assert len(names) == 6 * 4
+
+
+def test_read_metrics_keeps_the_discounted_recalls(tmp_path: Path) -> None:
+    """dR@n,IoU=m (every metrics file) is read and range-checked like R@n,IoU=m, so the aggregate
+    stage summarizes it per seed; text and counts are not metrics."""
+    path = tmp_path / "metrics_test_ood.json"
+    path.write_text(json.dumps({"R@1,IoU=0.5": 0.4, "dR@1,IoU=0.5": 0.3, "mIoU": 0.35, "n_queries": 7}))
+    assert read_metrics(path) == {"R@1,IoU=0.5": 0.4, "dR@1,IoU=0.5": 0.3, "mIoU": 0.35}
+    path.write_text(json.dumps({"R@1,IoU=0.5": 0.4, "dR@1,IoU=0.5": 30.0}))
+    with pytest.raises(ValueError, match="dR@1,IoU=0.5"):
+        read_metrics(path)

@@ -18,6 +18,7 @@ def test_metric_key_is_mlflow_legal() -> None:
     assert metric_key("R@1,IoU=0.5") == "R1_IoU0.5"
     assert metric_key("val/R@5,IoU=0.7") == "val/R5_IoU0.7"
     assert metric_key("val/mIoU") == "val/mIoU"
+    assert metric_key("dR@1,IoU=0.5") == "dR1_IoU0.5"  # Yuan et al.'s discounted recall
     assert metric_key("a=b@c") == "a_b_c"
 
 

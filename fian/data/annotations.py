@@ -18,6 +18,10 @@ Formats (``dataset.format``):
   in FRAMES: seconds = frame / fps, duration = num_frames / fps (as 2D-TAN's TACoS loader).
 * ``charades`` -- Charades-STA ``vid start end##sentence`` lines (seconds); the durations come from
   ``Charades_v1_{train,test}.csv`` (column ``length``), listed among the split's files.
+* ``charades_cd`` -- Charades-CD's JSON (Yuan et al. 2021, yytzsy/grounding_changing_distribution)
+  ``{vid: {video_duration, timestamps: [[s, e], ...], sentences: [...], ...}}`` in seconds; the
+  other keys (``framestamps``, ``decode_fps``, ``encoded_sentences``, ``video_fps``) are not read.
+  ActivityNet-CD's files are in the ``activitynet`` format.
 
 :func:`validate` then applies :class:`fian.config.PolicyConfig` and counts every case.
 """
@@ -42,7 +46,7 @@ from fian.io import loads_json, read_utf8
 log = logging.getLogger(__name__)
 
 COLUMNS = ["video_id", "duration", "start", "end", "sentence", "split", "source"]
-FORMATS = ("activitynet", "tacos", "charades")
+FORMATS = ("activitynet", "tacos", "charades", "charades_cd")
 # validation cases, in the order they are checked (a row is counted under the first that applies)
 CASES = ("empty_sentence", "missing_duration", "start_ge_end", "past_end")
 
@@ -128,14 +132,15 @@ def _pairs(path: Path, vid: str, rec: Any, keys: Sequence[str]) -> tuple[list[An
     return ts, ss
 
 
-def read_activitynet(path: str | Path, split: str) -> pd.DataFrame:
-    """ActivityNet Captions JSON (seconds) -> normalized rows (unvalidated)."""
+def read_activitynet(path: str | Path, split: str, duration_key: str = "duration") -> pd.DataFrame:
+    """ActivityNet Captions JSON (seconds) -> normalized rows (unvalidated); Charades-CD's JSON is
+    the same with ``duration_key="video_duration"``."""
     path = Path(path)
     rows = []
     for vid, rec in _load_json(path).items():
-        ts, ss = _pairs(path, vid, rec, ["duration"])
+        ts, ss = _pairs(path, vid, rec, [duration_key])
         where = f"{path.name}:{vid}"
-        dur = rec["duration"]
+        dur = rec[duration_key]
         duration = math.nan if dur is None else _number(dur, where, "duration")
         for i, ((s, e), sent) in enumerate(zip(ts, ss, strict=True)):
             src = f"{where}[{i}]"
@@ -220,6 +225,8 @@ def read_split(raw_dir: str | Path, fmt: str, split: str, files: Sequence[str]) 
         parts = [read_charades(p, split, durations) for p in paths if p.suffix != ".csv"]
     elif fmt == "activitynet":
         parts = [read_activitynet(p, split) for p in paths]
+    elif fmt == "charades_cd":
+        parts = [read_activitynet(p, split, "video_duration") for p in paths]
     elif fmt == "tacos":
         parts = [read_tacos(p, split) for p in paths]
     else:
@@ -246,7 +253,9 @@ def validate(df: pd.DataFrame, policy: Any) -> tuple[pd.DataFrame, dict[str, Any
     * ``start_ge_end``: start >= end, a moment of no length (drop / fail);
     * ``past_end``: the moment leaves ``[0, duration]`` (clip / drop / fail).  ``clip`` cuts it to
       ``[max(start, 0), min(end, duration)]``; a moment lying wholly outside the video cannot be
-      clipped to anything and is dropped, counted as ``past_end_unclippable``.
+      clipped to anything and is dropped, counted as ``past_end_unclippable``; under
+      ``outside_video: keep`` it is kept unclipped instead (counted as ``outside_video_kept``) and
+      the prepare stage drops it (:func:`outside_video`).
 
     Returns the kept rows (index reset) and the counts of each case.
     """
@@ -281,16 +290,30 @@ def validate(df: pd.DataFrame, policy: Any) -> tuple[pd.DataFrame, dict[str, Any
         log.info("%s: %d pair(s) with %s -> %s", df["split"].iat[0], int(bad.sum()), case, action)
     out = df[keep].copy()
     counts["past_end_unclippable"] = 0
+    counts["outside_video_kept"] = 0
     if policy.past_end == "clip":
-        out["start"] = out["start"].clip(lower=0.0)
-        out["end"] = out[["end", "duration"]].min(axis=1)
-        empty = out["start"] >= out["end"]
-        counts["past_end_unclippable"] = int(empty.sum())
-        out = out[~empty]
+        start, end = out["start"].clip(lower=0.0), out[["end", "duration"]].min(axis=1)
+        empty = start >= end  # wholly outside [0, duration]: nothing is left to clip to
+        out.loc[~empty, "start"], out.loc[~empty, "end"] = start[~empty], end[~empty]
+        if getattr(policy, "outside_video", "drop") == "keep":  # kept unclipped; prepare drops it
+            counts["outside_video_kept"] = int(empty.sum())
+            if empty.any():
+                rows = out[empty]
+                log.warning("%s: %d pair(s) lie wholly outside their video, kept unclipped (policy outside_video: "
+                            "keep; the prepare stage drops them): %s", df["split"].iat[0], len(rows),
+                            "; ".join(f"{r.source} [{r.start}, {r.end}] of {r.duration}" for r in rows.head(5).itertuples()))
+        else:
+            counts["past_end_unclippable"] = int(empty.sum())
+            out = out[~empty]
     out = out.reset_index(drop=True)
     counts["pairs_kept"] = len(out)
     counts["videos_kept"] = int(out["video_id"].nunique())
     return out, counts
+
+
+def outside_video(df: pd.DataFrame) -> pd.Series:
+    """Rows whose moment lies wholly outside ``[0, duration]`` (what ``outside_video: keep`` kept)."""
+    return pd.Series(np.maximum(df["start"], 0.0) >= np.minimum(df["end"], df["duration"]), index=df.index)
 
 
 def check_disjoint(tables: Mapping[str, pd.DataFrame], train: str = "train") -> None:

@@ -263,6 +263,18 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *, retries: int
     return Fetched(dest.name, dest, digest, sha256 is not None, False)
 
 
+def git_blob_sha1(path: str | Path) -> str:
+    """The git blob id of a file: SHA-1 of ``b"blob <size>\\0"`` followed by its bytes (``git hash-object``)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_sums(path: str | Path) -> dict[str, str]:
     """``name -> sha256`` from a SHA256SUMS file (missing file: empty)."""
     path = Path(path)
@@ -409,8 +421,16 @@ def download_sources(sources: Iterable[Any], out_dir: str | Path, *, retries: in
         expected = src.sha256 or sums.get(src.name)
         f = fetch(src.url, out_dir / src.name, expected, retries=retries, backoff=backoff, timeout=timeout,
                   progress=progress)
-        pinned = src.sha256 is not None
-        if not pinned:
+        blob = getattr(src, "git_blob_sha1", None)
+        if blob and git_blob_sha1(f.path) != blob.lower():  # the repository tree's id of the file
+            got = git_blob_sha1(f.path)
+            f.path.unlink()
+            sums.pop(src.name, None)
+            write_sums(sums_path, sums)
+            raise ChecksumError(f"{src.url}: git blob id mismatch for {src.name}: expected {blob}, got {got} "
+                                "(file deleted)")
+        pinned = src.sha256 is not None or bool(blob)
+        if src.sha256 is None:  # recorded: later runs verify against it (a git-blob pin too)
             sums[src.name] = f.sha256
             write_sums(sums_path, sums)
         done.append(Fetched(f.name, f.path, f.sha256, pinned, f.skipped))

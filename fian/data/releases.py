@@ -436,3 +436,69 @@ def write_glove_like(path: str | Path, words: Sequence[str], *, lines: int = GLO
             f.write("".join(out))
     return {"lines": lines, "dim": dim, "words": len(words), "bytes": Path(path).stat().st_size,
             "spaced_line": spaced + 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Charades-CD / ActivityNet-CD (Yuan et al. 2021): a re-split of a release's pairs
+# --------------------------------------------------------------------------------------------
+
+CD_SPLITS = ("train", "val", "test_iid", "test_ood")
+CD_DECODE_FPS = 16.0  # Charades-CD's decode_fps (every record of the real files)
+
+
+def write_cd_release(tables: Mapping[str, Any], annotations_dir: str | Path, *, fmt: str,
+                     splits: Mapping[str, Sequence[str]], ood_from: float = 0.5) -> dict[str, int]:
+    """Write a tiny twin of Charades-CD (``fmt="charades_cd"``) or ActivityNet-CD (``"activitynet"``)
+    from the parsed pairs of a (generated) release: ``tables`` are its annotation tables (columns of
+    :data:`fian.data.annotations.COLUMNS`; the video ids and durations of its feature store).
+
+    As Yuan et al. re-split all of a dataset's pairs by moment position, each video goes to
+    ``test_ood`` when its first moment starts at or after ``ood_from`` of the video (ours: late
+    moments, rare in training), otherwise to train / val / test_iid in turn (3 : 1 : 1).  One
+    test_ood video gets an extra pair that starts after the video ends, as Charades-CD's LEOL6 /
+    AKKWU pairs (``dataset.policy.outside_video``).  Files: the names of ``splits`` (one JSON each),
+    with the real files' keys (Charades-CD: ``video_duration``, ``timestamps``, ``sentences``,
+    ``framestamps``, ``decode_fps``, ``encoded_sentences``, ``video_fps``).  Returns pairs per split.
+    """
+    import pandas as pd
+
+    if fmt not in ("charades_cd", "activitynet"):
+        raise ReleaseSpecError(f"dataset.format: no CD release writer for {fmt!r}; known: charades_cd, activitynet")
+    missing = [s for s in CD_SPLITS if len(splits.get(s, ())) != 1]
+    if missing:
+        raise ReleaseSpecError(f"dataset.splits: a CD release names one JSON file for each of {list(CD_SPLITS)}; "
+                               f"not for {missing}")
+    df = pd.concat(list(tables.values()), ignore_index=True)
+    content: dict[str, dict[str, Any]] = {s: {} for s in CD_SPLITS}
+    iid = ("train", "train", "train", "val", "test_iid")
+    k = 0
+    for vid, rows in df.groupby("video_id", sort=True):
+        d = float(rows["duration"].iat[0])
+        pairs = [(float(r.start), float(r.end), str(r.sentence)) for r in rows.itertuples()]
+        if pairs[0][0] / d >= ood_from:
+            split = "test_ood"
+        else:
+            split, k = iid[k % len(iid)], k + 1
+        if split == "test_ood" and not content["test_ood"]:
+            pairs.append((d + 1.0, d + 2.0, pairs[0][2]))  # starts after the video ends (the quirk)
+        ts = [[round(s, 2), round(e, 2)] for s, e, _ in pairs]
+        if fmt == "activitynet":
+            content[split][vid] = {"duration": round(d, 2), "timestamps": ts, "sentences": [t for *_, t in pairs]}
+        else:
+            content[split][vid] = {
+                "framestamps": [[int(s * CD_DECODE_FPS), int(e * CD_DECODE_FPS)] for s, e in ts],
+                "decode_fps": CD_DECODE_FPS,
+                "encoded_sentences": [[1 + sum(w.encode()) % 997 for w in t.split()] for *_, t in pairs],
+                "sentences": [t for *_, t in pairs],
+                "video_fps": -1.0,
+                "timestamps": ts,
+                "video_duration": d,
+            }
+    annotations_dir = Path(annotations_dir)
+    counts = {}
+    for split in CD_SPLITS:
+        if not content[split]:
+            raise ReleaseSpecError(f"CD re-split: no video went to {split} (too few videos, or ood_from={ood_from})")
+        write_text(annotations_dir / splits[split][0], json.dumps(content[split]) + "\n")
+        counts[split] = sum(len(r["sentences"]) for r in content[split].values())
+    return counts

@@ -129,7 +129,7 @@ def read_json_object(path: Path) -> dict:
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:
-    """A ``metrics_<split>.json`` of the evaluate/baseline stages: metric -> fraction in [0, 1].
+    """A ``metrics_<split>.json`` of the evaluate/baseline stages: metric (R@n,IoU=m, dR@n,IoU=m, mIoU) -> fraction in [0, 1].
 
     Raises ValueError naming the file (and key) for malformed JSON, a unit other than
     "fraction", or a metric that is not a number in [0, 1].
@@ -139,7 +139,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     unit = data.get("unit", "fraction")
     if unit != "fraction":
         raise ValueError(f"{path}: key 'unit': expected 'fraction', got {unit!r}")
-    return {k: _fraction(path, k, v) for k, v in data.items() if k.startswith("R@") or k == "mIoU"}
+    return {k: _fraction(path, k, v) for k, v in data.items() if k.startswith(("R@", "dR@")) or k == "mIoU"}
 
 
 def read_summary(path: str | Path, seeds: Sequence[int]) -> dict[str, dict[int, float]]:

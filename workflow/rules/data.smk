@@ -30,7 +30,7 @@ rule download_features:
     log:
         "logs/download_features/{dataset}.log",
     wildcard_constraints:
-        dataset=R.dataset_regex(PLAN, "download"),
+        dataset=R.dataset_regex(PLAN, "download_features"),
     localrule: True
     conda:
         "../envs/fian.yaml"

@@ -122,8 +122,8 @@ rule prepare:
     """Downsample every video to features.num_steps and encode the queries: <split>.h5."""
     input:
         annotations="data/interim/{dataset}/annotations",
-        features="data/interim/{dataset}/features.h5",
         text="data/interim/{dataset}/text",
+        features=lambda wildcards: R.plan_var(PLAN, "store", wildcards),
     output:
         dataset=directory("data/processed/{dataset}"),
     log:
@@ -135,6 +135,7 @@ rule prepare:
         mem_mb=16000,
         runtime=60,
     params:
+        store=lambda wildcards: R.plan_var(PLAN, "store", wildcards),
         values=lambda wildcards: R.param_values("prepare", wildcards),
     shell:
-        "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations data/interim/{wildcards.dataset}/annotations --features data/interim/{wildcards.dataset}/features.h5 --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"
+        "python -m fian_pipeline.prepare --params params/base.yaml params/datasets/{wildcards.dataset}.yaml --overrides params.yaml --annotations data/interim/{wildcards.dataset}/annotations --features {params.store} --text data/interim/{wildcards.dataset}/text --out data/processed/{wildcards.dataset} > {log} 2>&1"
