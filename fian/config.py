@@ -146,6 +146,9 @@ class LossConfig:
     offset_unit: Literal["steps", "window"] = "steps"
     tgn_pos_iou: float = 0.5  # TGN head: anchor positive when IoU > this (JaywongWang/TGN)
     tgn_neg_iou: float = 0.5  # TGN head: anchor negative when IoU <= this; in between ignored
+    # TGN head: per-scale weights of the two terms: pos_weight = ((1 - p_k) / p_k, 1) as
+    # JaywongWang/TGN trains (data_provider.py:73-75, model.py:347-348); frequency = (1 - p_k, p_k)
+    tgn_weights: Literal["pos_weight", "frequency"] = "pos_weight"
     cmin_min_iou_ratio: float = 0.3  # CMIN head: labels below this x the best IoU are 0 (CMIN)
 
 

@@ -349,7 +349,7 @@ def test_tgn_scale_weights_reject_bad_training_moments(gt, lengths, match):
     ],
 )
 def test_tgn_scale_weights_by_hand(gt, lengths, widths, chunk, p):
-    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk)
+    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk, form="frequency")
     torch.testing.assert_close(w_neg, torch.tensor(p))
     torch.testing.assert_close(w_pos, 1 - torch.tensor(p))
 
