@@ -130,7 +130,7 @@ def protocol_info(eval_cfg: EvalConfig) -> dict[str, str]:
     """The protocol in words, for the ``"protocol"`` key of metrics files (text only)."""
     from fian.metrics import protocol
 
-    return protocol(eval_cfg.iou_rule, eval_cfg.nms, eval_cfg.nms_threshold, eval_cfg.iou_thresholds)
+    return protocol(eval_cfg.iou_rule, eval_cfg.nms, eval_cfg.nms_threshold, eval_cfg.iou_thresholds, eval_cfg.protocol)
 
 
 def predict_and_score(

@@ -171,5 +171,5 @@ def test_train_metrics_file_states_the_protocol(tmp_path) -> None:
     tm = json.loads((tmp_path / "train_metrics.json").read_text())
     ti = json.loads((tmp_path / "train_info.json").read_text())  # text beside DVC's numbers-only file
     assert tm["val/R@5,IoU=0.7"] == 0.25 and "protocol" not in tm and ti["protocol"] == proto
-    assert ti["protocol"]["text"] == "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+    assert ti["protocol"]["text"] == "hit: IoU >= m (TALL's and CMIN's code); one ranked list, NMS at IoU 0.4 for every m"
     assert "protocol" not in summary  # the summary's numbers go to MLflow; the protocol is text
