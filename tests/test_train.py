@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_helpers import VOCAB, marked_split, tiny_config
+from train_helpers import VOCAB, marked_split, plain_scores, tiny_config
 
 from fian.losses import build_loss
 from fian.model.build import build_model
@@ -224,12 +224,27 @@ def test_train_evaluate_baseline_stages(tiny_files, capsys) -> None:
     assert all(0 <= s <= e <= rec["duration"] for s, e in rec["segments"])
     assert rec["scores"] == sorted(rec["scores"], reverse=True)
 
+    # every number of the metrics file, recomputed from the predictions file alone (issue 20):
+    # under the default protocol (per-level NMS) and under --set eval.nms=fixed eval.iou_rule=ge
+    def reproduced(folder):
+        reported = json.loads((folder / "metrics_test.json").read_text())
+        names = [k for k in reported if k.startswith("R@") or k == "mIoU"]
+        assert len(names) == 9
+        return plain_scores(folder / "predictions_test.jsonl", names) == {k: reported[k] for k in names}
+
+    assert reproduced(out) and "by_level" in rec and rec["iou_rule"] == "gt"
+    fixed_out = tmp / "fixed"
+    assert evaluate.main([*args, "--split", "test", "--out", str(fixed_out), "--set", "eval.nms=fixed",
+                          "--set", "eval.iou_rule=ge"]) == 0  # fmt: skip
+    assert reproduced(fixed_out)
+
     prior_out = tmp / "prior"
     assert baseline.main(["--params", *params[:2], "--data", str(data), "--split", "test", "--out", str(prior_out)]) == 0
     pm = json.loads((prior_out / "metrics_test.json").read_text())
     assert json.loads((prior_out / "info_test.json").read_text())["baseline"] == "moment_prior" and pm["n_queries"] == 6
     first = [json.loads(x)["segments"] for x in (prior_out / "predictions_test.jsonl").read_text().splitlines()]
     assert all(f == first[0] for f in first)  # query-blind: same moments (equal durations)
+    assert reproduced(prior_out)
 
     # resume after the last epoch: nothing more to do, outputs unchanged
     assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out), "--resume"]) == 0
