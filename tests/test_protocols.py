@@ -162,3 +162,17 @@ def test_captions_name_the_preset():
     p = protocol_info(eval_cfg("2dtan"))
     assert protocol_text(p, TEX) == r"2D-TAN's protocol, hit: IoU $> m$; NMS at IoU 0.5 for every $m$"
     assert protocol_text(protocol_info(load_config(*FILES).eval), TEX).startswith("hit: IoU $> m$; NMS at IoU $m - 0.05$")
+
+
+def test_params_explain_says_a_preset_set_the_key(tmp_path, capsys):
+    from fian_pipeline import cli
+
+    over = tmp_path / "params.yaml"
+    over.write_text("eval:\n  protocol: 2dtan\n")
+    files = [str(f) for f in FILES]
+    assert cli.main(["params", "explain", "eval.nms", "--params", *files, "--overrides", str(over)]) == 0
+    out = capsys.readouterr().out
+    assert "eval.protocol = '2dtan' sets eval.nms = 'fixed'" in out and out.rstrip().endswith("eval.nms = 'fixed'")
+    assert cli.main(["params", "explain", "eval.nms", "--params", *files, "--overrides", ""]) == 0
+    out = capsys.readouterr().out
+    assert "sets eval.nms" not in out and out.rstrip().endswith("eval.nms = 'per_level'")
