@@ -159,6 +159,9 @@ class LossConfig:
     offset_unit: Literal["steps", "window"] = "steps"
     tgn_pos_iou: float = 0.5  # TGN head: anchor positive when IoU > this (JaywongWang/TGN)
     tgn_neg_iou: float = 0.5  # TGN head: anchor negative when IoU <= this; in between ignored
+    # TGN head: per-scale weights of the two terms: pos_weight = ((1 - p_k) / p_k, 1) as
+    # JaywongWang/TGN trains (data_provider.py:73-75, model.py:347-348); frequency = (1 - p_k, p_k)
+    tgn_weights: Literal["pos_weight", "frequency"] = "pos_weight"
     cmin_min_iou_ratio: float = 0.3  # CMIN head: labels below this x the best IoU are 0 (CMIN)
 
 
@@ -188,10 +191,28 @@ class EvalConfig:
     nms_threshold: float = 0.5
     batch_size: int = 256
     max_predictions: int = 10
-    # protocol (fian/metrics.py): gt = hit is IoU > m (S4.2 wording), ge = IoU >= m (CMIN's code);
-    # fixed = NMS at nms_threshold for every m, per_level = NMS at m - 0.05 (CMIN's criteria.py)
+    # protocol (fian/metrics.py): gt = hit is IoU > m (S4.2 wording), ge = IoU >= m (TALL's and
+    # CMIN's code); fixed = NMS at nms_threshold for every m, per_level = NMS at m - 0.05 (TALL's
+    # evaluator, jiyanggao/TALL main.py)
     iou_rule: Literal["gt", "ge"] = "gt"
     nms: Literal["fixed", "per_level"] = "per_level"
+    # a named preset of (iou_rule, nms[, nms_threshold]): EVAL_PROTOCOLS; custom = the keys as set
+    protocol: Literal["custom", "tall", "2dtan", "cmin"] = "custom"
+
+
+# eval.protocol presets: the keys each stands for, with the released evaluator it reproduces
+EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    # jiyanggao/TALL main.py compute_IoU_recall_top_n_forreg: nms_temporal(..., iou_thresh - 0.05)
+    # (keeps IoU <= overlap), then a hit is iou >= iou_thresh
+    "tall": {"iou_rule": "ge", "nms": "per_level"},
+    # microsoft/2D-TAN lib/core/eval.py: one nms(thresh=TEST.NMS_THRESH) list (keeps ovr <= thresh),
+    # a hit is overlap > t; experiments/*/*.yaml NMS_THRESH: 0.5
+    "2dtan": {"iou_rule": "gt", "nms": "fixed", "nms_threshold": 0.5},
+    # ikuinen/CMIN_moment_retrieval runners/runner_final.py eval: the single best box per query,
+    # a hit is IoUs >= m (R@1 and mIoU only; criteria.py's compute_IoU_recall is never called):
+    # no NMS touches the top-1; R@n > 1 under this preset uses one list at eval.nms_threshold (ours)
+    "cmin": {"iou_rule": "ge", "nms": "fixed"},
+}
 
 
 @dataclass(frozen=True)
@@ -364,6 +385,12 @@ def _check_range(cfg: Config) -> None:
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
     elif cfg.eval.nms == "per_level" and any(t < 0.05 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.nms", "per_level suppresses at m - 0.05: every eval.iou_thresholds m must be >= 0.05"))
+    preset = EVAL_PROTOCOLS.get(cfg.eval.protocol, {})
+    differ = {k: v for k, v in preset.items() if getattr(cfg.eval, k) != v}
+    if differ:
+        want = ", ".join(f"{k}: {v}" for k, v in preset.items())
+        problems.append(("eval.protocol", f"{cfg.eval.protocol} means {want}; a later layer changed "
+                                          f"{sorted(differ)}: set eval.protocol: custom to combine them"))
     if problems:
         raise RangeError(problems, cfg)
 
@@ -371,7 +398,8 @@ def _check_range(cfg: Config) -> None:
 # the other keys a range rule depends on: named (with their values and files) in its message
 RELATED = {"model.heads": ("model.hidden",), "model.self_attn_heads": ("model.hidden",),
            "model.window_sizes": ("features.num_steps",), "model.fusion": ("model.branches", "model.iterate"),
-           "eval.nms": ("eval.iou_thresholds",), "loss.tgn_neg_iou": ("loss.tgn_pos_iou",)}
+           "eval.nms": ("eval.iou_thresholds",), "loss.tgn_neg_iou": ("loss.tgn_pos_iou",),
+           "eval.protocol": ("eval.iou_rule", "eval.nms", "eval.nms_threshold")}
 
 
 class RangeError(ConfigError):
@@ -596,7 +624,28 @@ def parse_set(pairs: Sequence[str], where: str = "--set") -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], where: str = "") -> Config:
+def expand_protocol(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A layer with its ``eval.protocol`` preset written out: the preset's keys
+    (:data:`EVAL_PROTOCOLS`) set in that same layer, so that they win over earlier layers.  The
+    layer itself giving one of them another value is a :class:`ConfigError` (a later layer doing
+    so is refused by the range check).  ``custom``, or no protocol, leaves the layer as it is."""
+    ev = data.get("eval")
+    name = ev.get("protocol") if isinstance(ev, dict) else None
+    if not isinstance(name, str) or name not in EVAL_PROTOCOLS:
+        return data
+    clash = {k: ev[k] for k, v in EVAL_PROTOCOLS[name].items() if k in ev and ev[k] != v}
+    if clash:
+        want = ", ".join(f"{k}: {v}" for k, v in EVAL_PROTOCOLS[name].items())
+        raise ConfigError(f"{where or 'params'}: eval.protocol {name} means {want}, but the same layer sets "
+                          f"{', '.join(f'eval.{k}: {v}' for k, v in clash.items())}: use eval.protocol: custom")
+    return {**data, "eval": {**ev, **EVAL_PROTOCOLS[name]}}
+
+
+def config_from_dict(data: dict[str, Any], where: str = "", expand: bool = True) -> Config:
+    """One mapping (all layers merged) -> a validated Config; ``expand``: its eval.protocol preset
+    written out first (:func:`expand_protocol`; load_config has done so layer by layer)."""
+    if expand:
+        data = expand_protocol(data, where)
     cfg = _build(Config, data, where)
     _check_range(cfg)
     return cfg
@@ -625,9 +674,11 @@ def load_config(
             _build(Config, data, "")
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
+        data = expand_protocol(data, f)
+        layers[-1] = (f, data)
         merged = _merge(merged, data)
     try:
-        return config_from_dict(merged)
+        return config_from_dict(merged, expand=False)
     except RangeError as e:
         raise RangeError(e.problems, e.cfg, lambda key: _origin(key, layers)) from None
     except ConfigError as e:

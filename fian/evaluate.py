@@ -7,9 +7,12 @@ ranked moments on the device and copies them to the host once at the end.
 The protocol (``eval.iou_rule``: a hit is IoU > m or >= m; ``eval.nms``: NMS at
 ``eval.nms_threshold`` for every m, or per IoU level at m - 0.05; see :mod:`fian.metrics`) is
 applied here and written, as text, under the ``"protocol"`` key of every metrics file
-(:func:`protocol_info`).  Under ``per_level`` each IoU level is scored on its own ranked list;
-``predictions_<split>.jsonl`` holds the list at ``eval.nms_threshold`` (what a user of the model
-gets), so its R@n (n > 1) can differ from the metrics file's.
+(:func:`protocol_info`).  Under ``per_level`` each IoU level is scored on its own ranked list.
+``predictions_<split>.jsonl`` holds what every number of ``metrics_<split>.json`` was computed
+from: the ground truth as scored, the hit rule, the list at ``eval.nms_threshold`` (what a user of
+the model gets; R@n under ``fixed``, R@1 and mIoU always) and, under ``per_level``, each level's
+own list (``by_level``), so anyone can recompute each metric from that file alone
+(tests/test_evaluate.py does, with a plain scorer).
 
 Metrics are **fractions in [0, 1]** everywhere in code, in ``metrics_<split>.json`` (which says
 ``"unit": "fraction"``) and in MLflow; only the LaTeX tables print percentages.
@@ -17,7 +20,13 @@ Metrics are **fractions in [0, 1]** everywhere in code, in ``metrics_<split>.jso
 A predictions record (one per query, JSON lines on disk)::
 
     {"index": 12, "video_id": "v_x", "sentence": "...", "gt": [3.1, 9.0], "duration": 31.2,
-     "segments": [[2.9, 9.4], ...], "scores": [0.93, ...]}       # ranked, best first; seconds
+     "segments": [[2.9, 9.4], ...], "scores": [0.93, ...],      # ranked, best first; seconds
+     "iou_rule": "gt",                                           # hit: IoU > m ("gt") or >= m ("ge")
+     "by_level": {"0.1": [[2.9, 9.4], ...], "0.3": [...], ...}}  # eval.nms per_level only
+
+``gt`` is the ground truth the metrics compared with (the split's float32 seconds); ``by_level``
+maps each IoU level m (as in the metric name "R@n,IoU=m") to the ranked list R@n,IoU=m was scored
+on; without it every level was scored on ``segments``.  mIoU is the IoU of ``segments[0]``.
 """
 
 from __future__ import annotations
@@ -130,7 +139,7 @@ def protocol_info(eval_cfg: EvalConfig) -> dict[str, str]:
     """The protocol in words, for the ``"protocol"`` key of metrics files (text only)."""
     from fian.metrics import protocol
 
-    return protocol(eval_cfg.iou_rule, eval_cfg.nms, eval_cfg.nms_threshold, eval_cfg.iou_thresholds)
+    return protocol(eval_cfg.iou_rule, eval_cfg.nms, eval_cfg.nms_threshold, eval_cfg.iou_thresholds, eval_cfg.protocol)
 
 
 def predict_and_score(
@@ -143,10 +152,12 @@ def predict_and_score(
     amp: str = "off",
     offset_unit: str = "steps",
     discounted: bool = False,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], dict[str, float]]:
-    """Ranked moments at ``eval.nms_threshold`` and the metrics under the protocol of ``eval_cfg``:
-    ``(index [Q], (segments [Q, K, 2], scores [Q, K]), metrics)``; ``discounted``: with the
-    dR@n,IoU=m of Yuan et al. 2021 (the metrics files; not the per-epoch validation)."""
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], dict[float, np.ndarray], dict[str, float]]:
+    """Ranked moments at ``eval.nms_threshold``, the list each IoU level was scored on and the
+    metrics under the protocol of ``eval_cfg``:
+    ``(index [Q], (segments [Q, K, 2], scores [Q, K]), {m: segments [Q, K, 2]}, metrics)``;
+    ``discounted``: with the dR@n,IoU=m of Yuan et al. 2021 (the metrics files; not the per-epoch
+    validation)."""
     levels = level_thresholds(eval_cfg)
     fixed = float(eval_cfg.nms_threshold)
     index, ranked = predict_at(
@@ -158,7 +169,7 @@ def predict_and_score(
     durations = split.duration.detach().cpu().numpy() if discounted else None  # [Q] seconds
     metrics = score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds,
                                 iou_rule=eval_cfg.iou_rule, durations=durations)  # fmt: skip
-    return index, ranked[fixed], metrics
+    return index, ranked[fixed], by_level, metrics
 
 
 def _float_output(out: Any) -> Any:
@@ -200,43 +211,76 @@ def score_ranked(segments: np.ndarray, scores: np.ndarray, gt: np.ndarray, *, ev
     """Metrics of lists ranked elsewhere (the moment prior: ``segments [Q, K, 2]``, ``scores [Q, K]``)
     under the protocol of ``eval_cfg``: each level's list is the host-side NMS of the given one
     (with ``durations [Q]``: dR@n,IoU=m too)."""
-    from fian.metrics import rank_with_nms
-
-    by_level = {m: rank_with_nms(segments, scores, t)[0] for m, t in level_thresholds(eval_cfg).items()}
+    by_level = rank_levels(segments, scores, eval_cfg)
     return score_predictions(by_level, gt, top_n=eval_cfg.top_n, ious=eval_cfg.iou_thresholds, iou_rule=eval_cfg.iou_rule,
                              durations=durations)  # fmt: skip
 
 
+def rank_levels(segments: np.ndarray, scores: np.ndarray, eval_cfg: EvalConfig) -> dict[float, np.ndarray]:
+    """``{m: segments [Q, K, 2]}``: the list of each IoU level m, the host-side NMS of ranked
+    ``segments``/``scores`` at that level's threshold (:func:`level_thresholds`), NaN padded."""
+    from fian.metrics import rank_with_nms
+
+    return {m: rank_with_nms(segments, scores, t)[0] for m, t in level_thresholds(eval_cfg).items()}
+
+
+def _unpadded(segments: np.ndarray, scores: np.ndarray | None = None) -> tuple[list, list | None]:
+    """Ranked ``[Q, K, 2]`` (and ``[Q, K]``) -> per query Python lists without the NaN padding."""
+    keep = ~np.isnan(segments[..., 0])  # [Q, K]
+    seg_lists = np.asarray(segments, dtype=np.float64).tolist()  # C-speed conversion, [[s, e], ...] per query
+    score_lists = None if scores is None else np.asarray(scores, dtype=np.float64).tolist()
+    for q in np.flatnonzero(~keep.all(axis=1)):  # only rows padded after NMS
+        seg_lists[q] = [s for s, k in zip(seg_lists[q], keep[q], strict=True) if k]
+        if score_lists is not None:
+            score_lists[q] = [x for x, k in zip(score_lists[q], keep[q], strict=True) if k]
+    return seg_lists, score_lists
+
+
 def predictions_frame(
-    records: pd.DataFrame, index: np.ndarray, segments: np.ndarray, scores: np.ndarray
+    records: pd.DataFrame,
+    index: np.ndarray,
+    segments: np.ndarray,
+    scores: np.ndarray,
+    *,
+    gt: np.ndarray | None = None,
+    by_level: Mapping[float, np.ndarray] | None = None,
+    iou_rule: str | None = None,
 ) -> pd.DataFrame:
-    """One row per query: index, video_id, sentence, gt_start, gt_end, duration, segments, scores.
+    """One row per query: index, video_id, sentence, gt_start, gt_end, duration, segments, scores
+    (and iou_rule, by_level when given).
 
     ``records`` is the split's table (video_id, sentence, start, end, duration) in the order of
-    the predictions, ``index`` the row id of each query (``GroundingSplit.rows``).  NaN padding
-    moments are dropped from the ranked lists.
+    the predictions, ``index`` the row id of each query (``GroundingSplit.rows``).  ``gt [Q, 2]``:
+    the ground truth the metrics used (else the records' start, end).  ``by_level``: ``{m: [Q, K,
+    2]}``, the list each IoU level was scored on (kept, as ``{"m": [[s, e], ...]}`` per row, only
+    where some level's list differs from ``segments``).  NaN padding moments are dropped.
     """
     if len(records) != len(index):
         raise ValueError(f"{len(records)} records for {len(index)} predictions")
     rec = records
-    keep = ~np.isnan(segments[..., 0])  # [Q, K]
-    seg_lists = np.asarray(segments, dtype=np.float64).tolist()  # C-speed conversion, [[s, e], ...] per query
-    score_lists = np.asarray(scores, dtype=np.float64).tolist()
-    for q in np.flatnonzero(~keep.all(axis=1)):  # only rows padded after NMS
-        seg_lists[q] = [s for s, k in zip(seg_lists[q], keep[q], strict=True) if k]
-        score_lists[q] = [x for x, k in zip(score_lists[q], keep[q], strict=True) if k]
-    return pd.DataFrame(
+    seg_lists, score_lists = _unpadded(segments, scores)
+    gts = np.stack([rec["start"].to_numpy(dtype=np.float64), rec["end"].to_numpy(dtype=np.float64)], 1) if gt is None else gt
+    if gts.shape != (len(index), 2):
+        raise ValueError(f"gt must be [{len(index)}, 2], got {gts.shape}")
+    frame = pd.DataFrame(
         {
             "index": np.asarray(index, dtype=np.int64),
             "video_id": rec["video_id"].astype(str).to_numpy(),
             "sentence": rec["sentence"].astype(str).to_numpy(),
-            "gt_start": rec["start"].to_numpy(dtype=np.float64),
-            "gt_end": rec["end"].to_numpy(dtype=np.float64),
+            "gt_start": np.asarray(gts[:, 0], dtype=np.float64),
+            "gt_end": np.asarray(gts[:, 1], dtype=np.float64),
             "duration": rec["duration"].to_numpy(dtype=np.float64),
             "segments": seg_lists,
             "scores": score_lists,
         }
     )
+    if iou_rule is not None:
+        frame["iou_rule"] = iou_rule
+    same = by_level is None or all(np.array_equal(v, segments, equal_nan=True) for v in by_level.values())
+    if not same:
+        lists = {f"{m:g}": _unpadded(np.asarray(v))[0] for m, v in by_level.items()}
+        frame["by_level"] = [{m: lists[m][q] for m in lists} for q in range(len(frame))]
+    return frame
 
 
 def evaluate(
@@ -254,11 +298,14 @@ def evaluate(
 
     ``amp``: ``train.amp`` (bf16 autocast on CUDA); ``offset_unit``: ``loss.offset_unit`` of the run.
     """
-    index, (segs, scores), metrics = predict_and_score(
+    index, (segs, scores), by_level, metrics = predict_and_score(
         model, split, eval_cfg=eval_cfg, num_steps=num_steps, device=device, amp=amp, offset_unit=offset_unit,
         discounted=True,
     )
-    frame = predictions_frame(split.records, index.numpy(), segs.numpy(), scores.numpy())
+    frame = predictions_frame(
+        split.records, index.numpy(), segs.numpy(), scores.numpy(),
+        gt=split.gt.detach().cpu().numpy(), by_level=by_level, iou_rule=eval_cfg.iou_rule,
+    )  # fmt: skip
     return frame, metrics
 
 
@@ -281,6 +328,8 @@ def write_predictions(path: str | Path, frame: pd.DataFrame) -> None:
                         "duration": row.duration,
                         "segments": row.segments,
                         "scores": [s if math.isfinite(s) else None for s in row.scores],
+                        **({"iou_rule": row.iou_rule} if "iou_rule" in frame.columns else {}),
+                        **({"by_level": row.by_level} if "by_level" in frame.columns else {}),
                     }
                 )
                 + "\n"
@@ -304,6 +353,9 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
                         "duration": float(r["duration"]),
                         "segments": [[float(x) for x in s] for s in r["segments"]],
                         "scores": [float("-inf") if s is None else s for s in r["scores"]],
+                        **({"iou_rule": str(r["iou_rule"])} if "iou_rule" in r else {}),
+                        **({"by_level": {str(m): [[float(x) for x in s] for s in v] for m, v in r["by_level"].items()}}
+                           if "by_level" in r else {}),
                     }
                 )
             except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:  # UnicodeDecodeError is a ValueError

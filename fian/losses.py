@@ -140,14 +140,26 @@ def tgn_scale_weights(
     widths: Sequence[int],
     pos_iou: float,
     chunk: int = 512,
+    form: Literal["pos_weight", "frequency"] = "pos_weight",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TGN's per-scale weights ``(w_0^k, w_1^k)`` of its weighted cross-entropy, from the training set.
 
     TGN (Chen et al. EMNLP 2018, S3.4) weights the positive and the negative term of scale k by
     weights "calculated according to the frequency of positive and negative samples" of that scale
     in the training data; JaywongWang/TGN (datasets/tacos/get_anchor_weight.py) computes
-    ``p_k = #positives_k / #anchors_k`` over the training moments and sets ``w_0^k = 1 - p_k``
+    ``p_k = #positives_k / #anchors_k`` over the training moments and stores ``w_0^k = 1 - p_k``
     (positive term) and ``w_1^k = p_k`` (negative term): rare positives weigh more.
+
+    ``form`` (``loss.tgn_weights``): what the loss multiplies its two terms by.
+
+    - ``pos_weight`` (default): what the re-implementation trains with.  Its data_provider.py
+      (lines 73-75) rescales the stored pair, ``w_0 /= w_1; w_1 = 1``, and its model.py (lines
+      347-348) calls ``tf.nn.weighted_cross_entropy_with_logits(pos_weight=w_0)``: positive term
+      ``(1 - p_k) / p_k``, negative term 1.
+    - ``frequency``: the stored pair as it is, ``(1 - p_k, p_k)`` (TGN's paper text and
+      get_anchor_weight.py); it is the default form divided by ``1 / p_k``, a different factor per
+      scale (13x between the re-implementation's TACoS scales, ~300x on ours at T = 200), so
+      the scales are balanced differently.
 
     Here ``#anchors_k`` counts the valid anchors of width k (ending inside each moment's video,
     ``lengths`` real steps) over the training moments ``gt_steps [M, 2]`` (steps); the
@@ -178,7 +190,11 @@ def tgn_scale_weights(
             f"anchor widths {[w for w, n in zip(widths, n_all.tolist(), strict=True) if n == 0]} fit no training video"
         )
     p = torch.minimum(n_pos.clamp(min=1.0), (n_all - 1).clamp(min=1.0)) / n_all  # 1 <= #pos <= #all - 1
-    return (1 - p).float(), p.float()
+    if form == "frequency":
+        return (1 - p).float(), p.float()
+    if form == "pos_weight":  # w_0 /= w_1; w_1 = 1 (JaywongWang/TGN data_provider.py:73-75)
+        return ((1 - p) / p).float(), torch.ones_like(p).float()
+    raise ValueError(f"form must be 'pos_weight' or 'frequency', got {form!r}")
 
 
 class TGNLoss(nn.Module):
@@ -343,7 +359,7 @@ def build_loss(cfg: Config, train_moments: tuple[torch.Tensor, torch.Tensor] | N
                 "FIAN-TGN's loss weights come from the training set: build_loss(cfg, train_moments=(gt_steps, lengths))"
             )
         widths = head_window_sizes(cfg)
-        w_pos, w_neg = tgn_scale_weights(*train_moments, T, widths, lo.tgn_pos_iou)
+        w_pos, w_neg = tgn_scale_weights(*train_moments, T, widths, lo.tgn_pos_iou, form=lo.tgn_weights)
         _, _, width_index = anchor_grid(T, widths, "end")
         return TGNLoss(w_pos, w_neg, width_index, pos_iou=lo.tgn_pos_iou, neg_iou=lo.tgn_neg_iou)
     if m.head == "cmin":

@@ -9,13 +9,20 @@ The evaluation protocol has two choices the sources answer differently (``eval.i
 ``eval.nms`` in params):
 
 * **hit rule** ``iou_rule``: ``"gt"`` = IoU > m, as Section 4.2 words it ("IoU with ground-truth
-  moment is larger than m"); ``"ge"`` = IoU >= m, as CMIN's released evaluation
-  (ikuinen/CMIN_moment_retrieval, criteria.py ``compute_IoU_recall_top_n``: ``iou >= IoU_thresh``).
-* **NMS** ``nms``: ``"fixed"`` = one ranked list, NMS at one threshold, scored at every m;
-  ``"per_level"`` = for each m its own ranked list, NMS at ``m - 0.05`` (CMIN criteria.py
-  ``compute_IoU_recall``: ``nms_temporal(..., IoU_thresh - 0.05)``; that NMS, like ours, suppresses
-  a moment whose IoU with a kept one is > the threshold).  The top-1 moment is the same under every
-  NMS threshold, so R@1 and mIoU do not depend on ``nms``; R@n for n > 1 does.
+  moment is larger than m") and as 2D-TAN's evaluator counts (microsoft/2D-TAN lib/core/eval.py:
+  ``overlap > t``); ``"ge"`` = IoU >= m, as TALL's evaluator (jiyanggao/TALL main.py
+  ``compute_IoU_recall_top_n_forreg``: ``iou>=iou_thresh``) and CMIN's released evaluation
+  (ikuinen/CMIN_moment_retrieval runners/runner_final.py ``eval``: ``IoUs >= m`` of the single
+  best box).
+* **NMS** ``nms``: ``"fixed"`` = one ranked list, NMS at one threshold, scored at every m (2D-TAN:
+  ``nms(thresh=TEST.NMS_THRESH)``, 0.5); ``"per_level"`` = for each m its own ranked list, NMS at
+  ``m - 0.05`` (TALL's evaluator: ``nms_temporal(..., iou_thresh - 0.05)``; CMIN's criteria.py
+  carries a copy, ``compute_IoU_recall``, that its runner never calls).  Every one of these NMS,
+  like ours, suppresses a moment whose IoU with a kept one is > the threshold.  The top-1 moment is
+  the same under every NMS threshold, so R@1 and mIoU do not depend on ``nms``; R@n for n > 1 does.
+
+``eval.protocol`` names a preset of these keys (fian.config.EVAL_PROTOCOLS: ``tall``, ``2dtan``,
+``cmin``); ``custom`` (the default) = the keys as set: S4.2's hit rule with TALL's per-level NMS.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 
 IOU_RULES = ("gt", "ge")
 NMS_MODES = ("fixed", "per_level")
-PER_LEVEL_MARGIN = 0.05  # CMIN criteria.py: NMS at IoU_thresh - 0.05 for the recall at IoU_thresh
+PER_LEVEL_MARGIN = 0.05  # TALL main.py: NMS at iou_thresh - 0.05 for the recall at iou_thresh
 
 
 def temporal_iou(a: Any, b: Any) -> Any:
@@ -106,7 +113,8 @@ def metric_name(n: int, m: float) -> str:
 
 
 def is_hit(iou: np.ndarray, m: float, iou_rule: str) -> np.ndarray:
-    """``iou > m`` (``"gt"``, S4.2's wording) or ``iou >= m`` (``"ge"``, CMIN's code); NaN never hits."""
+    """``iou > m`` (``"gt"``, S4.2's wording, 2D-TAN's code) or ``iou >= m`` (``"ge"``, TALL's and
+    CMIN's code); NaN never hits."""
     if iou_rule == "gt":
         return iou > m
     if iou_rule == "ge":
@@ -257,11 +265,21 @@ def rank_with_nms(segments: Any, scores: Any, threshold: float) -> tuple[np.ndar
     return out_seg, out_sc
 
 
-def protocol(iou_rule: str, nms: str, nms_threshold: float, ms: Sequence[float]) -> dict[str, str]:
+PRESET_SOURCES = {
+    "tall": "TALL's evaluator, jiyanggao/TALL main.py",
+    "2dtan": "2D-TAN's evaluator, microsoft/2D-TAN lib/core/eval.py",
+    "cmin": "CMIN's evaluation, ikuinen/CMIN_moment_retrieval runners/runner_final.py: the single best box",
+}
+
+
+def protocol(
+    iou_rule: str, nms: str, nms_threshold: float, ms: Sequence[float], preset: str = "custom"
+) -> dict[str, str]:
     """The evaluation protocol in words (text only: metrics files keep it beside the numbers).
 
-    Keys: ``iou_rule``, ``hit`` ("IoU > m"), ``nms``, ``nms_threshold`` (the fixed one), ``nms_at``
-    (the threshold per level) and ``text``, one sentence with the sources.  Values are strings.
+    Keys: ``preset`` (``eval.protocol``), ``iou_rule``, ``hit`` ("IoU > m"), ``nms``,
+    ``nms_threshold`` (the fixed one), ``nms_at`` (the threshold per level) and ``text``, one
+    sentence with the sources.  Values are strings.
     """
     hit = {"gt": "IoU > m", "ge": "IoU >= m"}[iou_rule] if iou_rule in IOU_RULES else None
     if hit is None:
@@ -272,13 +290,17 @@ def protocol(iou_rule: str, nms: str, nms_threshold: float, ms: Sequence[float])
         nms_text = f"one ranked list, NMS at IoU {nms_threshold:g} for every m"
     else:
         nms_at = "m - 0.05 (" + ", ".join(f"m={m:g}: {t:g}" for m, t in levels.items()) + ")"
-        nms_text = "one ranked list per m, NMS at m - 0.05 (CMIN's evaluation, criteria.py)"
-    source = "S4.2 wording" if iou_rule == "gt" else "CMIN's evaluation code"
+        nms_text = "one ranked list per m, NMS at m - 0.05 (TALL's evaluator)"
+    source = "S4.2 wording, 2D-TAN's code" if iou_rule == "gt" else "TALL's and CMIN's code"
+    if preset != "custom" and preset not in PRESET_SOURCES:
+        raise ValueError(f"preset must be 'custom' or one of {sorted(PRESET_SOURCES)}, got {preset!r}")
+    named = f"preset {preset} ({PRESET_SOURCES[preset]}): " if preset in PRESET_SOURCES else ""
     return {
+        "preset": preset,
         "iou_rule": iou_rule,
         "hit": hit,
         "nms": nms,
         "nms_threshold": f"{nms_threshold:g}",
         "nms_at": nms_at,
-        "text": f"hit: {hit} ({source}); {nms_text}",
+        "text": f"{named}hit: {hit} ({source}); {nms_text}",
     }

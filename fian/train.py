@@ -45,6 +45,7 @@ import torch
 from fian.distributed import DistInfo, reduce_mean, reduce_sum, shard_epoch
 from fian.evaluate import PRIMARY_METRIC, autocast_ctx, predict_and_score
 from fian.io import atomic_path
+from fian.losses import seconds_to_steps
 
 if TYPE_CHECKING:
     from fian.config import Config, EvalConfig, TrainConfig
@@ -478,7 +479,7 @@ def _train_epoch(
     for step, batch in enumerate(part.batches(local_bs, shuffle=False)):  # gathered on the device
         with autocast_ctx(device, train_cfg.amp):
             out = step_model(batch.video, batch.video_mask, batch.words, batch.word_mask)
-        gt_steps = batch.gt / batch.duration[:, None] * num_steps  # [B, 2] seconds -> steps
+        gt_steps = seconds_to_steps(batch.gt, batch.duration, num_steps)  # [B, 2] seconds -> steps
         try:
             terms = loss_fn(_fp32(out), gt_steps)
         except FloatingPointError as e:

@@ -39,7 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fian.baselines import MomentPrior, normalized_moments
     from fian.data.dataset import GroundingSplit
-    from fian.evaluate import predictions_frame, protocol_info, score_ranked, write_metrics, write_predictions
+    from fian.evaluate import (
+        predictions_frame,
+        protocol_info,
+        rank_levels,
+        score_predictions,
+        write_metrics,
+        write_predictions,
+    )
+    from fian.metrics import rank_with_nms
     from fian.tracking import build_tracker
 
     train_path, split_path = args.data / "train.h5", args.data / f"{args.split}.h5"
@@ -52,9 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"{train_path}: {e}") from None
     prior = MomentPrior.fit(moments, cfg.eval.max_predictions, seed=cfg.train.seed)
     segs, scores = prior.predict(split.duration.numpy())  # [Q, K, 2] seconds, [Q, K]
-    metrics = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg.eval,
-                           durations=split.duration.numpy())  # NMS and hit rule of eval.*; dR@n,IoU=m too
-    frame = predictions_frame(split.records, split.rows.numpy(), segs, scores)
+    by_level = rank_levels(segs, scores, cfg.eval)  # NMS of eval.*: the list each IoU level is scored on
+    gt = split.gt.numpy()
+    ev = cfg.eval
+    metrics = score_predictions(by_level, gt, top_n=ev.top_n, ious=ev.iou_thresholds, iou_rule=ev.iou_rule,
+                                durations=split.duration.numpy())  # dR@n,IoU=m too
+    # the user's list: NMS at eval.nms_threshold, as the evaluate stage writes it
+    user_segs, user_scores = rank_with_nms(segs, scores, ev.nms_threshold)
+    frame = predictions_frame(split.records, split.rows.numpy(), user_segs, user_scores, gt=gt, by_level=by_level,
+                              iou_rule=ev.iou_rule)  # fmt: skip
 
     from fian.tracking import data_hashes
     from fian_pipeline.provenance import git_state, mlflow_ref, strip_prefix

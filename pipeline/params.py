@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fian.config import ConfigError, load_config, read_overrides
+from fian.config import EVAL_PROTOCOLS, ConfigError, load_config, read_overrides
 from fian_pipeline.common import command_parser, run_stage
 from fian_pipeline.layers import explain, overridden
 
@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for where, value, wins in rows:
         print(f"{where:<{width}}  {value!r}{'   <- wins' if wins else '   (overridden)'}")
     effective = [r for r in rows if r[2]]
+    section, _, leaf = args.key.partition(".")
+    if section == "eval" and leaf in EVAL_PROTOCOLS.get(cfg.eval.protocol, {}):
+        print(f"eval.protocol = {cfg.eval.protocol!r} sets {args.key} = {default!r} in the layer that names it, over "
+              "the layers before it (fian/config.py EVAL_PROTOCOLS)")  # fmt: skip
     if not effective:
         print(f"{args.key}: set by no layer of {' < '.join(files_shown)}; the code default applies: {default!r}")
     else:

@@ -156,7 +156,7 @@ def test_every_key_is_commented() -> None:
 def test_eval_protocol_keys(tmp_path: Path) -> None:
     """eval.iou_rule / eval.nms: the paper tables' defaults, typed choices, and the per-level range."""
     base = load_config(PARAMS / "base.yaml")
-    assert (base.eval.iou_rule, base.eval.nms) == ("gt", "per_level")  # S4.2 "larger than m"; CMIN's NMS
+    assert (base.eval.iou_rule, base.eval.nms) == ("gt", "per_level")  # S4.2 "larger than m"; TALL's NMS
     ge = load_config(PARAMS / "base.yaml", _write(tmp_path, "ge.yaml", "eval:\n  iou_rule: ge\n  nms: fixed\n"))
     assert (ge.eval.iou_rule, ge.eval.nms) == ("ge", "fixed")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*eval\.iou_rule.*'>=' is not one of \['gt', 'ge'\]"):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import marked_split
+from train_helpers import marked_split, plain_scores
 
 from fian.baselines import MomentPrior, normalized_moments
 from fian.config import EvalConfig
@@ -120,7 +120,7 @@ PROTOCOL_CASES = {
 
 
 @pytest.mark.parametrize("rule,nms", sorted(PROTOCOL_CASES))
-def test_protocol_by_hand(rule: str, nms: str) -> None:
+def test_protocol_by_hand(rule: str, nms: str, tmp_path) -> None:
     split = marked_split(n_videos=2, same_moment=True)  # 4 queries, GT [16, 32) s
     assert split.gt.tolist() == [[16.0, 32.0]] * 4
     cand = torch.tensor([[11.2, 19.2], [8.8, 16.8], [24, 32], [8, 12]], dtype=torch.float32)  # A B C D, steps
@@ -142,6 +142,16 @@ def test_protocol_by_hand(rule: str, nms: str) -> None:
     scores = np.tile([3.0, 2.0, 1.0], (4, 1))
     ranked = score_ranked(segs, scores, split.gt.numpy(), eval_cfg=cfg)
     assert ranked == {**PROTOCOL_CASES[rule, nms], "mIoU": pytest.approx((2 * 4.8 / 11.2 + 2 * 0.5) / 4)}
+    # every metric recomputed from the predictions file alone (per level: R@5,IoU=0.7 needs B,
+    # which only the m = 0.7 list keeps)
+    write_predictions(tmp_path / "predictions_test.jsonl", frame)
+    write_metrics(tmp_path / "metrics_test.json", metrics, split="test", n_queries=len(frame),
+                  protocol=protocol_info(cfg), info=tmp_path / "info_test.json")  # fmt: skip
+    reported = json.loads((tmp_path / "metrics_test.json").read_text())
+    names = [k for k in reported if k.startswith("R@") or k == "mIoU"]
+    assert len(names) == 7
+    assert plain_scores(tmp_path / "predictions_test.jsonl", names) == {k: reported[k] for k in names}
+    assert ("by_level" in frame.columns) == (nms == "per_level")  # under fixed, segments is every level's list
 
 
 def test_moment_prior_recovers_clusters() -> None:
@@ -174,5 +184,5 @@ def test_train_metrics_file_states_the_protocol(tmp_path) -> None:
     tm = json.loads((tmp_path / "train_metrics.json").read_text())
     ti = json.loads((tmp_path / "train_info.json").read_text())  # text beside DVC's numbers-only file
     assert tm["val/R@5,IoU=0.7"] == 0.25 and "protocol" not in tm and ti["protocol"] == proto
-    assert ti["protocol"]["text"] == "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+    assert ti["protocol"]["text"] == "hit: IoU >= m (TALL's and CMIN's code); one ranked list, NMS at IoU 0.4 for every m"
     assert "protocol" not in summary  # the summary's numbers go to MLflow; the protocol is text

@@ -4,6 +4,7 @@ the best anchor (fian/losses.py; sources in the docstrings there)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -61,17 +62,94 @@ def test_tgn_scale_weights_by_hand():
     # moment B [1, 2] in a 3-step video (valid: ends <= 3): [1,2] IoU 1, [0,3] 1/3
     #   -> width 1: 1 of 3; width 3: 0 of 1
     gt = torch.tensor([[0.0, 3.0], [1.0, 2.0]])
-    w_pos, w_neg = tgn_scale_weights(gt, torch.tensor([4, 3]), 4, [1, 3], pos_iou=0.5)
+    w_pos, w_neg = tgn_scale_weights(gt, torch.tensor([4, 3]), 4, [1, 3], pos_iou=0.5, form="frequency")
     p = torch.tensor([1 / 7, 1 / 3])
     torch.testing.assert_close(w_neg, p)  # w_1^k = frequency of positives of scale k
     torch.testing.assert_close(w_pos, 1 - p)  # w_0^k = 1 - that
+    # the default: JaywongWang/TGN's w_0 /= w_1; w_1 = 1 -> ((1 - 1/7) / (1/7), 1), ((1 - 1/3) / (1/3), 1)
+    w_pos, w_neg = tgn_scale_weights(gt, torch.tensor([4, 3]), 4, [1, 3], pos_iou=0.5)
+    torch.testing.assert_close(w_pos, torch.tensor([6.0, 2.0]))
+    torch.testing.assert_close(w_neg, torch.tensor([1.0, 1.0]))
     # a scale without any positive keeps one (ours): A alone, width 1 -> 1 / 4, not 0
-    w_pos, w_neg = tgn_scale_weights(gt[:1], torch.tensor([4]), 4, [1, 3], pos_iou=0.5)
+    w_pos, w_neg = tgn_scale_weights(gt[:1], torch.tensor([4]), 4, [1, 3], pos_iou=0.5, form="frequency")
     torch.testing.assert_close(w_neg, torch.tensor([1 / 4, 1 / 2]))
     # only anchors inside the moment's video count: [3, 5] in a 5-step video of T = 6, width 3:
     #   [0,3] [1,4] [2,5] have IoUs 0, 1/4, 2/3 -> 1 positive of 3 ([3,6], IoU 2/3, lies past the end)
-    _, w_neg = tgn_scale_weights(torch.tensor([[3.0, 5.0]]), torch.tensor([5]), 6, [3], pos_iou=0.5)
+    _, w_neg = tgn_scale_weights(torch.tensor([[3.0, 5.0]]), torch.tensor([5]), 6, [3], pos_iou=0.5, form="frequency")
     torch.testing.assert_close(w_neg, torch.tensor([1 / 3]))
+    with pytest.raises(ValueError, match="form must be"):
+        tgn_scale_weights(gt, torch.tensor([4, 3]), 4, [1, 3], pos_iou=0.5, form="tf")
+
+
+def plain_tgn_weights(moments, lengths, T, widths, pos_iou, form):
+    """A plain re-computation of JaywongWang/TGN's per-scale weights on whole videos: p_k =
+    positives / valid anchors of width k (anchors [e - w, e), e = w..T, inside the video), the count
+    of positives kept in [1, #anchors - 1]; get_anchor_weight.py stores (1 - p, p), data_provider.py
+    (lines 73-75) divides: w0 /= w1, w1 = 1."""
+    out = []
+    for w in widths:
+        n_pos = n_all = 0
+        for (g0, g1), length in zip(moments, lengths, strict=True):
+            for e in range(w, T + 1):
+                if e > length:
+                    continue
+                s = e - w
+                inter = max(0.0, min(e, g1) - max(s, g0))
+                union = max(e, g1) - min(s, g0)
+                n_all += 1
+                n_pos += inter / union > pos_iou
+        p = min(max(n_pos, 1), max(n_all - 1, 1)) / n_all
+        w0, w1 = 1 - p, p
+        if form == "pos_weight":
+            w0, w1 = w0 / w1, 1.0
+        out.append((w0, w1))
+    return out
+
+
+@pytest.mark.parametrize("form", ["pos_weight", "frequency"])
+def test_tgn_scale_weights_match_a_plain_recomputation(form):
+    gen = torch.Generator().manual_seed(3)
+    T, widths = 24, [1, 2, 4, 7, 12]
+    lengths = torch.randint(12, T + 1, (30,), generator=gen)
+    starts = (torch.rand(30, generator=gen) * (lengths - 2)).floor()
+    ends = starts + 1 + (torch.rand(30, generator=gen) * (lengths - starts - 1))
+    moments = torch.stack([starts, ends], 1)
+    w_pos, w_neg = tgn_scale_weights(moments, lengths, T, widths, pos_iou=0.5, form=form)
+    want = plain_tgn_weights(moments.tolist(), lengths.tolist(), T, widths, 0.5, form)
+    torch.testing.assert_close(w_pos, torch.tensor([a for a, _ in want]))
+    torch.testing.assert_close(w_neg, torch.tensor([b for _, b in want]))
+
+
+def test_tgn_default_loss_is_tf_weighted_cross_entropy_with_pos_weight():
+    """The default TGN loss, from the training moments to the number, against a plain
+    re-computation of JaywongWang/TGN's model.py (lines 347-348 and after):
+    ``weighted_cross_entropy_with_logits(targets, logits, pos_weight=w0/w1)`` =
+    ``y * -log(sigmoid(x)) * pos_weight + (1 - y) * -log(1 - sigmoid(x))`` per anchor, summed
+    over the (valid) anchors, divided by the real steps."""
+    cfg = load_params(PARAMS, "tacos", "tgn")
+    assert cfg.loss.tgn_weights == "pos_weight"
+    T, widths = 200, list(range(1, 33))
+    train_gt = torch.tensor([[10.0, 30.0], [50.0, 52.0], [0.0, 120.0], [90.5, 97.25]])
+    train_len = torch.tensor([200, 200, 150, 110])
+    loss_fn = build_loss(cfg, (train_gt, train_len))
+    want_w = plain_tgn_weights(train_gt.tolist(), train_len.tolist(), T, widths, 0.5, "pos_weight")
+    cands, _, width = anchor_grid(T, widths, "end")
+    logits = torch.randn(2, cands.shape[0], generator=torch.Generator().manual_seed(0))
+    lengths = [200, 120]
+    gt = [(33.0, 47.5), (5.0, 9.0)]
+    total = 0.0
+    for b in range(2):
+        for j, ((s, e), k) in enumerate(zip(cands.tolist(), width.tolist(), strict=True)):
+            if e > lengths[b]:
+                continue
+            g0, g1 = gt[b]
+            iou = max(0.0, min(e, g1) - max(s, g0)) / (max(e, g1) - min(s, g0))
+            y = 1.0 if iou > 0.5 else 0.0
+            x = logits[b, j].item()
+            c = 1 / (1 + math.exp(-x))
+            total += y * -math.log(c) * want_w[k][0] + (1 - y) * -math.log(1 - c)
+    out = loss_fn(out_for(cands, logits, lengths=lengths), torch.tensor(gt))
+    assert out["loss"].item() == pytest.approx(total / sum(lengths), rel=1e-5)
 
 
 def test_tgn_weighted_bce_by_hand():
@@ -139,6 +217,10 @@ def test_build_loss_tgn_from_the_training_moments():
     #   moment [50, 52) none; 181 anchors of width 20 per video
     p20 = 13 / (2 * 181)
     j = int((width == 19).nonzero()[0])
+    # default loss.tgn_weights: pos_weight, JaywongWang/TGN's ((1 - p) / p, 1)
+    assert loss_fn.w_neg[j].item() == 1.0 and loss_fn.w_pos[j].item() == pytest.approx((1 - p20) / p20)
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, tgn_weights="frequency"))
+    loss_fn = build_loss(cfg, (gt, torch.tensor([200, 200])))
     assert loss_fn.w_neg[j].item() == pytest.approx(p20) and loss_fn.w_pos[j].item() == pytest.approx(1 - p20)
 
 

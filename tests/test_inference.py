@@ -40,6 +40,24 @@ def test_decode_by_hand():
     )
 
 
+def test_decode_keeps_both_moments_at_an_exact_nms_tie():
+    """[0, 4] and [0, 8]: IoU exactly 4/8 = 0.5.  At threshold 0.5 both survive (the released
+    evaluators suppress only IoU > threshold: TALL's and CMIN's nms_temporal keep ``<= overlap``,
+    2D-TAN keeps ``ovr <= thresh``); integer anchor grids (TGN, CMIN heads) meet such ties often.
+    [0, 4] and [0, 7] (IoU 4/7 > 0.5) do not: the second is suppressed."""
+    for other, logits in (([0.0, 8.0], [[2.0, 1.0]]), ([0.0, 4.0], [[1.0, 2.0]])):
+        cands = torch.tensor([[0.0, 4.0] if other == [0.0, 8.0] else [0.0, 8.0], other])
+        seg, sc = decode(make_output(logits, torch.zeros(1, 2, 2), cands), torch.tensor([8.0]), 8, 0.5, top_k=2)
+        assert not torch.isnan(seg).any(), seg  # both kept, best first
+        assert sc[0, 0] > sc[0, 1]
+    cands = torch.tensor([[0.0, 4.0], [0.0, 7.0]])
+    seg, _ = decode(make_output([[2.0, 1.0]], torch.zeros(1, 2, 2), cands), torch.tensor([8.0]), 8, 0.5, top_k=2)
+    assert seg[0, 0].tolist() == [0.0, 4.0] and torch.isnan(seg[0, 1]).all()
+    # the host-side reference NMS of the metrics (moment prior, per-level lists) agrees
+    assert nms_1d([[0, 4], [0, 8]], [2.0, 1.0], 0.5).tolist() == [0, 1]
+    assert nms_1d([[0, 4], [0, 7]], [2.0, 1.0], 0.5).tolist() == [0]
+
+
 def test_decode_clips_and_orders_boundaries_and_skips_invalid():
     cands = torch.tensor([[2.0, 4.0], [4.0, 8.0]])
     out = make_output(

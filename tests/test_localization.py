@@ -107,6 +107,19 @@ def test_cmin_anchors_are_centred_on_each_step_by_hand():
     assert [int((w6 == i).sum()) for i in range(3)] == [194, 182, 168]
 
 
+def test_the_heads_place_their_anchors_by_hand():
+    """The heads themselves (not only anchor_grid): CMIN's anchors are centred on the step that
+    scores them, TGN's end at it.  T = 4, widths [1, 2]; step t covers [t, t + 1)."""
+    for head in (CMINHead(3, 4, [1, 2]), build_head("cmin", 3, 4, [1, 2], [1, 1])):
+        assert head.candidates.tolist() == [[0, 1], [1, 2], [0.5, 2.5], [2, 3], [1.5, 3.5], [3, 4]]
+        assert head.anchor_step.tolist() == [0, 1, 1, 2, 2, 3]
+        centre = head.candidates.mean(1)
+        assert (centre == head.anchor_step + 0.5).all()  # centred on their own step
+    for head in (TGNHead(3, 4, [1, 2]), build_head("tgn", 3, 4, [1, 2], [1, 1])):
+        assert head.candidates.tolist() == [[0, 1], [1, 2], [0, 2], [2, 3], [1, 3], [3, 4], [2, 4]]
+        assert (head.candidates[:, 1] == head.anchor_step + 1).all()  # ending at the end of their step
+
+
 @pytest.mark.parametrize("kind", ["tgn", "cmin"])
 def test_anchor_heads_score_each_anchor_from_its_own_step_only(kind):
     torch.manual_seed(0)

@@ -155,8 +155,14 @@ def test_protocol_words():
     assert p["hit"] == "IoU > m" and p["nms"] == "per_level" and "m=0.1: 0.05" in p["nms_at"]
     assert all(isinstance(v, str) for v in p.values())  # text only: DVC never reads it as a metric
     assert protocol("ge", "fixed", 0.4, (0.5,))["text"] == (
-        "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m"
+        "hit: IoU >= m (TALL's and CMIN's code); one ranked list, NMS at IoU 0.4 for every m"
     )
+    assert protocol("gt", "fixed", 0.5, (0.5,), "2dtan")["text"] == (
+        "preset 2dtan (2D-TAN's evaluator, microsoft/2D-TAN lib/core/eval.py): "
+        "hit: IoU > m (S4.2 wording, 2D-TAN's code); one ranked list, NMS at IoU 0.5 for every m"
+    )
+    with pytest.raises(ValueError, match=r"preset must be 'custom' or one of \['2dtan', 'cmin', 'tall'\], got 'x'"):
+        protocol("gt", "fixed", 0.5, (0.5,), "x")
 
 
 def test_mean_iou_and_evaluate_predictions():

@@ -231,20 +231,22 @@ def test_protocol_words_in_full():
     ``nms_at`` None), _32 _33 _35 _36 (per-level ``nms_at`` text), _37-_40 (per-level text),
     _42 _44-_46 _48 (the source named for ``gt``)."""
     assert protocol("gt", "per_level", 0.5, (0.1, 0.5)) == {
+        "preset": "custom",
         "iou_rule": "gt",
         "hit": "IoU > m",
         "nms": "per_level",
         "nms_threshold": "0.5",
         "nms_at": "m - 0.05 (m=0.1: 0.05, m=0.5: 0.45)",
-        "text": "hit: IoU > m (S4.2 wording); one ranked list per m, NMS at m - 0.05 (CMIN's evaluation, criteria.py)",
+        "text": "hit: IoU > m (S4.2 wording, 2D-TAN's code); one ranked list per m, NMS at m - 0.05 (TALL's evaluator)",
     }
     assert protocol("ge", "fixed", 0.4, (0.5, 0.7)) == {
+        "preset": "custom",
         "iou_rule": "ge",
         "hit": "IoU >= m",
         "nms": "fixed",
         "nms_threshold": "0.4",
         "nms_at": "0.4 at every m",
-        "text": "hit: IoU >= m (CMIN's evaluation code); one ranked list, NMS at IoU 0.4 for every m",
+        "text": "hit: IoU >= m (TALL's and CMIN's code); one ranked list, NMS at IoU 0.4 for every m",
     }
 
 
@@ -349,7 +351,7 @@ def test_tgn_scale_weights_reject_bad_training_moments(gt, lengths, match):
     ],
 )
 def test_tgn_scale_weights_by_hand(gt, lengths, widths, chunk, p):
-    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk)
+    w_pos, w_neg = tgn_scale_weights(torch.tensor(gt, dtype=torch.float32), torch.tensor(lengths), 4, widths, 0.5, chunk, form="frequency")
     torch.testing.assert_close(w_neg, torch.tensor(p))
     torch.testing.assert_close(w_pos, 1 - torch.tensor(p))
 

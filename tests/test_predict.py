@@ -282,6 +282,38 @@ def test_dataset_pipeline_equals_encode_video(predictor, trained: SimpleNamespac
         assert np.allclose(_pairs(got), want.numpy(), atol=1e-4), rec["sentence"]
 
 
+def test_predictor_of_a_window_offset_checkpoint_answers_as_evaluate(predictor, trained: SimpleNamespace,
+                                                                     tmp_path: Path) -> None:
+    """A checkpoint whose run used ``loss.offset_unit: window`` (offsets in window lengths): the
+    Predictor must decode its offsets as the evaluate stage does (``fian evaluate`` on the same
+    features, the prepared test split), not as steps.  The checkpoint is the fixture's with its
+    config's unit set to window: the unit only changes how offsets are decoded, and the answers
+    below differ from the steps reading, so a Predictor that ignored it would fail."""
+    from fian import Predictor
+    from fian.train import load_checkpoint, save_checkpoint
+    from fian_pipeline import evaluate
+
+    ckpt = load_checkpoint(trained.ckpt)
+    ckpt["config"]["loss"]["offset_unit"] = "window"
+    save_checkpoint(tmp_path / "window.pt", ckpt)
+    argv = ["--params", *trained.params, "--data", str(trained.data), "--text", str(trained.text),
+            "--checkpoint", str(tmp_path / "window.pt"), "--split", "test", "--out", str(tmp_path / "eval"),
+            "--device", "cpu", "--set", "loss.offset_unit=window", "--set", "tracking.enabled=false"]  # fmt: skip
+    assert evaluate.run_stage(evaluate.main, argv) == 0
+    records = [json.loads(x) for x in (tmp_path / "eval" / "predictions_test.jsonl").read_text().splitlines()]
+    window = Predictor.from_checkpoint(tmp_path / "window.pt", device="cpu")
+    assert window.cfg.loss.offset_unit == "window" and len(records) == 6
+    differs = 0
+    for r in records:
+        f = window.load_features(trained.store, r["video_id"])
+        got = _pairs(window.predict(r["sentence"], f, top=5))
+        want = [[s, e, p] for (s, e), p in zip(r["segments"], r["scores"], strict=True)]
+        assert len(got) == len(want) and np.allclose(got, want, atol=1e-4), r["sentence"]
+        as_steps = _pairs(predictor.predict(r["sentence"], f, top=5))
+        differs += len(as_steps) != len(got) or not np.allclose(as_steps, got, atol=1e-4)
+    assert differs  # the window reading is not the steps reading on these queries
+
+
 def test_precomputed_features_give_the_same_answer(predictor, trained: SimpleNamespace) -> None:
     v = predictor.encode_video(trained.videos / "bikes.mp4")
     f = predictor.load_features(trained.store, "bikes")  # the extract stage's store, its duration attr

@@ -100,7 +100,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert "Nothing to do: every output is up to date" in out
     assert "synthetic/fian" in out and "synthetic/prior (baseline)" in out and "%" in out
     # the headline says the protocol its metrics files record (the default: IoU > m, per-level NMS)
-    assert "split; hit: IoU > m (S4.2 wording); one ranked list per m, NMS at m - 0.05" in out, out[-2000:]
+    assert "split; hit: IoU > m (S4.2 wording, 2D-TAN's code); one ranked list per m, NMS at m - 0.05" in out, out[-2000:]
     from fian_pipeline.demo import loud_warnings
 
     warnings = "\n".join(loud_warnings(proj / "logs", since=0))

@@ -95,7 +95,7 @@ def test_caption_states_the_protocol_of_our_rows(tmp_path: Path) -> None:
     _metrics(tmp_path / "tacos/prior/metrics_test.json", scale=0.2, protocol=GT_PER_LEVEL)
     t2 = render_all(tmp_path, split="test")["table2.tex"]
     assert (r"Protocol of our rows: hit: IoU $> m$; NMS at IoU $m - 0.05$, one ranked list per $m$ "
-            "(CMIN's evaluation).") in t2  # fmt: skip
+            "(TALL's evaluator).") in t2  # fmt: skip
     # a text key of its own (metrics files holding numbers only at the top level) is read as well
     _metrics(tmp_path / "tacos/fian/metrics_test.json", info={"protocol": GE_FIXED})
     t2 = render_all(tmp_path, split="test")["table2.tex"]

@@ -198,3 +198,33 @@ def test_text_stage_with_glove_file(tmp_path: Path) -> None:
     with pytest.raises(TextError, match=r"all_oov and policy 'fail': train\.json:v\[2\] \('a cat purrs'\)"):
         main(["--params", str(params), "--annotations", str(ann), "--glove", str(g), "--out", str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()
+
+
+def test_text_stage_remaps_added_words_and_takes_unk_from_training_words_only(tmp_path: Path) -> None:
+    """The text stage (vocab_from: all_splits, oov: unk) on a case where an unseen word GloVe lacks
+    ("zzz", 3 times) ranks before unseen words it covers ("dog", "yak", once each): "zzz" is not
+    added, so "dog" and "yak" move up one id and must keep their own vectors; ``<unk>`` and the
+    training words GloVe lacks get the mean of the TRAINING words' vectors only (the, man, opens,
+    door: (1 + 2 + 3 + 4) / 4 = 2.5), not of the added ones (10, 20)."""
+    from fian_pipeline.text import main
+
+    d = tmp_path / "ann"
+    d.mkdir()
+    for split, sents in {"train": ["a man opens the door", "the man sits", "a cat purrs"],
+                         "test": ["a zzz zzz opens the door", "zzz dog", "the yak"]}.items():  # fmt: skip
+        pd.DataFrame({"video_id": "v", "duration": 10.0, "start": 0.0, "end": 1.0, "sentence": sents, "split": split,
+                      "source": [f"{split}.json:v[{i}]" for i in range(len(sents))]}).to_parquet(d / f"{split}.parquet")  # fmt: skip
+    vectors = {"the": 1.0, "man": 2.0, "opens": 3.0, "door": 4.0, "dog": 10.0, "yak": 20.0}
+    g = glove_file(tmp_path / "g.txt", {w: [v] * 300 for w, v in vectors.items()})
+    params = tmp_path / "p.yaml"
+    params.write_text("text:\n  oov: unk\n  vocab_from: all_splits\ndataset:\n  splits: {train: [t.json], test: [t.json]}\n")
+    assert main(["--params", str(params), "--annotations", str(d), "--glove", str(g), "--out", str(tmp_path / "out")]) == 0
+    vocab = Vocab.load(tmp_path / "out" / "vocab.json")
+    emb = np.load(tmp_path / "out" / "embeddings.npy")
+    n_train = 2 + 8  # <pad> <unk> + a man the cat door opens purrs sits
+    assert vocab.itos[n_train:] == ["dog", "yak"] and "zzz" not in vocab
+    for word, value in vectors.items():
+        assert (emb[vocab.stoi[word]] == value).all(), word  # each word its own row
+    assert not emb[0].any()
+    for word in ("<unk>", "a", "sits", "cat", "purrs"):
+        assert (emb[vocab.stoi[word]] == 2.5).all(), word

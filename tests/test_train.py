@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_helpers import VOCAB, marked_split, tiny_config
+from train_helpers import VOCAB, marked_split, plain_scores, tiny_config
 
 from fian.losses import build_loss
 from fian.model.build import build_model
@@ -224,12 +224,27 @@ def test_train_evaluate_baseline_stages(tiny_files, capsys) -> None:
     assert all(0 <= s <= e <= rec["duration"] for s, e in rec["segments"])
     assert rec["scores"] == sorted(rec["scores"], reverse=True)
 
+    # every number of the metrics file, recomputed from the predictions file alone (issue 20):
+    # under the default protocol (per-level NMS) and under --set eval.nms=fixed eval.iou_rule=ge
+    def reproduced(folder):
+        reported = json.loads((folder / "metrics_test.json").read_text())
+        names = [k for k in reported if k.startswith("R@") or k == "mIoU"]
+        assert len(names) == 9
+        return plain_scores(folder / "predictions_test.jsonl", names) == {k: reported[k] for k in names}
+
+    assert reproduced(out) and "by_level" in rec and rec["iou_rule"] == "gt"
+    fixed_out = tmp / "fixed"
+    assert evaluate.main([*args, "--split", "test", "--out", str(fixed_out), "--set", "eval.nms=fixed",
+                          "--set", "eval.iou_rule=ge"]) == 0  # fmt: skip
+    assert reproduced(fixed_out)
+
     prior_out = tmp / "prior"
     assert baseline.main(["--params", *params[:2], "--data", str(data), "--split", "test", "--out", str(prior_out)]) == 0
     pm = json.loads((prior_out / "metrics_test.json").read_text())
     assert json.loads((prior_out / "info_test.json").read_text())["baseline"] == "moment_prior" and pm["n_queries"] == 6
     first = [json.loads(x)["segments"] for x in (prior_out / "predictions_test.jsonl").read_text().splitlines()]
     assert all(f == first[0] for f in first)  # query-blind: same moments (equal durations)
+    assert reproduced(prior_out)
 
     # resume after the last epoch: nothing more to do, outputs unchanged
     assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out), "--resume"]) == 0
@@ -465,3 +480,47 @@ def test_two_seeds_through_the_stages(tiny_files) -> None:
         per_seed = [json.loads((runs[k] / "metrics_test.json").read_text())[name] for k in (0, 1)]
         assert c[name]["variant"] == pytest.approx(np.mean(per_seed), abs=1e-9)  # the metrics' own R@1
         assert (c[name]["difference"], c[name]["low"], c[name]["high"]) == (0.0, 0.0, 0.0)  # itself
+
+
+@pytest.mark.parametrize(
+    "T,duration,gt_seconds,gt_steps",
+    [
+        # seconds / duration * T, by hand: 23.3 / 93.2 = 1/4 -> 50; 12.5 / 50 = 1/4, 30 / 50 = 3/5 -> 120
+        (200, [93.2, 50.0, 10.0], [[23.3, 46.6], [12.5, 30.0], [0.0, 10.0]], [[50, 100], [50, 120], [0, 200]]),
+        # Charades' T = 64: 3 / 32 * 64 = 6; 31.5 s of 31.5 -> the whole 64; 5 / 20 * 64 = 16
+        (64, [32.0, 31.5, 20.0], [[3.0, 8.0], [0.0, 31.5], [5.0, 7.5]], [[6, 16], [0, 64], [16, 24]]),
+    ],
+)
+def test_training_hands_the_loss_step_targets(T, duration, gt_seconds, gt_steps) -> None:
+    """The targets the training loop hands the loss are the seconds -> steps conversion
+    (fian.losses.seconds_to_steps, docs/ARCHITECTURE.md "Time"), computed by hand here."""
+    import dataclasses
+
+    from fian.data.dataset import GroundingSplit
+    from fian.losses import FIANLoss
+
+    class Recorder(torch.nn.Module):
+        offset_unit = "steps"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.seen = FIANLoss(tau=0.5, alpha=0.005), []
+
+        def forward(self, out, gt_steps):
+            self.seen.append(gt_steps.detach().cpu().clone())
+            return self.inner(out, gt_steps)
+
+    cfg = tiny_config(epochs=1)
+    cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, num_steps=T))
+    rng = np.random.default_rng(0)
+    split = GroundingSplit.from_arrays(
+        rng.normal(size=(3, T, 16)).astype(np.float32), np.arange(3), 2 + np.arange(12).reshape(3, 4),
+        np.full(3, 4), np.array(gt_seconds), np.array(duration), num_steps=T,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    loss = Recorder()
+    fit(build_model(cfg, vocab_size=VOCAB), loss, split, None, train_cfg=cfg.train, eval_cfg=cfg.eval, num_steps=T,
+        checkpoint=None, device="cpu", progress=False)  # fmt: skip
+    seen = sorted(torch.cat(loss.seen).tolist())
+    assert len(seen) == 3
+    np.testing.assert_allclose(seen, sorted(gt_steps), rtol=1e-6, atol=1e-5)

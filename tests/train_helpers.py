@@ -77,3 +77,35 @@ def marked_split(n_videos: int = 8, seed: int = 0, same_moment: bool = False) ->
 
 
 VOCAB = 2 + 2 * 64 * WORDS  # enough token ids for marked_split(n_videos <= 64)
+
+
+def plain_scores(predictions_path, metric_names) -> dict[str, float]:
+    """Every metric of ``metric_names`` ("R@n,IoU=m", "mIoU") recomputed from a
+    ``predictions_<split>.jsonl`` alone, written plainly from its documented fields (fian/evaluate.py):
+    R@n,IoU=m hits when one of the first n moments of ``by_level[m]`` (else ``segments``) has IoU
+    > m (``iou_rule`` "gt") or >= m ("ge") with ``gt``; mIoU is the IoU of ``segments[0]`` (0 when
+    empty)."""
+    import json
+    import re
+
+    def iou(a, b):
+        inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+        union = max(a[1], b[1]) - min(a[0], b[0])
+        return inter / union if union > 0 else 0.0
+
+    with open(predictions_path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    out = {}
+    for name in metric_names:
+        if name == "mIoU":
+            vals = [iou(r["segments"][0], r["gt"]) if r["segments"] else 0.0 for r in records]
+        else:
+            n, m = re.fullmatch(r"R@(\d+),IoU=([0-9.]+)", name).groups()
+            vals = []
+            for r in records:
+                ranked = r.get("by_level", {}).get(m, r["segments"]) if "by_level" in r else r["segments"]
+                ious = [iou(s, r["gt"]) for s in ranked[: int(n)]]
+                hit = [x > float(m) if r["iou_rule"] == "gt" else x >= float(m) for x in ious]
+                vals.append(any(hit))
+        out[name] = sum(vals) / len(vals)
+    return out

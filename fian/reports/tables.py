@@ -306,12 +306,13 @@ def protocol_text(p: Mapping[str, str] | None, markup: Markup = TEX) -> str:
     }.get(p.get("iou_rule", ""), markup.text(p.get("hit", "?")))
     if p.get("nms") == "per_level":
         nms = markup.math(r"NMS at IoU $m - 0.05$, one ranked list per $m$", "NMS at IoU m - 0.05, one ranked list per m")
-        nms += " (CMIN's evaluation)"
+        nms += " (TALL's evaluator)"
     elif p.get("nms") == "fixed":
         nms = f"NMS at IoU {markup.text(p.get('nms_threshold', '?'))} for every " + markup.math("$m$", "m")
     else:
         nms = "NMS " + markup.text(p.get("nms", "?"))
-    return f"hit: {hit}; {nms}"
+    named = {"tall": "TALL's", "2dtan": "2D-TAN's", "cmin": "CMIN's"}.get(p.get("preset", ""))
+    return (f"{named} protocol, " if named else "") + f"hit: {hit}; {nms}"
 
 
 def protocol_tex(p: dict[str, str] | None) -> str:
