@@ -1,6 +1,6 @@
 """Threads under contention (issue 21 item 5): a training step at 1 and 2 threads with 0, 2 and 4 busy processes.
 
-    python -m bench.contention [--busy 0 2 4] [--threads 1 2] [--steps 8]
+    python -m bench.contention [--busy 0 2 4] [--threads 1 2] [--steps 4]
 
 Starts ``--busy`` background processes that spin on the CPU (``while True: pass``; started and
 stopped by this bench, by their process ids), and for each thread count runs a fresh process
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy", type=int, nargs="+", default=[0, 2, 4], help="busy background processes")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="OMP_NUM_THREADS of the training process")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    p.add_argument("--steps", type=int, default=8, help="timed steps (median)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed steps (median)")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         child(int(t), s, int(n), int(w))
         return 0
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` of the bench stops its busy processes too
     uptime0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     results: dict[tuple[int, int, str], dict] = {}
     for busy in args.busy:
