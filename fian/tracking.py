@@ -526,12 +526,15 @@ class Tracker:
         retry(lambda: self._mlflow.log_artifact(str(path), artifact_path=subdir), "log an artifact")
 
     def log_dataset(
-        self, name: str, path: str | Path, *, context: str, digests: Mapping[str, str] | None = None
-    ) -> None:
+        self, name: str, path: str | Path, *, context: str, digests: Mapping[str, str] | None = None,
+        sha256: str | None = None,
+    ) -> None:  # fmt: skip
         """``mlflow.log_input`` of one input file as a dataset ``name`` (shown in the run's Datasets).
 
         Its digest is the file's sha256 (first 32 hex digits: MLflow's column holds 36); the input
         tags hold the full ``sha256`` and ``digests`` (e.g. ``annotations_sha256``, ``features_sha256``).
+        ``sha256``: the file's hash as the stage already computed it (:func:`data_hashes`, the same
+        value its provenance records), so that a multi-GB split is not read once more; None: hashed here.
         """
         if self._mlflow is None:
             return
@@ -539,7 +542,7 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
 
         path = Path(path).resolve()
-        full = sha256_file(path)
+        full = sha256 or sha256_file(path)
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(path))

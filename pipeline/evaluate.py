@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from fian.tracking import split_digests
 
                 tracker.log_dataset(f"{cfg.dataset.name}/{args.split}", split_path, context="evaluation",
-                                    digests=split_digests(split.records, split.video))  # fmt: skip
+                                    digests=split_digests(split.records, split.video),
+                                    sha256=hashes.get(f"data_sha256.{split_path.name}"))  # fmt: skip
             frame, metrics = evaluate(
                 model, split.to(device), eval_cfg=cfg.eval, num_steps=trained_cfg.features.num_steps,
                 device=device, amp=cfg.train.amp, offset_unit=trained_cfg.loss.offset_unit,

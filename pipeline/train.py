@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     tags={"world_size": str(info.world_size), "device": str(device), **link})  # fmt: skip
             with tracker:
                 tracker.log_params(cfg.flat())
-                _log_inputs(tracker, cfg.dataset.name, {"train": (train_path, train), "val": (val_path, val)})
+                _log_inputs(tracker, cfg.dataset.name, {"train": (train_path, train), "val": (val_path, val)}, hashes)
                 for record in start[1]["history"] if start is not None else ():
                     tracker.log_metrics(_epoch_metrics(record), step=record["epoch"])  # this run: epochs 1..E
 
@@ -203,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         cfg_file = Path(tmp) / "config.yaml"
                         cfg_file.write_text(yaml.safe_dump(_plain(stored_config(cfg)), sort_keys=False))
                         tracker.log_artifact(cfg_file)
-                    for name in ("history.csv", "train_metrics.json", "checkpoint.pt"):
+                    # not checkpoint.pt: the logged model (package_model) holds it already, as its
+                    # artifact "checkpoint"; a second copy in the run cost one more checkpoint write
+                    # per job (~200 MB at the paper's sizes)
+                    for name in ("history.csv", "train_metrics.json"):
                         tracker.log_artifact(args.out / name)
     finally:
         shutdown()
@@ -253,8 +256,9 @@ def _start_point(args, cfg, hashes: dict, ckpt_path: Path, info, stack: contextl
     return state, start
 
 
-def _log_inputs(tracker, dataset: str, splits: dict) -> None:  # noqa: ANN001
-    """The splits as MLflow datasets, with their annotation and feature hashes."""
+def _log_inputs(tracker, dataset: str, splits: dict, hashes: dict) -> None:  # noqa: ANN001
+    """The splits as MLflow datasets, with their annotation and feature hashes (``hashes``: the
+    files' sha256 of :func:`fian.tracking.data_hashes`, not computed again)."""
     from fian.tracking import split_digests
 
     if tracker.run_id is None:
@@ -262,7 +266,8 @@ def _log_inputs(tracker, dataset: str, splits: dict) -> None:  # noqa: ANN001
     for name, (path, split) in splits.items():
         if split is not None:
             tracker.log_dataset(f"{dataset}/{name}", path, context="training" if name == "train" else "validation",
-                                digests=split_digests(split.records, split.video))  # fmt: skip
+                                digests=split_digests(split.records, split.video),
+                                sha256=hashes.get(f"data_sha256.{Path(path).name}"))  # fmt: skip
 
 
 def write_outputs(out: Path, history: list[dict], *, has_val: bool, vocab_size: int, protocol: dict[str, str],

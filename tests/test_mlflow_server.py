@@ -3,6 +3,7 @@ run, its params and its metrics are found through the server's REST API."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -214,6 +215,11 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
     assert etags["fian.train_run_id"] == run["info"]["run_id"]
     inputs = evaluation.get("inputs", {}).get("dataset_inputs", [])
     assert [d["dataset"]["name"] for d in inputs] == ["tiny/val"], inputs
+    # the input's sha256: the file's own (hashed once by the stage, the value its provenance records)
+    (itags,) = [{t["key"]: t["value"] for t in d["tags"]} for d in inputs]
+    real = hashlib.sha256((tmp_path / "data/val.h5").read_bytes()).hexdigest()
+    info = json.loads((tmp_path / "results/tiny/fian/info_val.json").read_text())
+    assert itags["sha256"] == real == info["provenance"]["inputs_sha256"]["val.h5"]
     exp_tags = {t["key"]: t["value"] for t in _get(f"{server}/api/2.0/mlflow/experiments/get?experiment_id="
                                                     f"{exp['experiment_id']}")["experiment"]["tags"]}  # fmt: skip
     assert exp_tags["mlflow.experimentKind"] == "custom_model_development"

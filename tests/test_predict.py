@@ -739,6 +739,12 @@ def test_train_logs_the_model_by_its_name_registered_with_an_input_example(logge
     reqs = (logged.dir / "requirements.txt").read_text().split()
     assert not [r for r in reqs if r.startswith("fian")] and {"numpy", "h5py", "av"} <= set(reqs)
     assert (logged.dir / "code" / "fian" / "predict.py").is_file()
+    # the checkpoint: once, in the model (the very file the stage wrote), not again among the run's artifacts
+    from fian.io import sha256_file
+
+    assert sha256_file(logged.dir / "artifacts" / "checkpoint.pt") == sha256_file(trained.ckpt)
+    assert {a.path for a in logged.client.list_artifacts(trained.run_id)} == {"config.yaml", "history.csv",
+                                                                                "train_metrics.json"}  # fmt: skip
     # the example is one row the model answers: a query of vocabulary words and one row of zero features
     example = mlflow.models.Model.load(str(logged.dir)).load_input_example(str(logged.dir))
     assert list(example.columns) == ["query", "features_bytes", "duration"]

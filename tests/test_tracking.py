@@ -496,3 +496,29 @@ def test_seed_runs_are_named_tagged_and_grouped(tmp_path, monkeypatch, store) ->
     assert [r.info.run_id for r in found] == [ids[1]]
     assert clean_uri("http://user:secret@mlflow.example:5000/x") == "http://mlflow.example:5000/x"
     assert clean_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+
+
+def test_log_dataset_takes_the_stages_hash_instead_of_reading_the_file_again(tmp_path, monkeypatch, store) -> None:
+    """The train and evaluate stages hash their inputs once (data_hashes: run key, tags, provenance)
+    and hand that hash to log_dataset: a multi-GB split is not read a second time (issue 21 item 3)."""
+    import fian.tracking as tracking
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "test.h5"
+    data.write_bytes(b"split")
+    given = tracking.data_hashes([data])["data_sha256.test.h5"]
+    assert given == hashlib.sha256(b"split").hexdigest()
+
+    def no_read(path):  # noqa: ANN001, ANN202
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(tracking, "sha256_file", no_read)
+    with Tracker(enabled=True, tracking_uri=store, dataset="hash", variant="fian", stage="evaluate", out="r") as t:
+        t.log_dataset("hash/test", data, context="evaluation", sha256=given)
+    from mlflow.tracking import MlflowClient
+
+    (inp,) = MlflowClient(store).get_run(t.run_id).inputs.dataset_inputs
+    assert inp.dataset.digest == given[:32] and {x.key: x.value for x in inp.tags}["sha256"] == given
+    with Tracker(enabled=True, tracking_uri=store, dataset="hash", variant="fian", stage="evaluate", out="r") as t2:
+        with pytest.raises(AssertionError, match="read again"):  # without it: hashed here
+            t2.log_dataset("hash/test", data, context="evaluation")
