@@ -1,0 +1,344 @@
+"""Tests from the mutation run over inference, predict, text and the training targets (issue 20
+item 5; docs/MUTATION.md section 5).  Fast: no stage, no training; a checkpoint written by hand.
+
+Expected values are computed here by hand or by a plain reference in the test (the ranking, NMS and
+seconds conversion of Section 3.5 written as a Python loop), never by the code under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import D, T, tiny_config
+
+from fian.predict import (
+    BUNDLE_KEY,
+    BUNDLE_VERSION,
+    Moment,
+    PredictError,
+    Predictor,
+    feature_recipe,
+    make_bundle,
+    not_recomputable_reason,
+    predict_limits,
+    short,
+)
+
+VOCAB = ["<pad>", "<unk>", "person", "opens", "the", "door", "walks", "away"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint written by hand: tiny FIAN (T = 32 steps, D = 16, windows 4/8/16), random weights
+# ----------------------------------------------------------------------------------------------
+
+
+def _cfg():
+    cfg = tiny_config()
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, nms_threshold=0.4))
+
+
+def _checkpoint(path: Path, **change) -> Path:
+    from fian.model.build import build_model
+    from fian.train import save_checkpoint
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=len(VOCAB))
+    with torch.no_grad():  # larger offsets and spread logits: NMS and clipping have work to do
+        for name, p in model.named_parameters():
+            if "offset" in name or "score" in name or "reg" in name:
+                p.mul_(8.0)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = {"feature_source": "fian.data.synthetic", "synthetic": True, "backbone": ""}
+    state = {"config": cfg.to_dict(), "model": sd, "best_model": sd, "epoch": 0,
+             BUNDLE_KEY: make_bundle(cfg, VOCAB, attrs), **change}  # fmt: skip
+    save_checkpoint(path, state)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("predict") / "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt: Path) -> Predictor:
+    return Predictor.from_checkpoint(ckpt)
+
+
+def _features(n: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
+
+
+def _plain_moments(logits, offsets, cand, valid, duration: float, thr: float, top: int) -> list[tuple[float, float, float]]:
+    """Section 3.5 by hand: rank valid candidates by logit (ties by index), move by the offsets
+    (steps), clip to [0, T] with end >= start, greedy NMS (IoU > thr suppresses), top k, seconds."""
+    order = sorted((i for i in range(len(logits)) if valid[i]), key=lambda i: (-logits[i], i))
+    kept: list[tuple[float, float, float]] = []
+    for i in order:
+        s = min(max(cand[i][0] + offsets[i][0], 0.0), T)
+        e = max(min(max(cand[i][1] + offsets[i][1], 0.0), T), s)
+        ok = True
+        for ks, ke, _ in kept:
+            inter = max(0.0, min(e, ke) - max(s, ks))
+            union = max(e, ke) - min(s, ks)
+            if union > 0 and inter / union > thr:
+                ok = False
+                break
+        if ok:
+            kept.append((s, e, 1.0 / (1.0 + math.exp(-logits[i]))))
+        if len(kept) == top:
+            break
+    return [(s * duration / T, e * duration / T, p) for s, e, p in kept]
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictor: the model's answer, end to end in memory
+# ----------------------------------------------------------------------------------------------
+
+
+def test_predictions_equal_a_plain_reference_of_section_3_5(predictor: Predictor) -> None:
+    x = _features(T)
+    enc = predictor.encode_features(x, 20.0, name="clip")
+    # T rows: kept as they are (no resampling), mask all True
+    np.testing.assert_array_equal(enc.features.numpy(), x)
+    assert enc.mask.dtype == torch.bool and bool(enc.mask.all()) and enc.mask.shape == (T,)
+    assert (enc.duration, enc.n_features, enc.source, enc.sha256, enc.timings) == (20.0, T, "clip", None, {})
+    queries = ["A person opens the door", "walks away, the person walks", "zebra door"]
+    got = predictor.predict_many(queries, enc, top=4)
+    ids = [[1, 2, 3, 4], [6, 7, 4, 2], [1, 5]]  # by hand from VOCAB (max_query_len 4: a last word dropped; a, zebra: <unk>)
+    model = predictor.model
+    thr = 0.4
+    assert predictor.cfg.eval.nms_threshold == thr
+    for q, row in enumerate(ids):
+        with torch.no_grad():  # each query alone, unpadded: the batch must not change its answer
+            out = model(torch.from_numpy(x)[None], torch.ones(1, T, dtype=torch.bool),
+                        torch.tensor([row]), torch.ones(1, len(row), dtype=torch.bool))  # fmt: skip
+        want = _plain_moments(out.logits[0].tolist(), out.offsets[0].tolist(), out.candidates.tolist(),
+                              out.valid[0].tolist(), 20.0, thr, 4)  # fmt: skip
+        assert len(want) == 4
+        assert len(got[q]) == 4 and all(isinstance(m, Moment) for m in got[q])
+        np.testing.assert_allclose([(m.start, m.end, m.score) for m in got[q]], want, rtol=1e-5, atol=1e-5)
+        assert all(type(v) is float for m in got[q] for v in (m.start, m.end, m.score))
+    alone = predictor.predict(queries[1], enc, top=4)  # the batch of one
+    np.testing.assert_allclose([m.to_dict()["start"] for m in alone], [m.start for m in got[1]], atol=1e-5)
+    np.testing.assert_allclose([m.to_dict()["score"] for m in alone], [m.score for m in got[1]], atol=1e-5)
+    assert predictor.predict_many([], enc) == []
+    assert Moment(1.0, 2.5, 0.25).to_dict() == {"start": 1.0, "end": 2.5, "score": 0.25}
+    assert alone[0].to_dict() == {"start": alone[0].start, "end": alone[0].end, "score": alone[0].score}
+
+
+def test_top_beyond_the_candidates_and_the_default_top(predictor: Predictor) -> None:
+    enc = predictor.encode_features(_features(T, seed=5), 8.0)
+    everything = predictor.predict("person", enc, top=100)
+    n_cand = sum(32 // w * 4 - 3 for w in (4, 8, 16))  # stride 0.25 x w: (T - w) / (w / 4) + 1 per window
+    assert 5 < len(everything) <= n_cand
+    assert predictor.predict("person", enc) == everything[:5]  # default top 5
+    scores = [m.score for m in everything]
+    assert scores == sorted(scores, reverse=True)
+    for a in range(len(everything)):  # the NMS held: no two kept windows overlap by IoU > 0.4
+        for b in range(a):
+            s1, e1, s2, e2 = everything[a].start, everything[a].end, everything[b].start, everything[b].end
+            inter, union = max(0.0, min(e1, e2) - max(s1, s2)), max(e1, e2) - min(s1, s2)
+            assert union == 0 or inter / union <= 0.4 + 1e-6
+
+
+def test_short_and_long_features_are_resampled_as_the_prepare_stage_does(predictor: Predictor, caplog) -> None:
+    assert predictor.min_rows == 8  # ceil(T = 32 / smallest window 4)
+    x = _features(5)
+    with caplog.at_level(logging.INFO, logger="fian.predict"):
+        enc = predictor.encode_features(x, 3.0, name="tiny")
+    # step i takes row floor((2i + 1) * 5 / 64): 0 for i < 6.4 ...
+    rows = [(2 * i + 1) * 5 // 64 for i in range(T)]
+    np.testing.assert_array_equal(enc.features.numpy(), x[rows])
+    assert enc.n_features == 5
+    assert ("tiny: 5 feature row(s), fewer than the 8 the smallest window spans: repeated to 32 steps "
+            "(as the prepare stage does)") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fian.predict"):
+        predictor.encode_features(_features(8), 3.0, name="eight")
+    assert "fewer than" not in caplog.text  # 8 rows = min_rows: no message
+    long = _features(2 * T)
+    enc = predictor.encode_features(long, 3.0)
+    np.testing.assert_allclose(enc.features.numpy(), (long[0::2] + long[1::2]) / 2, rtol=1e-6, atol=1e-6)
+    assert enc.source == "features"
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictor: the limits and bad input, each message in full
+# ----------------------------------------------------------------------------------------------
+
+
+def test_short_cuts_long_values() -> None:
+    assert short("abc") == "'abc'"
+    assert short("x" * 58) == "'" + "x" * 58 + "'"  # 60 characters: kept
+    assert short("x" * 59) == "'" + "x" * 59 + "... (61 characters)"
+    assert short("abcdef", n=4) == "'abc... (8 characters)"
+
+
+def test_predict_limits_override_and_refuse(predictor: Predictor) -> None:
+    base = predictor.cfg.predict
+    assert predict_limits(base) is base and predict_limits(base, {}) is base
+    got = predict_limits(base, {"max_top": 7})
+    assert got.max_top == 7 and got.max_rows == base.max_rows
+    with pytest.raises(PredictError, match=r"^predict limits: expected a mapping of predict\.\* keys, got \[1\]$"):
+        predict_limits(base, [1])
+    with pytest.raises(PredictError, match=r"^predict limits: predict\.max_top: must be >= 1, got 0$"):
+        predict_limits(base, {"max_top": 0})
+
+
+def test_check_top_messages(ckpt: Path) -> None:
+    p = Predictor.from_checkpoint(ckpt, limits={"max_top": 3})
+    assert p.check_top(3) == 3 and type(p.check_top(np.int64(1))) is int
+    for bad, shown in ((True, "True"), (0, "0"), ("2", "'2'"), (1.0, "1.0")):
+        with pytest.raises(PredictError, match=rf"^top must be an integer >= 1, got {re.escape(shown)}$"):
+            p.check_top(bad)
+    with pytest.raises(PredictError, match=r"^top 4 is over the limit predict\.max_top = 3$"):
+        p.check_top(4)
+
+
+def test_feature_limits_and_bad_features_are_named(ckpt: Path) -> None:
+    p = Predictor.from_checkpoint(ckpt, limits={"max_feature_rows": 40, "max_file_bytes": 100})
+    assert p.label == str(ckpt) and p.feature_dim == D
+    with pytest.raises(PredictError, match=r"^f: features must be \[n >= 1, D\], got shape \(16,\)$"):
+        p.encode_features(np.zeros(D), 1.0, name="f")
+    with pytest.raises(PredictError, match=r"^f: features must be \[n >= 1, D\], got shape \(0, 16\)$"):
+        p.encode_features(np.zeros((0, D)), 1.0, name="f")
+    with pytest.raises(PredictError, match=r"^f: 41 feature rows, over the limit predict\.max_feature_rows = 40$"):
+        p.encode_features(np.zeros((41, D)), 1.0, name="f")
+    p.encode_features(np.zeros((40, D)), 1.0)  # at the limit: accepted
+    msg = (rf"^f: features are 15-d, the model of {re.escape(str(ckpt))} takes 16-d "
+           r"\(its features, dataset\.feature_dim\)$")  # fmt: skip
+    with pytest.raises(PredictError, match=msg):
+        p.encode_features(np.zeros((20, D - 1)), 1.0, name="f")
+    bad = np.zeros((20, D))
+    bad[3, 2] = np.inf
+    with pytest.raises(PredictError, match=r"^f: non-finite features \(NaN/inf\)$"):
+        p.encode_features(bad, 1.0, name="f")
+    for d in (0, -1.0, float("nan"), float("inf"), "3", None):
+        with pytest.raises(PredictError, match=rf"^f: duration must be a positive number of seconds, got {re.escape(repr(d))}$"):
+            p.encode_features(np.zeros((20, D)), d, name="f")
+    assert p.encode_features(np.zeros((20, D)), 2).duration == 2.0
+    with pytest.raises(PredictError, match=r"^v\.mp4: 101 bytes, over the limit predict\.max_file_bytes = 100$"):
+        p.check_file_size(101, "v.mp4")
+    p.check_file_size(100, "v.mp4")
+
+
+def test_encode_query_ids_truncation_and_refusals(ckpt: Path, caplog) -> None:
+    p = Predictor.from_checkpoint(ckpt, limits={"max_query_words": 6, "max_query_bytes": 40})
+    assert p.encode_query("Person opens THE zebra") == [2, 3, 4, 1]
+    with caplog.at_level(logging.WARNING, logger="fian.predict"):
+        assert p.encode_query("person opens the door walks away") == [2, 3, 4, 5]
+    assert ("query 'person opens the door walks away': 6 words; the model reads the first 4 "
+            "(text.max_query_len, as in training): dropped 'walks away'") in caplog.text  # fmt: skip
+    with pytest.raises(PredictError, match=r"^query must be a string, got int$"):
+        p.encode_query(5)
+    q = "a b c d e f g"
+    with pytest.raises(PredictError, match=rf"^query {re.escape(repr(q))}: 7 words, over the limit predict\.max_query_words = 6$"):
+        p.encode_query(q)
+    q = "é" * 21  # 42 bytes in UTF-8, 21 characters
+    with pytest.raises(PredictError, match=rf"^query {re.escape(repr(q))}: 42 bytes, over the limit predict\.max_query_bytes = 40$"):
+        p.encode_query(q)
+    assert p.encode_query("é" * 17 + " door") == [1, 5]  # 17 x 2 + 5 = 39 bytes: accepted
+    q = "zebra, giraffe! okapi"
+    with pytest.raises(PredictError, match=rf"^query {re.escape(repr(q))}: none of its words \('zebra, giraffe, okapi'\) "
+                       r"is in the model's vocabulary of 6 words$"):
+        p.encode_query(q)
+    with pytest.raises(PredictError, match=r"^query '\?!': none of its words \('no words'\) is in the model's vocabulary"):
+        p.encode_query("?!")
+
+
+def test_a_checkpoint_without_a_current_bundle_is_refused(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path / "old.pt", **{BUNDLE_KEY: None})
+    with pytest.raises(PredictError, match=rf"^{re.escape(str(path))}: this checkpoint carries no predict bundle "
+                       r"\(vocabulary \+ feature recipe\): it was written by an older fian; retrain it \(fian train\) "
+                       r"with this version to predict from it$"):  # fmt: skip
+        Predictor.from_checkpoint(path)
+    bundle = make_bundle(_cfg(), VOCAB, {})
+    path = _checkpoint(tmp_path / "v0.pt", **{BUNDLE_KEY: {**bundle, "version": BUNDLE_VERSION + 1}})
+    with pytest.raises(PredictError, match=rf"^{re.escape(str(path))}: predict bundle version {BUNDLE_VERSION + 1}, "
+                       rf"this fian reads version {BUNDLE_VERSION}$"):  # fmt: skip
+        Predictor.from_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The feature recipe a checkpoint carries
+# ----------------------------------------------------------------------------------------------
+
+
+def _recipe_cfg(**extract):
+    cfg = _cfg()
+    ex = dataclasses.replace(cfg.extract, **{"fps": 12.5, "clip_len": 16, "stride_frames": 8, "layer": "fc6",
+                                             "c3d_mean_rgb": (1.0, 2.0, 3.0), "c3d_bgr": False, "batch_size": 7,
+                                             **extract})  # fmt: skip
+    return dataclasses.replace(cfg, extract=ex, train=dataclasses.replace(cfg.train, seed=42))
+
+
+def test_recipe_of_extracted_c3d_features_by_hand() -> None:
+    cfg = _recipe_cfg(backbone="i3d")  # the split's backbone (c3d) wins over the config's
+    store = {"decode_fps": 25.0, "weights_sha256": "ab12", "clip_len": 32, "frames_per_feature": 4}
+    r = feature_recipe(cfg, {"feature_source": "extract:c3d:c3d.pickle", "backbone": "c3d", "random_weights": 1,
+                             "feature_store_attrs": store})  # fmt: skip
+    assert r == {
+        "source": "extract:c3d:c3d.pickle", "num_steps": T, "shorter": "repeat", "feature_dim": D,
+        "random_weights": True, "pca": None, "recomputable": True, "reason": "", "backbone": "c3d",
+        "layer": "fc6", "weights": "c3d.pickle", "weights_sha256": "ab12", "seed": 42, "fps": 25.0,
+        "clip_len": 32, "stride_frames": 4, "c3d_mean_rgb": [1.0, 2.0, 3.0], "c3d_bgr": False, "batch_size": 7,
+        "resize": [128, 171], "short_side": None, "crop": 112,
+        "normalization": "C3D: minus the Sports-1M mean [1.0, 2.0, 3.0] (RGB), RGB order",
+    }  # fmt: skip
+    assert type(r["fps"]) is float and type(r["clip_len"]) is int and type(r["stride_frames"]) is int
+    # nothing in the store: the config's values; the config's backbone when the split names none
+    r = feature_recipe(_recipe_cfg(c3d_bgr=True), {"feature_source": "extract:w.pth"})
+    assert (r["backbone"], r["layer"], r["weights"], r["weights_sha256"], r["fps"], r["clip_len"], r["stride_frames"],
+            r["random_weights"]) == ("c3d", "fc6", "w.pth", None, 12.5, 16, 8, False)  # fmt: skip
+    assert r["normalization"].endswith("(RGB), BGR order") and r["c3d_bgr"] is True
+    # NaN in the store: each video's own rate (None); None in the config: the same
+    assert feature_recipe(cfg, {"feature_source": "extract:w", "backbone": "c3d",
+                                "feature_store_attrs": {"decode_fps": float("nan")}})["fps"] is None  # fmt: skip
+    assert feature_recipe(_recipe_cfg(), {"feature_source": "extract:w", "feature_store_attrs": {"decode_fps": None}})["fps"] is None
+
+
+def test_recipe_of_extracted_i3d_features_by_hand() -> None:
+    r = feature_recipe(_recipe_cfg(), {"feature_source": "extract:i3d:rgb_imagenet.pt", "backbone": "i3d"})
+    assert (r["backbone"], r["layer"], r["weights"], r["resize"], r["short_side"], r["crop"], r["normalization"]) == (
+        "i3d", None, "rgb_imagenet.pt", None, 256, 224, "I3D: RGB scaled to [-1, 1]")
+    assert r["recomputable"] is True and "c3d_mean_rgb" in r and r["pca"] is None
+
+
+def test_recipe_of_imported_features_gives_the_reason() -> None:
+    cfg = _recipe_cfg()
+    r = feature_recipe(cfg, {"feature_source": "i3d_npy:feats/", "backbone": "i3d", "random_weights": False})
+    assert r == {"source": "i3d_npy:feats/", "num_steps": T, "shorter": "repeat", "feature_dim": D,
+                 "random_weights": False, "pca": None, "recomputable": False, "backbone": "i3d",
+                 "reason": "the released I3D features come from files whose extraction settings this project does not know"}
+    assert feature_recipe(cfg, {"feature_source": "store:x.h5"})["backbone"] == ""
+    syn = "the features were generated (fian.data.synthetic): there is no video behind them"
+    assert feature_recipe(cfg, {"feature_source": "fian.data.synthetic:tiny"})["reason"] == syn
+    assert feature_recipe(cfg, {"feature_source": "tacos_c3d:x.h5", "synthetic": True})["reason"] == syn
+    assert feature_recipe(cfg, {})["reason"] == "the features come from an unnamed source, not from this project's extract stage"
+    anet = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, feature_dim=500))
+    r = feature_recipe(anet, {"feature_source": "activitynet_c3d:/data/sub_activitynet_v1-3.c3d.hdf5"})
+    assert r["pca"] == "C3D fc7 (4096-d) -> 500-d PCA of the ActivityNet release (matrix not published)"
+    assert r["reason"].startswith("ActivityNet Captions' released C3D features (sub_activitynet_v1-3.c3d.hdf5) are fc7")
+
+
+def test_not_recomputable_reason_names_the_file_and_width() -> None:
+    tacos = not_recomputable_reason("tacos_c3d", "tacos_c3d:/x/tall_c3d_features.hdf5", 4096)
+    assert tacos.startswith("TACoS' released C3D features (tall_c3d_features.hdf5) come from a C3D run")
+    assert not_recomputable_reason("tacos_c3d", "tacos_c3d:/x/tall_c3d_features.hdf5", 500) == (
+        "the 500-d features of /x/tall_c3d_features.hdf5 (layout tacos_c3d) were imported, not made by this "
+        "project's extract stage: how they were computed is not recorded")
+    assert not_recomputable_reason("tacos_c3d", "tacos_c3d:", 7) == (
+        "the 7-d features of an unnamed file (layout tacos_c3d) were imported, not made by this project's extract "
+        "stage: how they were computed is not recorded")
+    assert not_recomputable_reason("i3d_hdf5", "i3d_hdf5:any.h5", 1024).startswith("the released I3D features come from a file ")
+    assert not_recomputable_reason("x", "x.h5", 3) == (
+        "the features come from x.h5, not from this project's extract stage")
