@@ -342,3 +342,162 @@ def test_not_recomputable_reason_names_the_file_and_width() -> None:
     assert not_recomputable_reason("i3d_hdf5", "i3d_hdf5:any.h5", 1024).startswith("the released I3D features come from a file ")
     assert not_recomputable_reason("x", "x.h5", 3) == (
         "the features come from x.h5, not from this project's extract stage")
+
+
+# ----------------------------------------------------------------------------------------------
+# fian.data.text: the GloVe reader, the OOV policies, coverage and near-duplicates
+# ----------------------------------------------------------------------------------------------
+
+
+def _glove(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes("".join(line + "\n" for line in lines).encode(encoding, errors="surrogateescape"))
+    return path
+
+
+def test_read_glove_default_dimension_is_300(tmp_path: Path) -> None:
+    from fian.data.text import Vocab, read_glove, vocab_with_glove
+
+    vec = [f"{k / 8:g}" for k in range(300)]
+    f = _glove(tmp_path / "g.txt", ["door " + " ".join(vec), "zebra " + " ".join(vec)])
+    hits = read_glove(f, Vocab(["door"]))
+    assert hits.dim == 300 and list(hits.vectors) == [2] and hits.vectors[2][299] == 299 / 8 and hits.lines == 2
+    vocab, hits, added = vocab_with_glove(Vocab(["door"]), [["zebra"]], f)
+    assert added == ["zebra"] and hits.dim == 300 and sorted(hits.vectors) == [2, 3] and hits.lines == 2
+
+
+def test_read_glove_empty_and_blank_lines(tmp_path: Path) -> None:
+    from fian.data.text import TextError, Vocab, read_glove
+
+    f = _glove(tmp_path / "empty.txt", [])
+    with pytest.raises(TextError, match=rf"^{re.escape(str(f))}: empty GloVe file$"):
+        read_glove(f, Vocab(["a"]), dim=2)
+    # a blank line is skipped, not the end of the file
+    hits = read_glove(_glove(tmp_path / "g.txt", ["a 1 2", "", "   ", "b 3 4"]), Vocab(["a", "b"]), dim=2)
+    assert {i: v.tolist() for i, v in hits.vectors.items()} == {2: [1, 2], 3: [3, 4]} and hits.lines == 4
+
+
+def test_read_glove_is_utf8_whatever_the_locale_and_survives_a_stray_byte(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    f = tmp_path / "g.txt"
+    f.write_bytes("café 1 2\n".encode() + b"bad\xff 5 6\n" + "naïve 3 4\n".encode())  # \xff: not UTF-8
+    code = ("import sys; from fian.data.text import Vocab, read_glove; "
+            "h = read_glove(sys.argv[1], Vocab(['caf\\u00e9', 'na\\u00efve']), dim=2); "
+            "print(sorted((i, v.tolist()) for i, v in h.vectors.items()), h.lines)")  # fmt: skip
+    # an ASCII locale (no UTF-8 mode): open() without an encoding would read 'café' as 'caf??'
+    import fian
+
+    root = str(Path(fian.__file__).resolve().parents[1])  # the fian this process imported (mutmut: its copy)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": root}
+    out = subprocess.run([sys.executable, "-c", code, str(f)], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(2, [1.0, 2.0]), (3, [3.0, 4.0])] 3"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("w 1 2 \t", r"vector of 'w' has a field that is not a number"),  # a tab is a field, not line end
+        ("X", r"expected a word and 3 numbers, got 0 field\(s\) after the word \(wrong dimension\?\)"),
+        ("w  1 2 3", None),  # the word is 'w ' (all before the last 3 fields): not 'w', nothing to read
+    ],
+)
+def test_read_glove_splits_on_single_spaces_only(tmp_path: Path, line: str, message: str | None) -> None:
+    from fian.data.text import TextError, Vocab, read_glove
+
+    f = _glove(tmp_path / "g.txt", ["v 7 8 9", line])
+    if message is None:
+        hits = read_glove(f, Vocab(["v", "w", "X"]), dim=3)
+        assert {i: v.tolist() for i, v in hits.vectors.items()} == {2: [7, 8, 9]}
+        return
+    with pytest.raises(TextError, match=rf"^{re.escape(str(f))}:2: {message}$"):
+        read_glove(f, Vocab(["v", "w", "X"]), dim=3)
+
+
+def test_oov_random_is_a_seeded_normal_of_the_found_vectors_std(tmp_path: Path) -> None:
+    from fian.data.text import GloveHits, TextError, Vocab, build_embeddings
+
+    vocab = Vocab(["a", "b", "c", "d"])
+    hits = GloveHits(3, {2: np.array([1.0, 2.0, 6.0], np.float32), 3: np.array([0.0, -2.0, 5.0], np.float32)})
+    vals = [1.0, 2.0, 6.0, 0.0, -2.0, 5.0]
+    mean = sum(vals) / 6
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / 6)  # 2.73...: the std of all found numbers
+    want = np.random.default_rng(0).normal(0.0, std, size=(3, 3)).astype(np.float32)  # rows 1 (<unk>), 4, 5
+    for emb in (build_embeddings(vocab, hits, "random"), build_embeddings(vocab, hits, "random", seed=0)):
+        np.testing.assert_array_equal(emb[[1, 4, 5]], want)
+        assert emb.dtype == np.float32 and not emb[0].any() and emb[2].tolist() == [1, 2, 6]
+    # all found vectors equal (std 0), or none found: N(0, 0.1^2)
+    same = GloveHits(3, {2: np.ones(3, np.float32), 3: np.ones(3, np.float32)})
+    want = np.random.default_rng(5).normal(0.0, 0.1, size=(3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(build_embeddings(vocab, same, "random", seed=5)[[1, 4, 5]], want)
+    want = np.random.default_rng(5).normal(0.0, 0.1, size=(5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(build_embeddings(vocab, GloveHits(3), "random", seed=5)[1:], want)
+    # none found, unk: zeros
+    assert not build_embeddings(vocab, GloveHits(3), "unk").any()
+    with pytest.raises(TextError, match=r"^text\.oov must be unk, zero or random, got 'mean'$"):
+        build_embeddings(vocab, hits, "mean")
+
+
+def test_unseen_words_most_frequent_first() -> None:
+    from fian.data.text import Vocab, unseen_words
+
+    sentences = [["a", "zoo", "bee"], ["zoo", "cat", "a"], ["zoo", "cat", "ant"]]
+    assert unseen_words(Vocab(["a"]), sentences) == ["zoo", "cat", "ant", "bee"]  # 3, 2, then 1 each by alphabet
+
+
+def test_vocab_is_never_equal_to_another_type() -> None:
+    from fian.data.text import Vocab
+
+    v = Vocab(["a"])
+    assert v != 5 and v != ["<pad>", "<unk>", "a"] and v == Vocab(["a"]) and v != Vocab(["b"])
+
+
+def test_coverage_by_hand_and_of_nothing() -> None:
+    from fian.data.text import GloveHits, Vocab, coverage
+
+    vocab = Vocab(["a", "b", "c"])  # ids 2, 3, 4
+    hits = GloveHits(2, {2: np.zeros(2), 4: np.zeros(2)})
+    got = coverage(vocab, hits, [["a", "zzz", "b"], ["yyy", "c", "a"]])
+    # types: a, c of 3; tokens: a, c, a of 6 (zzz, yyy are <unk>: no vector, not a's)
+    assert got == {"types": {"total": 3, "found": 2, "fraction": 2 / 3}, "tokens": {"total": 6, "found": 3, "fraction": 0.5}}
+    assert coverage(vocab, hits, [["a"]], types_upto=3) == {
+        "types": {"total": 1, "found": 1, "fraction": 1.0}, "tokens": {"total": 1, "found": 1, "fraction": 1.0}}
+    assert coverage(Vocab([]), GloveHits(2), []) == {
+        "types": {"total": 0, "found": 0, "fraction": 0.0}, "tokens": {"total": 0, "found": 0, "fraction": 0.0}}
+
+
+def test_near_duplicates_threshold_size_zero_vectors_and_precision() -> None:
+    import warnings
+
+    from fian.data.text import GloveHits, Vocab, near_duplicates
+
+    vocab = Vocab(["a", "b", "c", "d", "e"])
+    # exactly two words, identical: one pair at similarity exactly 1 (kept at threshold 1.0: >=)
+    two = GloveHits(2, {2: np.array([3.0, 4.0]), 3: np.array([3.0, 4.0])})
+    assert near_duplicates(vocab, two, threshold=1.0) == [("a", "b", 1.0)]
+    # the default threshold 0.99: cos = 0.995 is a pair, 0.985 is not; a zero vector is nobody's twin (no warning)
+    c1, c2 = 0.995, 0.985
+    hits = GloveHits(2, {2: np.array([1.0, 0.0], np.float32), 3: np.array([c1, math.sqrt(1 - c1 * c1)], np.float32),
+                         4: np.array([c2, -math.sqrt(1 - c2 * c2)], np.float32), 5: np.zeros(2, np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = near_duplicates(vocab, hits)
+    assert [p[:2] for p in got] == [("a", "b")]
+    # in double precision: the float32 vectors' cosine as a plain float64 sum
+    x, y = [float(v) for v in hits.vectors[2]], [float(v) for v in hits.vectors[3]]
+    cos = sum(p * q for p, q in zip(x, y, strict=True)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+    assert got[0][2] == pytest.approx(cos, rel=1e-13, abs=0)
+
+
+def test_near_duplicates_compares_the_first_2000_words_only() -> None:
+    from fian.data.text import GloveHits, Vocab, near_duplicates
+
+    n = 2001
+    vocab = Vocab([f"w{k}" for k in range(n)])
+    eye = np.eye(n, dtype=np.float32)
+    hits = GloveHits(n, {k + 2: eye[k] for k in range(n)})
+    hits.vectors[n + 1] = eye[0]  # the 2001st word is the first's twin: beyond max_words
+    assert near_duplicates(vocab, hits) == []
+    assert near_duplicates(vocab, hits, max_words=n) == [("w0", f"w{n - 1}", 1.0)]
