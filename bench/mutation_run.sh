@@ -24,7 +24,10 @@ case $module in
   "tests/test_predict.py::test_pyfunc_errors_map_to_400_and_a_bare_500",
   "tests/test_predict.py::test_config_diff_says_which_keys_differ_and_whether_they_matter"' ;;
   train) src=fian/train.py
-    tests='"tests/test_mutants_io.py", "tests/test_train.py"' ;;
+    tests='"tests/test_mutants_io.py", "tests/test_train.py::test_resume_continues_exactly",
+  "tests/test_train.py::test_nonfinite_loss_names_the_batch", "tests/test_train.py::test_infinite_lr_is_caught",
+  "tests/test_train.py::test_checkpoint_carries_config_and_rebuilds_model",
+  "tests/test_train.py::test_word_vectors_train_only_when_not_frozen_and_the_checkpoint_keeps_them"' ;;
   *) echo "module must be inference, text, predict or train, got $module" >&2; exit 2 ;;
 esac
 root=$(git rev-parse --show-toplevel)
