@@ -141,6 +141,7 @@ def test_top_beyond_the_candidates_and_the_default_top(predictor: Predictor) -> 
     n_cand = sum(32 // w * 4 - 3 for w in (4, 8, 16))  # stride 0.25 x w: (T - w) / (w / 4) + 1 per window
     assert 5 < len(everything) <= n_cand
     assert predictor.predict("person", enc) == everything[:5]  # default top 5
+    assert predictor.predict_many(["person"], enc) == [everything[:5]]
     scores = [m.score for m in everything]
     assert scores == sorted(scores, reverse=True)
     for a in range(len(everything)):  # the NMS held: no two kept windows overlap by IoU > 0.4
@@ -402,6 +403,9 @@ def test_read_glove_is_utf8_whatever_the_locale_and_survives_a_stray_byte(tmp_pa
         ("w 1 2 \t", r"vector of 'w' has a field that is not a number"),  # a tab is a field, not line end
         ("X", r"expected a word and 3 numbers, got 0 field\(s\) after the word \(wrong dimension\?\)"),
         ("w  1 2 3", None),  # the word is 'w ' (all before the last 3 fields): not 'w', nothing to read
+        ("w 1 2\x0c5 3", r"vector of 'w' has a field that is not a number"),  # a form feed is no separator
+        ("w 1 inf\x0c 3", r"vector of 'w': field 2 is 'inf\\x0c', not a finite float32"),  # the field as written
+        (". w . 1 nan 3", r"vector of '\. w \.': field 2 is 'nan', not a finite float32"),  # a word with spaces (840B)
     ],
 )
 def test_read_glove_splits_on_single_spaces_only(tmp_path: Path, line: str, message: str | None) -> None:
@@ -413,7 +417,60 @@ def test_read_glove_splits_on_single_spaces_only(tmp_path: Path, line: str, mess
         assert {i: v.tolist() for i, v in hits.vectors.items()} == {2: [7, 8, 9]}
         return
     with pytest.raises(TextError, match=rf"^{re.escape(str(f))}:2: {message}$"):
-        read_glove(f, Vocab(["v", "w", "X"]), dim=3)
+        read_glove(f, Vocab(["v", "w", "X", ". w ."]), dim=3)
+
+
+def test_read_glove_goes_on_after_a_repeat_and_a_special_and_reports_overflow(tmp_path: Path) -> None:
+    import warnings
+
+    from fian.data.text import TextError, Vocab, read_glove
+
+    f = _glove(tmp_path / "g.txt", ["a 1 2", "a 3 4", "<unk> 5 6", "<pad> 0 0", "b 7 8"])
+    hits = read_glove(f, Vocab(["a", "b"]), dim=2)
+    assert {i: v.tolist() for i, v in hits.vectors.items()} == {2: [1, 2], 3: [7, 8]}  # the specials keep no vector
+    assert hits.duplicates == [("a", 1, 2)] and hits.lines == 5
+    f = _glove(tmp_path / "big.txt", ["a 1 1e39"])  # beyond float32: inf, said as an error, not a numpy warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TextError, match=rf"^{re.escape(str(f))}:1: vector of 'a': field 2 is '1e39', not a finite float32$"):
+            read_glove(f, Vocab(["a"]), dim=2)
+
+
+def test_encode_sentences_int64_and_case() -> None:
+    from fian.data.text import Vocab, encode_sentences
+
+    vocab = Vocab(["door", "Door"])  # ids 2, 3
+    ids, lengths = encode_sentences(["Door opens", "DOOR"], vocab, 3, lowercase=False)
+    assert ids.dtype == np.int64 and lengths.dtype == np.int64
+    assert ids.tolist() == [[3, 1, 0], [1, 0, 0]] and lengths.tolist() == [2, 1]
+    ids, _ = encode_sentences(["Door opens", "DOOR"], vocab, 3)
+    assert ids.tolist() == [[2, 1, 0], [2, 0, 0]]
+
+
+def test_filter_sentences_case_and_the_first_five_offenders() -> None:
+    from fian.data.text import TextError, Vocab, filter_sentences, known_mask
+
+    vocab = Vocab(["door", "Door"])
+    known = known_mask(vocab, [])
+    assert known.dtype == np.bool_ and known.tolist() == [False, False, True, True]
+    keep, counts = filter_sentences(["DOOR", "zebra"], vocab, {2}, empty_sentence="drop", all_oov="drop")
+    assert keep.tolist() == [True, False] and counts == {"empty_sentence": 0, "all_oov": 1}  # lowercased by default
+    keep, _ = filter_sentences(["DOOR", "Door"], vocab, {2}, empty_sentence="drop", all_oov="drop", lowercase=False)
+    assert keep.tolist() == [False, False]  # 'DOOR' is unknown, 'Door' (id 3) has no vector here
+    bad = [f"zebra {k}" for k in range(6)]
+    shown = "; ".join(f"row {k} ('zebra {k}')" for k in range(5))
+    with pytest.raises(TextError, match=rf"^6 quer\(ies\) with all_oov and policy 'fail': {re.escape(shown)}$"):
+        filter_sentences(bad, vocab, known, empty_sentence="fail", all_oov="fail")
+
+
+def test_vocab_file_keeps_its_words_readable_and_build_drops_the_specials(tmp_path: Path) -> None:
+    from fian.data.text import Vocab
+
+    v = Vocab.build([["café", "<unk>", "<pad>"], ["café", "naïve"]])
+    assert v.itos == ["<pad>", "<unk>", "café", "naïve"]
+    v.save(tmp_path / "vocab.json")
+    assert (tmp_path / "vocab.json").read_text(encoding="utf-8") == '["<pad>", "<unk>", "café", "naïve"]\n'
+    assert Vocab.load(tmp_path / "vocab.json") == v
 
 
 def test_oov_random_is_a_seeded_normal_of_the_found_vectors_std(tmp_path: Path) -> None:
@@ -434,6 +491,8 @@ def test_oov_random_is_a_seeded_normal_of_the_found_vectors_std(tmp_path: Path) 
     np.testing.assert_array_equal(build_embeddings(vocab, same, "random", seed=5)[[1, 4, 5]], want)
     want = np.random.default_rng(5).normal(0.0, 0.1, size=(5, 3)).astype(np.float32)
     np.testing.assert_array_equal(build_embeddings(vocab, GloveHits(3), "random", seed=5)[1:], want)
+    # unk: the mean of each dimension (not one number for all): (1 + 0) / 2, (2 - 2) / 2, (6 + 5) / 2
+    assert build_embeddings(vocab, hits, "unk")[[1, 4, 5]].tolist() == [[0.5, 0.0, 5.5]] * 3
     # none found, unk: zeros
     assert not build_embeddings(vocab, GloveHits(3), "unk").any()
     with pytest.raises(TextError, match=r"^text\.oov must be unk, zero or random, got 'mean'$"):
@@ -447,11 +506,14 @@ def test_unseen_words_most_frequent_first() -> None:
     assert unseen_words(Vocab(["a"]), sentences) == ["zoo", "cat", "ant", "bee"]  # 3, 2, then 1 each by alphabet
 
 
-def test_vocab_is_never_equal_to_another_type() -> None:
-    from fian.data.text import Vocab
+def test_vocab_is_never_equal_to_another_type_and_holds_non_empty_strings() -> None:
+    from fian.data.text import TextError, Vocab
 
     v = Vocab(["a"])
     assert v != 5 and v != ["<pad>", "<unk>", "a"] and v == Vocab(["a"]) and v != Vocab(["b"])
+    for bad in ("", 5):
+        with pytest.raises(TextError, match=rf"^vocabulary entry 3 must be a non-empty string, got {re.escape(repr(bad))}$"):
+            Vocab(["a", bad])
 
 
 def test_coverage_by_hand_and_of_nothing() -> None:
