@@ -131,6 +131,9 @@ def test_predictions_equal_a_plain_reference_of_section_3_5(predictor: Predictor
     np.testing.assert_allclose([m.to_dict()["start"] for m in alone], [m.start for m in got[1]], atol=1e-5)
     np.testing.assert_allclose([m.to_dict()["score"] for m in alone], [m.score for m in got[1]], atol=1e-5)
     assert predictor.predict_many([], enc) == []
+    # a path instead of an encoded video goes to encode_video (which refuses it here: features only)
+    with pytest.raises(PredictError, match=r": this model's features cannot be recomputed from a video .* not clip\.mp4$"):
+        predictor.predict("person", "clip.mp4")
     assert Moment(1.0, 2.5, 0.25).to_dict() == {"start": 1.0, "end": 2.5, "score": 0.25}
     assert alone[0].to_dict() == {"start": alone[0].start, "end": alone[0].end, "score": alone[0].score}
 
@@ -193,6 +196,10 @@ def test_predict_limits_override_and_refuse(predictor: Predictor) -> None:
         predict_limits(base, [1])
     with pytest.raises(PredictError, match=r"^predict limits: predict\.max_top: must be >= 1, got 0$"):
         predict_limits(base, {"max_top": 0})
+    with pytest.raises(PredictError, match=r"^predict limits: predict\.max_top: expected an integer, got 'x'$"):
+        predict_limits(base, {"max_top": "x"})
+    with pytest.raises(PredictError, match=r"^predict limits: predict: unknown key\(s\) \['nope'\]; known: \['max_feature_rows'"):
+        predict_limits(base, {"nope": 1})
 
 
 def test_check_top_messages(ckpt: Path) -> None:
@@ -341,6 +348,8 @@ def test_not_recomputable_reason_names_the_file_and_width() -> None:
         "the 7-d features of an unnamed file (layout tacos_c3d) were imported, not made by this project's extract "
         "stage: how they were computed is not recorded")
     assert not_recomputable_reason("i3d_hdf5", "i3d_hdf5:any.h5", 1024).startswith("the released I3D features come from a file ")
+    # a file name holding a colon (a Windows drive, an odd folder): only the first colon ends the layout
+    assert not_recomputable_reason("tacos_c3d", "tacos_c3d:C:/x:y/feats.h5", 5).startswith("the 5-d features of C:/x:y/feats.h5 ")
     assert not_recomputable_reason("x", "x.h5", 3) == (
         "the features come from x.h5, not from this project's extract stage")
 
@@ -504,6 +513,12 @@ def test_unseen_words_most_frequent_first() -> None:
 
     sentences = [["a", "zoo", "bee"], ["zoo", "cat", "a"], ["zoo", "cat", "ant"]]
     assert unseen_words(Vocab(["a"]), sentences) == ["zoo", "cat", "ant", "bee"]  # 3, 2, then 1 each by alphabet
+
+
+def test_tokenize_reads_a_typographic_apostrophe_as_a_plain_one() -> None:
+    from fian.data.text import tokenize
+
+    assert tokenize("The person\u2019s door won\u2019t open") == ["the", "person", "'s", "door", "wo", "n't", "open"]
 
 
 def test_vocab_is_never_equal_to_another_type_and_holds_non_empty_strings() -> None:
