@@ -227,9 +227,10 @@ def test_feature_limits_and_bad_features_are_named(ckpt: Path) -> None:
     with pytest.raises(PredictError, match=msg):
         p.encode_features(np.zeros((20, D - 1)), 1.0, name="f")
     bad = np.zeros((20, D))
-    bad[3, 2] = np.inf
-    with pytest.raises(PredictError, match=r"^f: non-finite features \(NaN/inf\)$"):
-        p.encode_features(bad, 1.0, name="f")
+    for v in (np.inf, 1e39):  # 1e39: finite in float64, inf as the model's float32
+        bad[3, 2] = v
+        with pytest.raises(PredictError, match=r"^f: non-finite features \(NaN/inf\)$"), np.errstate(over="ignore"):
+            p.encode_features(bad, 1.0, name="f")
     for d in (0, -1.0, float("nan"), float("inf"), "3", None):
         with pytest.raises(PredictError, match=rf"^f: duration must be a positive number of seconds, got {re.escape(repr(d))}$"):
             p.encode_features(np.zeros((20, D)), d, name="f")
@@ -254,7 +255,22 @@ def test_encode_query_ids_truncation_and_refusals(ckpt: Path, caplog) -> None:
     q = "é" * 21  # 42 bytes in UTF-8, 21 characters
     with pytest.raises(PredictError, match=rf"^query {re.escape(repr(q))}: 42 bytes, over the limit predict\.max_query_bytes = 40$"):
         p.encode_query(q)
-    assert p.encode_query("é" * 17 + " door") == [1, 5]  # 17 x 2 + 5 = 39 bytes: accepted
+    assert p.encode_query("é" * 17 + "  door") == [1, 5]  # 17 x 2 + 6 = 40 bytes: at the limit, accepted
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fian.predict"):
+        assert p.encode_query("person opens the door") == [2, 3, 4, 5]  # exactly max_query_len words: nothing said
+        words = "person opens the door " + " ".join(["walks away"] * 20)  # 44 words: 40 dropped
+    assert caplog.text == ""
+    big = Predictor.from_checkpoint(ckpt, limits={"max_query_words": 100})
+    with caplog.at_level(logging.WARNING, logger="fian.predict"):
+        big.encode_query(words)
+    dropped = repr(" ".join(["walks away"] * 20))  # 20 x 10 + 19 spaces + 2 quotes = 221 characters
+    assert len(dropped) == 221
+    assert f"; the model reads the first 4 (text.max_query_len, as in training): dropped {dropped[:40]}... (221 characters)" in caplog.text
+    # text.lowercase false: the query keeps its case ('Person' is not 'person')
+    cased = Predictor(p.model, dataclasses.replace(p.cfg, text=dataclasses.replace(p.cfg.text, lowercase=False)),
+                      {"vocab": VOCAB, "recipe": p.recipe})  # fmt: skip
+    assert cased.encode_query("Person opens") == [1, 3]
     q = "zebra, giraffe! okapi"
     with pytest.raises(PredictError, match=rf"^query {re.escape(repr(q))}: none of its words \('zebra, giraffe, okapi'\) "
                        r"is in the model's vocabulary of 6 words$"):
