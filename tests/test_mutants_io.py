@@ -222,10 +222,14 @@ def test_feature_limits_and_bad_features_are_named(ckpt: Path) -> None:
     with pytest.raises(PredictError, match=r"^f: 41 feature rows, over the limit predict\.max_feature_rows = 40$"):
         p.encode_features(np.zeros((41, D)), 1.0, name="f")
     p.encode_features(np.zeros((40, D)), 1.0)  # at the limit: accepted
+    assert p.encode_features(np.zeros((1, D)), 1.0).n_features == 1  # one row: accepted (repeated to T steps)
     msg = (rf"^f: features are 15-d, the model of {re.escape(str(ckpt))} takes 16-d "
            r"\(its features, dataset\.feature_dim\)$")  # fmt: skip
     with pytest.raises(PredictError, match=msg):
         p.encode_features(np.zeros((20, D - 1)), 1.0, name="f")
+    c3d = Predictor(p.model, p.cfg, {"vocab": VOCAB, "recipe": {**p.recipe, "backbone": "c3d"}}, label="m")
+    with pytest.raises(PredictError, match=r"^f: features are 15-d, the model of m takes 16-d \(c3d features, dataset\.feature_dim\)$"):
+        c3d.encode_features(np.zeros((20, D - 1)), 1.0, name="f")
     bad = np.zeros((20, D))
     for v in (np.inf, 1e39):  # 1e39: finite in float64, inf as the model's float32
         bad[3, 2] = v
