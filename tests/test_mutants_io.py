@@ -169,6 +169,11 @@ def test_short_and_long_features_are_resampled_as_the_prepare_stage_does(predict
     with caplog.at_level(logging.INFO, logger="fian.predict"):
         predictor.encode_features(_features(8), 3.0, name="eight")
     assert "fewer than" not in caplog.text  # 8 rows = min_rows: no message
+    # features.shorter from the checkpoint's config: 'pad' is refused by the downsampling, not read as 'repeat'
+    pad = Predictor(predictor.model, dataclasses.replace(predictor.cfg, features=dataclasses.replace(
+        predictor.cfg.features, shorter="pad")), {"vocab": VOCAB, "recipe": predictor.recipe})  # fmt: skip
+    with pytest.raises(ValueError, match=r"^features\.shorter: pad is not implemented"):
+        pad.encode_features(x, 3.0)
     long = _features(2 * T)
     enc = predictor.encode_features(long, 3.0)
     np.testing.assert_allclose(enc.features.numpy(), (long[0::2] + long[1::2]) / 2, rtol=1e-6, atol=1e-6)
