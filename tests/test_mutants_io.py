@@ -276,6 +276,12 @@ def test_encode_query_ids_truncation_and_refusals(ckpt: Path, caplog) -> None:
     dropped = repr(" ".join(["walks away"] * 20))  # 20 x 10 + 19 spaces + 2 quotes = 221 characters
     assert len(dropped) == 221
     assert f"; the model reads the first 4 (text.max_query_len, as in training): dropped {dropped[:40]}... (221 characters)" in caplog.text
+    # no known word among 10: the first 8 shown, cut at 80 characters
+    q = " ".join(f"okapi{k:05d}" for k in range(10))
+    shown = repr(", ".join(f"okapi{k:05d}" for k in range(8)))  # 8 x 10 + 7 x 2 + 2 quotes = 96 characters
+    with pytest.raises(PredictError, match=rf"^query {re.escape(short(q))}: none of its words "
+                       rf"\({re.escape(shown[:80])}\.\.\. \(96 characters\)\) is in the model's vocabulary of 6 words$"):
+        big.encode_query(q)
     # text.lowercase false: the query keeps its case ('Person' is not 'person')
     cased = Predictor(p.model, dataclasses.replace(p.cfg, text=dataclasses.replace(p.cfg.text, lowercase=False)),
                       {"vocab": VOCAB, "recipe": p.recipe})  # fmt: skip
