@@ -207,6 +207,16 @@ def test_predict_limits_override_and_refuse(predictor: Predictor) -> None:
         predict_limits(base, {"nope": 1})
 
 
+def test_predictor_keeps_what_it_was_given(ckpt: Path, predictor: Predictor) -> None:
+    assert predictor.device == torch.device("cpu") and predictor.checkpoint == ckpt and predictor.label == str(ckpt)
+    assert predictor.backbone_weights is None and predictor.video_cache is None and predictor.cache_size == 16
+    cache = object()
+    p = Predictor.from_checkpoint(ckpt, backbone_weights="w.pth", video_cache=cache, label="model A")
+    assert p.backbone_weights == Path("w.pth") and p.video_cache is cache and p.label == "model A"
+    bare = Predictor(p.model, p.cfg, {"vocab": VOCAB, "recipe": p.recipe})  # the defaults: CPU, no checkpoint
+    assert bare.device == torch.device("cpu") and bare.checkpoint == Path("") and bare.label == ""
+
+
 def test_check_top_messages(ckpt: Path) -> None:
     p = Predictor.from_checkpoint(ckpt, limits={"max_top": 3})
     assert p.check_top(3) == 3 and type(p.check_top(np.int64(1))) is int
@@ -359,6 +369,9 @@ def test_recipe_of_imported_features_gives_the_reason() -> None:
                  "random_weights": False, "pca": None, "recomputable": False, "backbone": "i3d",
                  "reason": "the released I3D features come from files whose extraction settings this project does not know"}
     assert feature_recipe(cfg, {"feature_source": "store:x.h5"})["backbone"] == ""
+    # a source without a colon names no layout, even when it is a layout's name
+    assert feature_recipe(cfg, {"feature_source": "i3d_npy"})["reason"] == (
+        "the features come from i3d_npy, not from this project's extract stage")
     syn = "the features were generated (fian.data.synthetic): there is no video behind them"
     assert feature_recipe(cfg, {"feature_source": "fian.data.synthetic:tiny"})["reason"] == syn
     assert feature_recipe(cfg, {"feature_source": "tacos_c3d:x.h5", "synthetic": True})["reason"] == syn
