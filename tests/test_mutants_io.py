@@ -217,6 +217,15 @@ def test_predictor_keeps_what_it_was_given(ckpt: Path, predictor: Predictor) -> 
     assert bare.device == torch.device("cpu") and bare.checkpoint == Path("") and bare.label == ""
 
 
+def test_predictor_takes_the_best_weights_unless_asked(tmp_path: Path, predictor: Predictor) -> None:
+    last = {k: v + 1.0 if v.is_floating_point() else v for k, v in predictor.model.state_dict().items()}
+    path = _checkpoint(tmp_path / "two.pt", model=last)  # best_model: the fixture's weights; model: +1
+    best, final = Predictor.from_checkpoint(path), Predictor.from_checkpoint(path, best=False)
+    name = next(k for k, v in last.items() if v.is_floating_point())
+    assert torch.equal(best.model.state_dict()[name], predictor.model.state_dict()[name])
+    assert torch.equal(final.model.state_dict()[name], last[name])
+
+
 def test_check_top_messages(ckpt: Path) -> None:
     p = Predictor.from_checkpoint(ckpt, limits={"max_top": 3})
     assert p.check_top(3) == 3 and type(p.check_top(np.int64(1))) is int
