@@ -550,7 +550,7 @@ def test_masked_bigru_odd_hidden_message():
 
 def _validate_case():
     """A FIAN of T = 16 steps, windows (4, 8), 25 words, n_q = 6, and three good rows."""
-    from tests.test_model import inputs, tiny_model
+    from test_model import inputs, tiny_model
 
     return tiny_model(), *inputs()
 
@@ -651,7 +651,7 @@ def test_build_model_passes_every_model_key_on():
 
     from fian.model.attention import GuidedAttention
     from fian.model.build import build_model
-    from tests.test_model import tiny_cfg
+    from test_model import tiny_cfg
 
     cfg = tiny_cfg()  # hidden 16, heads 2, self_attn_heads 2, ffn_dim 24, word_dim 8
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, self_attn_heads=4, dropout=0.25))
