@@ -221,6 +221,10 @@ def test_predictor_takes_the_best_weights_unless_asked(tmp_path: Path, predictor
     last = {k: v + 1.0 if v.is_floating_point() else v for k, v in predictor.model.state_dict().items()}
     path = _checkpoint(tmp_path / "two.pt", model=last)  # best_model: the fixture's weights; model: +1
     best, final = Predictor.from_checkpoint(path), Predictor.from_checkpoint(path, best=False)
+    broken = _checkpoint(tmp_path / "broken.pt", config=None)
+    with pytest.raises(PredictError, match=rf"^{re.escape(str(broken))}: cannot rebuild the model: checkpoint carries "
+                       r"no config: cannot rebuild its model$"):  # fmt: skip
+        Predictor.from_checkpoint(broken)
     name = next(k for k, v in last.items() if v.is_floating_point())
     assert torch.equal(best.model.state_dict()[name], predictor.model.state_dict()[name])
     assert torch.equal(final.model.state_dict()[name], last[name])
