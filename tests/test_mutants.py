@@ -647,11 +647,11 @@ def test_build_model_passes_every_model_key_on():
     left to the constructor's default, which equals params/base.yaml's value."""
     import dataclasses
 
+    from test_model import tiny_cfg
     from torch import nn
 
     from fian.model.attention import GuidedAttention
     from fian.model.build import build_model
-    from test_model import tiny_cfg
 
     cfg = tiny_cfg()  # hidden 16, heads 2, self_attn_heads 2, ffn_dim 24, word_dim 8
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, self_attn_heads=4, dropout=0.25))

@@ -217,10 +217,20 @@ def test_predictor_keeps_what_it_was_given(ckpt: Path, predictor: Predictor) -> 
     assert bare.device == torch.device("cpu") and bare.checkpoint == Path("") and bare.label == ""
 
 
-def test_predictor_takes_the_best_weights_unless_asked(tmp_path: Path, predictor: Predictor) -> None:
+def test_predictor_takes_the_best_weights_unless_asked(tmp_path: Path, predictor: Predictor, caplog) -> None:
     last = {k: v + 1.0 if v.is_floating_point() else v for k, v in predictor.model.state_dict().items()}
     path = _checkpoint(tmp_path / "two.pt", model=last)  # best_model: the fixture's weights; model: +1
     best, final = Predictor.from_checkpoint(path), Predictor.from_checkpoint(path, best=False)
+    broken = _checkpoint(tmp_path / "broken.pt", config=None)
+    with pytest.raises(PredictError, match=rf"^{re.escape(str(broken))}: cannot rebuild the model: checkpoint carries "
+                       r"no config: cannot rebuild its model$"):  # fmt: skip
+        Predictor.from_checkpoint(broken)
+    rnd = _checkpoint(tmp_path / "random.pt", **{BUNDLE_KEY: make_bundle(_cfg(), VOCAB, {
+        "feature_source": "extract:c3d:none", "backbone": "c3d", "random_weights": True})})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fian.predict"):
+        assert Predictor.from_checkpoint(rnd).random_weights is True
+    assert caplog.messages == [f"{rnd}: the features of this model come from a c3d backbone with RANDOM weights "
+                               "(offline fallback): its predictions say nothing about real videos"]  # fmt: skip
     name = next(k for k, v in last.items() if v.is_floating_point())
     assert torch.equal(best.model.state_dict()[name], predictor.model.state_dict()[name])
     assert torch.equal(final.model.state_dict()[name], last[name])
