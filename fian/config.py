@@ -135,6 +135,9 @@ class ModelConfig:
     stride_ratio: float = 0.125
     stride_steps: int | None = None
     freeze_embeddings: bool = True
+    # what the model sees of the video: features = the video's features; constant = zeros in place of
+    # every video's features (the blind baseline of Table 7: only the query and the position prior remain)
+    video_input: Literal["features", "constant"] = "features"
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class EvalConfig:
     # fixed = NMS at nms_threshold for every m, per_level = NMS at m - 0.05 (CMIN's criteria.py)
     iou_rule: Literal["gt", "ge"] = "gt"
     nms: Literal["fixed", "per_level"] = "per_level"
+    # the video-shuffle check (stage shuffle, Table 7): seed of the derangement of the split's videos
+    shuffle_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,8 @@ def _check_range(cfg: Config) -> None:
         problems.append(("eval.iou_thresholds", "each in (0, 1)"))
     elif cfg.eval.nms == "per_level" and any(t < 0.05 for t in cfg.eval.iou_thresholds):
         problems.append(("eval.nms", "per_level suppresses at m - 0.05: every eval.iou_thresholds m must be >= 0.05"))
+    if cfg.eval.shuffle_seed < 0:
+        problems.append(("eval.shuffle_seed", "must be >= 0 (a numpy seed)"))
     if problems:
         raise RangeError(problems, cfg)
 
