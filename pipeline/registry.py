@@ -1101,6 +1101,8 @@ def report_labels(kind: str):  # noqa: ANN201 - a Snakemake labels function
         files = [str(f) for f in output]
         run = str(getattr(wildcards, "variant", "") or BASELINE)
         path = next(f for f in files if Path(f).name.startswith(("metrics_", "train_metrics")))
+        if Path(path).parent.name == SHUFFLED_DIR:  # stage shuffle (Table 7)
+            run += " (videos shuffled)"
         m = json.loads(Path(path).read_text())
         if kind == "train":
             return {"run": run, "best epoch": str(m.get("best_epoch", "-")),

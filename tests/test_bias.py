@@ -207,3 +207,144 @@ def test_shuffle_perm_is_the_evaluate_stage_one() -> None:
     with pytest.raises(StageError, match=r"one\.h5: cannot shuffle its videos: .*at least 2 videos, got 1"):
         shuffled(one, Path("one.h5"), seed=0)
     np.testing.assert_array_equal(derangement(4, 5), perm)
+
+
+# --------------------------------------------------------------------------------------------
+# Table 7 from hand-written metrics files
+# --------------------------------------------------------------------------------------------
+
+GT_RULE = {"iou_rule": "gt", "nms": "per_level", "hit": "IoU > m"}
+
+
+def _write(path: Path, data: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _run(folder: Path, r15: float, r17: float, r55: float, r57: float, miou: float, shuffle_seed: int | None = None) -> None:
+    _write(folder / "metrics_test.json", {"R@1,IoU=0.5": r15, "R@1,IoU=0.7": r17, "R@5,IoU=0.5": r55,
+                                          "R@5,IoU=0.7": r57, "mIoU": miou, "n_queries": 10})  # fmt: skip
+    info = {"unit": "fraction", "split": "test", "protocol": GT_RULE, "provenance": {"seed": 0, "mlflow": {"run_id": folder.name}}}
+    if shuffle_seed is not None:
+        info["shuffle"] = {"seed": shuffle_seed, "n_videos": 3, "features_from": {"a": "b", "b": "c", "c": "a"}}
+    _write(folder / "info_test.json", info)
+
+
+def _tex_rows(tex: str) -> dict[tuple[str, str], list[str]]:
+    """{(dataset block, row label): cells} from the LaTeX, read independently of the renderer."""
+    import re
+
+    rows, block = {}, ""
+    for line in tex.split(r"\toprule", 1)[1].split(r"\bottomrule")[0].splitlines():
+        head = re.search(r"\\texttt\{([a-z0-9\\_]+)\}", line)
+        if line.startswith(r"\multicolumn") and head:
+            block = head.group(1).replace("\\_", "_")
+        elif line.endswith(r"\\") and not line.startswith((r"\multicolumn", " &", "Method")):
+            cells = [c.strip() for c in line[:-2].split("&")]
+            rows[(block, cells[0])] = cells[1:]
+    return rows
+
+
+def test_table7_rows_from_hand_written_files(tmp_path: Path) -> None:
+    import json
+
+    from fian_pipeline.tables import main as tables_main
+
+    res = tmp_path / "results"
+    _run(res / "charades/fian", 0.50, 0.30, 0.90, 0.60, 0.45)
+    _run(res / "charades/prior", 0.20, 0.05, 0.60, 0.25, 0.30)
+    _run(res / "charades/blind", 0.35, 0.15, 0.80, 0.45, 0.38)
+    _run(res / "charades/fian/shuffled", 0.25, 0.10, 0.70, 0.30, 0.33, shuffle_seed=4)
+    _run(res / "synthetic/fian", 0.70, 0.68, 0.92, 0.80, 0.64)
+    _run(res / "synthetic/prior", 0.11, 0.04, 0.51, 0.20, 0.11)
+    # synthetic: no blind run, no shuffled run
+    out = tmp_path / "reports"
+    assert tables_main(["--results", str(res), "--out", str(out), "--datasets", "charades", "synthetic",
+                        "--stand-in", "synthetic"]) == 0  # fmt: skip
+    tex = (out / "table7.tex").read_text()
+    rows = _tex_rows(tex)
+    # percentages, by hand; bold = best of each column within charades (FIAN everywhere)
+    assert rows[("charades", "FIAN (ours)")] == [r"\textbf{50.00}", r"\textbf{30.00}", r"\textbf{90.00}",
+                                                 r"\textbf{60.00}", r"\textbf{45.00}"]  # fmt: skip
+    assert rows[("charades", "Moment prior (ours)")] == ["20.00", "5.00", "60.00", "25.00", "30.00"]
+    assert rows[("charades", "Blind FIAN (ours)")] == ["35.00", "15.00", "80.00", "45.00", "38.00"]
+    assert rows[("charades", "FIAN, videos shuffled (ours)")] == ["25.00", "10.00", "70.00", "30.00", "33.00"]
+    # the stand-in block: after the real one, under its line, rows named, never bold, '---' not run
+    body = tex.split(r"\toprule")[1]
+    assert body.index(r"\texttt{charades}") < body.index("Not a reproduction") < body.index(r"\texttt{synthetic}")
+    assert rows[("synthetic", "FIAN (ours) on synthetic")] == ["70.00", "68.00", "92.00", "80.00", "64.00"]
+    assert rows[("synthetic", "Blind FIAN (ours) on synthetic")] == ["---"] * 5
+    assert rows[("synthetic", "FIAN, videos shuffled (ours) on synthetic")] == ["---"] * 5
+    # the caption says what each row is, the shuffle seed its runs recorded, the protocol
+    for needle in ("Moment prior: a baseline that reads neither query nor video", "Blind FIAN: the same model trained "
+                   "and evaluated with every video's features replaced by zeros", "FIAN, videos shuffled: the trained "
+                   "FIAN evaluated with each query shown the features of another video", r"\texttt{eval.shuffle\_seed} = 4",
+                   "Protocol: hit: IoU $> m$"):  # fmt: skip
+        assert needle in tex, needle
+    assert "seeds" not in tex.split(r"\caption{")[1].split("}\n")[0].lower() or "n = " not in tex  # one run: no n
+    md = (out / "table7.md").read_text()
+    assert "| Charades-STA (`charades`) | Blind FIAN (ours) | 35.00 | 15.00 | 80.00 | 45.00 | 38.00 |" in md
+    assert md.index("**Not a reproduction") < md.index("FIAN (ours) on synthetic")
+    csv = (out / "table7.csv").read_text().splitlines()
+    assert 'table7,ours,"FIAN, videos shuffled (ours)",charades,fian/shuffled,0,"R@1,IoU=0.5",25.0' in csv
+    assert "table7,stand-in,FIAN (ours),synthetic,fian,0,mIoU,64.0" in csv
+    assert len(csv) == 1 + 5 * (4 + 2)  # header + 5 columns x the 6 rows that ran
+    prov = json.loads((out / "table7.provenance.json").read_text())
+    assert [(r["dataset"], r["variant"], r["run"]) for r in prov["rows"]] == [
+        ("charades", "fian", True), ("charades", "prior", True), ("charades", "blind", True),
+        ("charades", "fian/shuffled", True), ("synthetic", "fian", True), ("synthetic", "prior", True),
+        ("synthetic", "blind", False), ("synthetic", "fian/shuffled", False)]  # fmt: skip
+    assert prov["rows"][3]["runs"][0]["evaluate"]["mlflow"]["run_id"] == "shuffled"
+
+
+def test_table7_with_seeds_prints_mean_std_and_n(tmp_path: Path) -> None:
+    import json
+
+    from fian.reports import bias_table
+
+    res = tmp_path / "results"
+
+    def summary(path: Path, r15: dict[int, float]) -> None:
+        from fian.reports.stats import summarize
+
+        metrics = {k: summarize({s: v * f for s, v in r15.items()}) for k, f in
+                   (("R@1,IoU=0.5", 1.0), ("R@1,IoU=0.7", 0.5), ("R@5,IoU=0.5", 1.5), ("R@5,IoU=0.7", 1.0), ("mIoU", 0.8))}  # fmt: skip
+        _write(path, {"unit": "fraction", "split": "test", "n": 2, "seeds": [0, 1], "metrics": metrics,
+                      "protocol": GT_RULE, "runs": [{"seed": s} for s in r15]})  # fmt: skip
+
+    summary(res / "tacos/fian/summary_test.json", {0: 0.30, 1: 0.34})
+    summary(res / "tacos/blind/summary_test.json", {0: 0.20, 1: 0.21})
+    summary(res / "tacos/fian/shuffled/summary_test.json", {0: 0.10, 1: 0.14})
+    _run(res / "tacos/prior", 0.12, 0.05, 0.40, 0.20, 0.15)  # one fit whatever the seeds
+    files = bias_table.render(res, ["tacos"], seeds=[0, 1], kinds=(".tex", ".csv"))
+    rows = _tex_rows(files["table7.tex"])
+    pm = r"\,{\scriptsize$\pm$}\,"
+    # R@1,IoU=0.5 of the shuffled runs: 10 and 14: mean 12.00, sample std 4 / sqrt(2) = 2.83
+    assert rows[("tacos", "FIAN, videos shuffled (ours)")][0] == f"12.00{pm}2.83"
+    assert rows[("tacos", "Blind FIAN (ours)")][0] == f"20.50{pm}0.71"  # 20, 21
+    assert rows[("tacos", "FIAN (ours)")][0] == rf"\textbf{{32.00{pm}2.83}}"
+    assert rows[("tacos", "Moment prior (ours)")][0] == "12.00"
+    assert r"$n = 2$ seeds (0, 1)" in files["table7.tex"]
+    assert 'table7,ours,Blind FIAN (ours),tacos,blind,1,"R@1,IoU=0.5",21.0' in files["table7.csv"].splitlines()
+    # a summary of other seeds is stale: an error naming it
+    with pytest.raises(ValueError, match=r"tacos/fian/summary_test\.json: key .seeds."):
+        bias_table.render(res, ["tacos"], seeds=[0, 1, 2])
+    assert json.loads((res / "tacos/fian/summary_test.json").read_text())["n"] == 2
+
+
+def test_table7_bad_metrics_file_names_it_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    from fian_pipeline.common import run_stage
+    from fian_pipeline.tables import main as tables_main
+
+    res = tmp_path / "results"
+    _run(res / "charades/fian", 0.5, 0.3, 0.9, 0.6, 0.45)
+    _write(res / "charades/fian/shuffled/metrics_test.json", {"R@1,IoU=0.5": 1.5})
+    out = tmp_path / "reports"
+    code = run_stage(tables_main, ["--results", str(res), "--out", str(out), "--datasets", "charades"])
+    assert code == 1 and "charades/fian/shuffled/metrics_test.json" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        tables_main(["--results", str(res), "--out", str(out), "--datasets", "charades", "--stand-in", "synthetic"])
+    assert e.value.code == 2 and "--stand-in ['synthetic']: not among the datasets" in capsys.readouterr().err

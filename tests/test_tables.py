@@ -183,4 +183,4 @@ def test_stage_writes_the_files_the_registry_declares(tmp_path: Path) -> None:
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert names == sorted(Path(t).name for t in TABLE_FILES)  # per table: .tex, .md, .csv, .provenance.json
-    assert len(names) == 6 * 4
+    assert len(names) == 7 * 4  # Tables 1-6 and Table 7

@@ -91,8 +91,8 @@ def caption(groups: Mapping[str, Sequence[OurRow]], split: str, markup: Markup =
             shuffle_seed: Sequence[int] = ()) -> str:  # fmt: skip
     """What each row means, where the numbers come from, the seeds and the protocol."""
     rows = [r for rs in groups.values() for r in rs]
-    seed = (f" ({markup.code('eval.shuffle_seed')} = {', '.join(map(str, shuffle_seed))})" if shuffle_seed
-            else f" ({markup.code('eval.shuffle_seed')})")  # fmt: skip
+    seed = (f"{markup.code('eval.shuffle_seed')} = {', '.join(map(str, shuffle_seed))}" if shuffle_seed
+            else markup.code("eval.shuffle_seed"))  # fmt: skip
     text = [
         "How much of the score comes from the video (ours; not in the paper). Per dataset of the workflow config, "
         f"{markup.text(split)} split. FIAN (ours): the full model. Moment prior: a baseline that reads neither "
@@ -101,9 +101,9 @@ def caption(groups: Mapping[str, Sequence[OurRow]], split: str, markup: Markup =
         f"({markup.code('params/variants/blind.yaml')}), so only the query and the position prior it learns "
         "remain (the query-only check of Otani et al., BMVC 2020). FIAN, videos shuffled: the trained FIAN "
         "evaluated with each query shown the features of another video of the split (a derangement of the "
-        f"videos, seeded{seed}; the query, its ground truth and duration are its own). A model that grounds "
-        "its queries in the video falls toward the prior when the videos are shuffled, and the blind model "
-        "stays below it; one that does not, does not.",
+        f"videos seeded by {seed}; the query, its ground truth and duration are its own). If FIAN grounds its "
+        "queries in the video, shuffling drops it toward the prior and blind FIAN scores well below it; if "
+        "neither falls far, the score comes from the query and where moments usually are.",
         f"R@{markup.math('$n$', 'n')}, IoU={markup.math('$m$', 'm')}: percentage of queries with at least one of "
         f"the top-{markup.math('$n$', 'n')} moments hitting the ground truth; mIoU: mean IoU of the top-1 moment. "
         f"{NOT_RUN}: not run (blind: list {markup.code('blind')} in the dataset's variants; shuffled: "
