@@ -339,6 +339,7 @@ def caption(spec: TableSpec, source: str, split: str, ours: Sequence[OurRow], ma
     m_level = markup.math("$m$", "m")
     text = [
         paper_caption,
+        *([markup.text(spec.note)] if spec.note else []),
         f"R@{markup.math('$n$', 'n')}, IoU={m_level}: percentage of queries with at least one of the top-"
         f"{markup.math('$n$', 'n')} moments hitting the ground truth at IoU level {m_level}.",
         f"Rows without ``(ours)'': as reported by the paper ({NOT_REPORTED}: not reported), whose "
