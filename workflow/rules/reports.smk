@@ -154,7 +154,7 @@ rule tables:
         table6_md="reports/table6.md",
         table6_csv="reports/table6.csv",
         table6_provenance="reports/table6.provenance.json",
-        table7=report("reports/table7.tex", caption="../report/tables.rst", category="Tables", labels={"table": "Table 7"}),
+        table7=report("reports/table7.tex", caption="../report/bias.rst", category="Tables", labels={"table": "Table 7"}),
         table7_md="reports/table7.md",
         table7_csv="reports/table7.csv",
         table7_provenance="reports/table7.provenance.json",
