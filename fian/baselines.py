@@ -5,6 +5,9 @@ video duration, ``(start / duration, end / duration)`` in ``[0, 1]^2``.  Predict
 centres ranked by cluster size, scaled by each video's duration.  It reads no video and no words,
 so it is the floor that a grounding model must beat (it scores well only where moments are
 stereotyped, e.g. "the whole video").
+
+:func:`derangement`: the seeded permutation of the video-shuffle check (Table 7), in which every
+query is shown another video of its split.
 """
 
 from __future__ import annotations
@@ -68,3 +71,17 @@ def normalized_moments(start: np.ndarray, end: np.ndarray, duration: np.ndarray)
         bad = int(np.flatnonzero(duration <= 0)[0])
         raise ValueError(f"record {bad}: duration {duration[bad]} <= 0")
     return np.clip(np.stack([start, end], axis=1) / duration[:, None], 0.0, 1.0)
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A permutation ``p`` of ``range(n)`` with no fixed point (``p[i] != i`` for every ``i``), drawn
+    uniformly among all such permutations by rejection (numpy's PCG64 seeded by ``seed``: the same
+    ``(n, seed)`` gives the same permutation on every machine).  About e = 2.7 draws on average;
+    ``n < 2`` has no derangement: ValueError."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 videos, got {n}")
+    rng = np.random.default_rng(seed)
+    while True:
+        p = rng.permutation(n)
+        if not (p == np.arange(n)).any():
+            return p

@@ -148,6 +148,9 @@ class ModelConfig:
     stride_ratio: float = 0.125
     stride_steps: int | None = None
     freeze_embeddings: bool = True
+    # what the model sees of the video: features = the video's features; constant = zeros in place of
+    # every video's features (the blind baseline of Table 7: only the query and the position prior remain)
+    video_input: Literal["features", "constant"] = "features"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class EvalConfig:
     nms: Literal["fixed", "per_level"] = "per_level"
     # a named preset of (iou_rule, nms[, nms_threshold]): EVAL_PROTOCOLS; custom = the keys as set
     protocol: Literal["custom", "tall", "2dtan", "cmin"] = "custom"
+    # the video-shuffle check (stage shuffle, Table 7): seed of the derangement of the split's videos
+    shuffle_seed: int = 0
 
 
 # eval.protocol presets: the keys each stands for, with the released evaluator it reproduces
@@ -391,6 +396,8 @@ def _check_range(cfg: Config) -> None:
         want = ", ".join(f"{k}: {v}" for k, v in preset.items())
         problems.append(("eval.protocol", f"{cfg.eval.protocol} means {want}; a later layer changed "
                                           f"{sorted(differ)}: set eval.protocol: custom to combine them"))
+    if cfg.eval.shuffle_seed < 0:
+        problems.append(("eval.shuffle_seed", "must be >= 0 (a numpy seed)"))
     if problems:
         raise RangeError(problems, cfg)
 

@@ -5,7 +5,7 @@
 Runs ``snakemake --profile workflow/profiles/local`` on the default config (generate -> annotations
 -> features -> text (GloVe fallback, loudly reported) -> prepare -> train -> evaluate -> baseline ->
 tables, plots), then prints where the tables, the figures and the MLflow store are and the headline
-metrics (each variant vs the moment prior).  A second run with nothing changed does no work and
+metrics (each variant, blind FIAN and FIAN with shuffled videos (Table 7) vs the moment prior).  A second run with nothing changed does no work and
 says so.  The finished run is recorded in dvc.lock (``dvc commit``) so that ``dvc repro`` agrees.  The stages' loud warnings (synthetic data, fallback word vectors) are repeated at the end.
 """
 
@@ -39,28 +39,37 @@ def loud_warnings(logs: Path, since: float) -> list[str]:
     return seen
 
 
-def headline(results: Path, dataset: str, variants: Sequence[str], split: str) -> list[str]:
-    """A small text table: one row per run (variants, then the moment prior), percentages."""
-    rows = [f"{'run':<30}" + "".join(f"{k:>13}" for k in HEADLINE)]
-    for v, label in [*((v, f"{dataset}/{v}") for v in variants), ("prior", f"{dataset}/prior (baseline)")]:
+def headline_runs(dataset: str, variants: Sequence[str], shuffle: bool = False) -> list[tuple[str, str]]:
+    """``(folder under results/<dataset>, label)`` of the headline's rows: each variant, the
+    video-shuffle check of FIAN (Table 7) when the config runs it, then the moment prior."""
+    runs = [(v, f"{dataset}/{v}" + (" (no video)" if v == R.BLIND else "")) for v in variants]
+    if shuffle:
+        runs.append((f"{R.REFERENCE}/{R.SHUFFLED_DIR}", f"{dataset}/{R.REFERENCE} (videos shuffled)"))
+    return [*runs, (R.BASELINE, f"{dataset}/{R.BASELINE} (baseline)")]
+
+
+def headline(results: Path, dataset: str, variants: Sequence[str], split: str, shuffle: bool = False) -> list[str]:
+    """A small text table: one row per run (variants, the shuffle check, the moment prior), percentages."""
+    rows = [f"{'run':<34}" + "".join(f"{k:>13}" for k in HEADLINE)]
+    for v, label in headline_runs(dataset, variants, shuffle):
         path = results / dataset / v / f"metrics_{split}.json"
         if not path.exists():
-            rows.append(f"{label:<30}  (not run: {path} missing)")
+            rows.append(f"{label:<34}  (not run: {path} missing)")
             continue
         m = read_json(path)
         rows.append(
-            f"{label:<30}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
+            f"{label:<34}" + "".join(f"{100 * m[k]:>12.2f}%" if k in m else f"{'-':>13}" for k in HEADLINE)
         )
     return rows
 
 
-def headline_protocol(results: Path, dataset: str, variants: Sequence[str], split: str) -> str:
+def headline_protocol(results: Path, dataset: str, variants: Sequence[str], split: str, shuffle: bool = False) -> str:
     """How the headline's metrics were computed, as their metrics files record it (the evaluate
     stage's ``info_<split>.json``): one protocol for all runs, or a note that they differ."""
     from fian.reports.tables import read_protocol
 
     texts = {}
-    for v in [*variants, "prior"]:
+    for v, _ in headline_runs(dataset, variants, shuffle):
         path = results / dataset / v / f"metrics_{split}.json"
         if path.exists():
             p = read_protocol(path)
@@ -266,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in warnings:
             print("  " + w)
     print("\nwhere things are:")
-    print("  tables   reports/table1.tex ... reports/table6.tex  (LaTeX, booktabs; beside each: .md Markdown,")
+    print("  tables   reports/table1.tex ... reports/table7.tex  (LaTeX, booktabs; beside each: .md Markdown,")
     print("           .csv every value, .provenance.json where each of our numbers came from)")
     print("  figures  reports/figures/<dataset>/<variant>/timeline_<split>.png, training_curves_<split>.png, "
           "attention_<split>.png (also in MLflow: the plots run's artifacts)")
@@ -283,9 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  logs     logs/<stage>/<wildcards>.log")
     for d in plan.datasets:
         print(f"\nheadline ({d.name}, {plan.eval_split} split; "
-              f"{headline_protocol(root / 'results', d.name, d.variants, plan.eval_split)}):")  # fmt: skip
-        for row in headline(root / "results", d.name, d.variants, plan.eval_split):
+              f"{headline_protocol(root / 'results', d.name, d.variants, plan.eval_split, d.shuffle)}):")  # fmt: skip
+        for row in headline(root / "results", d.name, d.variants, plan.eval_split, d.shuffle):
             print("  " + row)
+    if any(R.BLIND in d.variants or d.shuffle for d in plan.datasets):
+        print(f"  how much comes from the video: {R.BLIND} = FIAN trained and evaluated without it; videos shuffled ="
+              f" FIAN shown another video per query (reports/table7.md)")  # fmt: skip
     return 0
 
 

@@ -13,6 +13,13 @@ runs of this evaluation and of the training, commit, device, the sha256 of the s
 checkpoint).  ``--seed N`` (one seed's job of a config with ``seeds:``): the checkpoint must have
 been trained with ``train.seed`` N (else an error naming it); the MLflow run is named by it.
 Under torchrun only rank 0 evaluates (evaluation is fast).
+
+``--shuffle-videos`` (stage ``shuffle``, the video-shuffle check of Table 7; ``--out`` is then
+``results/<d>/<v>/shuffled``): every query is shown the features of another video of the split,
+the videos permuted by a derangement seeded by ``eval.shuffle_seed`` (fian/baselines.py; no video
+keeps its own); the query, its ground truth and duration are its own.  ``info_<split>.json`` adds
+``"shuffle"``: the seed and which video's features each video's queries saw.  A split with fewer
+than two videos cannot be shuffled: an error naming it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--seed", type=seed_arg, default=None,
                    help="the train.seed the checkpoint must have been trained with (the workflow's per-seed jobs)")  # fmt: skip
+    p.add_argument("--shuffle-videos", action="store_true",
+                   help="the video-shuffle check: each query sees another video's features (eval.shuffle_seed)")  # fmt: skip
     args = p.parse_args(argv)
     cfg = load(args)
 
@@ -66,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         split_path = args.data / f"{args.split}.h5"
         split = GroundingSplit.load(split_path)
+        shuffle = None
+        if args.shuffle_videos:
+            split, shuffle = shuffled(split, split_path, cfg.eval.shuffle_seed)
         embeddings, _ = load_embeddings(args.text)
         ckpt = load_checkpoint(args.checkpoint)
         try:
@@ -83,9 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hashes = data_hashes([split_path, args.checkpoint])  # MLflow tags and provenance
         tracker = build_tracker(
-            cfg, stage="evaluate", hashes=hashes, split=args.split, out=args.out, seed=args.seed,
+            cfg, stage="shuffle" if shuffle else "evaluate", hashes=hashes, split=args.split, out=args.out,
+            seed=args.seed,
             tags={"split": args.split, "best_epoch": str(ckpt.get("best_epoch")), "seed": str(trained_cfg.train.seed),
-                  **({"fian.train_run_id": str(trained_by)} if trained_by else {}), **override_tags(args)},
+                  **({"fian.train_run_id": str(trained_by)} if trained_by else {}),
+                  **({"fian.shuffle_seed": str(cfg.eval.shuffle_seed)} if shuffle else {}), **override_tags(args)},
         )  # fmt: skip
         with tracker:
             tracker.log_params(cfg.flat())
@@ -111,19 +125,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             }  # fmt: skip
             write_metrics(metrics_path, metrics, split=args.split, n_queries=len(frame), protocol=protocol_info(cfg.eval),
                           best_epoch=ckpt.get("best_epoch"), info=args.out / f"info_{args.split}.json",
-                          provenance=provenance)  # fmt: skip
-            tracker.log_metrics({f"{args.split}/{k}": v for k, v in metrics.items()},
+                          provenance=provenance, **({"shuffle": shuffle} if shuffle else {}))  # fmt: skip
+            prefix = f"{args.split}_shuffled" if shuffle else args.split  # the model's metrics: kept apart
+            tracker.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()},
                                 model_id=_logged_model(tracker, trained_by))  # fmt: skip
             tracker.log_artifact(pred_path)
             tracker.log_artifact(metrics_path)
         log.info(
-            "%s/%s %s: %s", cfg.dataset.name, cfg.variant, args.split,
+            "%s/%s %s%s: %s", cfg.dataset.name, cfg.variant, args.split, " (videos shuffled)" if shuffle else "",
             ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()),
         )  # fmt: skip
     finally:
         shutdown()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def shuffled(split: Any, path: Path, seed: int) -> tuple[Any, dict]:
+    """``split`` with every query shown another video (a derangement of its videos seeded by
+    ``seed``) and what was done, for ``info_<split>.json``."""
+    from fian.baselines import derangement
+
+    n = len(split.video_ids)
+    try:
+        perm = derangement(n, seed)
+    except ValueError as e:
+        raise StageError(f"{path}: cannot shuffle its videos: {e}") from None
+    return split.with_videos_from(perm), {
+        "seed": int(seed), "n_videos": n, "method": "derangement of the split's videos (fian.baselines.derangement)",
+        "features_from": {split.video_ids[i]: split.video_ids[int(j)] for i, j in enumerate(perm)},
+    }  # fmt: skip
 
 
 def _logged_model(tracker: Any, train_run_id: str | None) -> str | None:

@@ -47,7 +47,11 @@ NAME_RE = re.compile(r"^[a-z0-9_]+$")
 GLOVE_DIR = "data/raw/glove"
 GLOVE_FILE = f"{GLOVE_DIR}/glove.840B.300d.txt"
 BASELINE = "prior"  # results/<dataset>/prior/: the moment-prior baseline (not a params variant)
-TABLES = tuple(f"reports/table{k}.tex" for k in range(1, 7))
+# Tables 1-6 (the paper's) and Table 7 (ours: FIAN beside the moment prior, blind FIAN and the
+# video-shuffle check, for every dataset of the config; fian/reports/bias_table.py)
+TABLES = tuple(f"reports/table{k}.tex" for k in range(1, 8))
+BLIND = "blind"  # params/variants/blind.yaml: FIAN that never sees the video (Table 7)
+SHUFFLED_DIR = "shuffled"  # results/<d>/<v>/shuffled/: the video-shuffle check of a variant (stage shuffle)
 # beside each table: its Markdown twin, every seed's value (CSV) and where each "ours" cell came from
 TABLE_FILES = tuple(t.removesuffix(".tex") + ext for t in TABLES for ext in (".tex", ".md", ".csv", ".provenance.json"))
 REFERENCE = REFERENCE_VARIANT  # the variant every ablation is compared with (stage compare; Tables 4-6)
@@ -230,8 +234,65 @@ FIGURES = "reports/figures/{dataset}/{variant}"
 SEED_DIR = "seed{seed}"
 SEED_RUN = f"{RUN}/{SEED_DIR}"
 REF_SEED_RUN = f"results/{{dataset}}/{REFERENCE}/{SEED_DIR}"  # the same seed of the reference variant
+SHUFFLED = f"{RUN}/{SHUFFLED_DIR}"  # the video-shuffle check (stage shuffle); per seed: {SEED_RUN}/shuffled
 
 _EXTRACT_RESOURCES: dict[str, Any] = {"threads": 8, "mem_mb": 32000, "runtime": 24 * 60, "gpus": 1}  # both extract jobs
+
+
+
+def _evaluate_stage(name: str, out: str, doc: str, fixed: tuple[str, ...] = ()) -> Stage:
+    """The evaluate stage, or (``fixed``: ``--shuffle-videos``, ``out``: its own folder) the shuffle stage."""
+    return Stage(
+        name=name,
+        module="evaluate",
+        phase="model",
+        doc=doc,
+        wildcards=_DVS,
+        layers=_BDV,
+        keys=("features", "model", "eval"),
+        fixed=fixed,
+        args=(
+            Arg("--data", PROCESSED),
+            Arg("--text", TEXT),
+            Arg("--checkpoint", f"{RUN}/checkpoint.pt"),
+            Arg("--split", "{split}", "value"),
+            Arg("--out", out, "value"),
+        ),
+        outputs=(
+            Out(f"{out}/predictions_{{split}}.jsonl"),
+            Out(f"{out}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
+                subcategory="{dataset}", labels="metrics"),
+            Out(f"{out}/info_{{split}}.json"),
+        ),
+        when="single",
+        threads=4,
+        mem_mb=16000,
+        runtime=60,
+        gpus=1,
+    )
+
+
+
+def _aggregate_stage(name: str, sub: str, doc: str) -> Stage:
+    """The aggregate stage over the runs ``{SEED_RUN}<sub>/`` (``sub``: "" or the shuffle check's folder)."""
+    return Stage(
+        name=name,
+        module="aggregate",
+        phase="reports",
+        doc=doc,
+        wildcards=_DVS,
+        layers=(),
+        keys=(),
+        args=(
+            Arg("--metrics", f"{SEED_RUN}{sub}/metrics_{{split}}.json", "seeds"),
+            Arg("--info", f"{SEED_RUN}{sub}/info_{{split}}.json", "seeds"),
+            Arg("--train-info", f"{SEED_RUN}/train_info.json", "seeds"),
+            Arg("--out", f"{RUN}{sub}/summary_{{split}}.json", "out"),
+        ),
+        outputs=(Out(f"{RUN}{sub}/summary_{{split}}.json"),),
+        when="seeds",
+    )
+
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -413,32 +474,15 @@ STAGES: tuple[Stage, ...] = (
         distributed=True,
         console=True,
     ),
-    Stage(
-        name="evaluate",
-        module="evaluate",
-        phase="model",
-        doc="Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU).",
-        wildcards=_DVS,
-        layers=_BDV,
-        keys=("features", "model", "eval"),
-        args=(
-            Arg("--data", PROCESSED),
-            Arg("--text", TEXT),
-            Arg("--checkpoint", f"{RUN}/checkpoint.pt"),
-            Arg("--split", "{split}", "value"),
-            Arg("--out", RUN, "value"),
-        ),
-        outputs=(
-            Out(f"{RUN}/predictions_{{split}}.jsonl"),
-            Out(f"{RUN}/metrics_{{split}}.json", metric=True, report="metrics", category="Metrics",
-                subcategory="{dataset}", labels="metrics"),
-            Out(f"{RUN}/info_{{split}}.json"),
-        ),
-        when="single",
-        threads=4,
-        mem_mb=16000,
-        runtime=60,
-        gpus=1,
+    _evaluate_stage(
+        "evaluate", RUN,
+        "Evaluate a checkpoint on a split: predictions_<split>.jsonl, metrics_<split>.json (R@n,IoU=m under eval.iou_rule, mIoU).",
+    ),
+    _evaluate_stage(
+        "shuffle", SHUFFLED,
+        f"The video-shuffle check (Table 7): the {REFERENCE} checkpoint evaluated with every query shown another "
+        "video of the split (a derangement seeded by eval.shuffle_seed); logged to MLflow.",
+        fixed=("--shuffle-videos",),
     ),
     Stage(
         name="baseline",
@@ -485,22 +529,13 @@ STAGES: tuple[Stage, ...] = (
         mem_mb=4000,
         when="single",
     ),
-    Stage(
-        name="aggregate",
-        module="aggregate",
-        phase="reports",
-        doc="Gather the seeds of one variant: summary_<split>.json (mean, sample std, min, max, n, every seed's value).",
-        wildcards=_DVS,
-        layers=(),
-        keys=(),
-        args=(
-            Arg("--metrics", f"{SEED_RUN}/metrics_{{split}}.json", "seeds"),
-            Arg("--info", f"{SEED_RUN}/info_{{split}}.json", "seeds"),
-            Arg("--train-info", f"{SEED_RUN}/train_info.json", "seeds"),
-            Arg("--out", f"{RUN}/summary_{{split}}.json", "out"),
-        ),
-        outputs=(Out(f"{RUN}/summary_{{split}}.json"),),
-        when="seeds",
+    _aggregate_stage(
+        "aggregate", "",
+        "Gather the seeds of one variant: summary_<split>.json (mean, sample std, min, max, n, every seed's value).",
+    ),
+    _aggregate_stage(
+        "aggregate_shuffle", f"/{SHUFFLED_DIR}",
+        "Gather the seeds of the video-shuffle check: shuffled/summary_<split>.json (as aggregate).",
     ),
     Stage(
         name="compare",
@@ -527,13 +562,16 @@ STAGES: tuple[Stage, ...] = (
         name="tables",
         module="tables",
         phase="reports",
-        doc="Tables 1-6 (LaTeX, Markdown, per-seed CSV, provenance): the paper's numbers (kept as data) beside ours.",
+        doc="Tables 1-6 (LaTeX, Markdown, per-seed CSV, provenance): the paper's numbers (kept as data) beside ours; "
+        "Table 7: FIAN beside the moment prior, blind FIAN and the video-shuffle check, every dataset of the config.",
         wildcards=(),
         layers=(),
         keys=(),
         args=(Arg("--results", "results", "value"), Arg("--out", "reports", "value")),
-        outputs=tuple(Out(f"{t.removesuffix('.tex')}{ext}", **({"report": "tables", "category": "Tables",
-                                                             "labels": (("table", f"Table {k}"),)} if ext == ".tex" else {}))
+        # in `snakemake --report`: Tables 1-6 captioned by workflow/report/tables.rst, Table 7 by bias.rst
+        outputs=tuple(Out(f"{t.removesuffix('.tex')}{ext}", **({"report": "bias" if k == 7 else "tables",
+                                                             "category": "Tables", "labels": (("table", f"Table {k}"),)}
+                                                            if ext == ".tex" else {}))
                       for k, t in enumerate(TABLES, 1) for ext in (".tex", ".md", ".csv", ".provenance.json")),  # fmt: skip
     ),
 )
@@ -568,6 +606,8 @@ def per_seed(s: Stage) -> Stage:
 STAGES = tuple(x for s in STAGES for x in ((s, per_seed(s)) if s.when == "single" else (s,)))
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+# the stages of the video-shuffle check: for the reference variant of a dataset with `shuffle: true`
+SHUFFLE_STAGES = frozenset({"shuffle", "shuffle_seed", "aggregate_shuffle"})
 PHASES: tuple[Phase, ...] = ("data", "features", "model", "reports")
 
 
@@ -599,6 +639,7 @@ class DatasetPlan:
     eval_splits: tuple[str, ...] = ("test",)
     # the dataset whose feature store this one reads (params dataset.features_from): no store of its own
     features_from: str | None = None
+    shuffle: bool = False  # the video-shuffle check of the reference variant (stage shuffle; Table 7)
 
     @property
     def store(self) -> str:
@@ -789,6 +830,10 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
         for v in variants:
             if not NAME_RE.match(v) or v == BASELINE:
                 raise ConfigError(f"workflow config: datasets.{name}.variants: bad variant name {v!r}")
+        shuffle = bool(spec.get("shuffle", False))
+        if shuffle and REFERENCE not in variants:
+            raise ConfigError(f"workflow config: datasets.{name}.shuffle: the video-shuffle check evaluates "
+                              f"the {REFERENCE!r} variant, which datasets.{name}.variants does not list")
         base = root / params_dir / "base.yaml"
         dfile = root / params_dir / "datasets" / f"{name}.yaml"
         if not dfile.exists():
@@ -814,6 +859,7 @@ def plan_from_config(config: Mapping[str, Any], root: str | Path = ".", source: 
                 features=spec.get("features", "import"),
                 baseline=bool(spec.get("baseline", True)),
                 plots=bool(spec.get("plots", True)),
+                shuffle=shuffle,
                 glove=not cfg.text.fallback_train_glove,
                 random_backbone=cfg.extract.allow_random_weights,
                 vectors=cfg.text.vectors_file,
@@ -969,13 +1015,20 @@ def plan_args(stage_: Stage, plan: Plan) -> list[str]:
         args += ["--ours-from", f"{table_ds}={ours}"]
     if plan.seeds is not None:  # read each variant's summary (stage aggregate) and comparison (compare)
         args += ["--seeds", *(str(s) for s in plan.seeds)]
+    items = []  # Table 7: every dataset of the config; one with test splits of its own (Charades-CD) once per split
+    for d in plan.datasets:
+        items += [d.name] if d.eval_splits == (plan.eval_split,) else [f"{d.name}:{s}" for s in d.eval_splits]
+    args += ["--datasets", *items]
+    stand_in = [d.name for d in plan.datasets if d.source == "generate"]
+    if stand_in:
+        args += ["--stand-in", *stand_in]
     return args
 
 
 def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
     """Dependencies that depend on the whole plan: the tables read every run's metrics and info
     files (one run per variant), or (``seeds:``) every variant's summary and comparison with the
-    reference, and the baseline's metrics."""
+    reference, the baseline's metrics and (Table 7) the video-shuffle check's."""
     if stage_.name != "tables":
         return []
     files = []
@@ -990,6 +1043,10 @@ def plan_inputs(stage_: Stage, plan: Plan) -> list[str]:
             if d.baseline:
                 files += [f"results/{d.name}/{BASELINE}/metrics_{split}.json",
                           f"results/{d.name}/{BASELINE}/info_{split}.json"]
+            if d.shuffle:  # Table 7: the video-shuffle check of the reference variant
+                shuffled = f"results/{d.name}/{REFERENCE}/{SHUFFLED_DIR}"
+                files += ([f"{shuffled}/metrics_{split}.json", f"{shuffled}/info_{split}.json"] if plan.seeds is None
+                          else [f"{shuffled}/summary_{split}.json"])  # fmt: skip
     files += [o for inst in instances(plan) if inst.stage.name == "compare" for o in inst.outs()]
     return files
 
@@ -1012,6 +1069,8 @@ def instances(plan: Plan, stages: Sequence[Stage] = STAGES) -> list[Instance]:
             variants = d.variants if "variant" in s.wildcards else (None,)
             if s.name == "compare":  # every other variant of a dataset that runs the reference
                 variants = tuple(v for v in d.variants if v != REFERENCE) if REFERENCE in d.variants else ()
+            if s.name in SHUFFLE_STAGES:  # the reference variant only, when the config asks
+                variants = (REFERENCE,) if d.shuffle else ()
             for v in variants:
                 for seed in d.seeds if "seed" in s.wildcards and d.seeds else (None,):
                     for split in d.eval_splits if "split" in s.wildcards else (None,):
@@ -1086,7 +1145,7 @@ def targets(plan: Plan) -> list[str]:
 
 
 # the modules whose outputs a run ends with (Snakemake's targets)
-FINAL = ("tables", "plots", "evaluate", "baseline", "train", "aggregate", "compare")
+FINAL = ("tables", "plots", "evaluate", "baseline", "train", "aggregate", "compare")  # shuffle: module evaluate
 
 
 def dataset_regex(plan: Plan, when: When) -> str:
@@ -1121,6 +1180,8 @@ def report_labels(kind: str):  # noqa: ANN201 - a Snakemake labels function
         files = [str(f) for f in output]
         run = str(getattr(wildcards, "variant", "") or BASELINE)
         path = next(f for f in files if Path(f).name.startswith(("metrics_", "train_metrics")))
+        if Path(path).parent.name == SHUFFLED_DIR:  # stage shuffle (Table 7)
+            run += " (videos shuffled)"
         m = json.loads(Path(path).read_text())
         if kind == "train":
             return {"run": run, "best epoch": str(m.get("best_epoch", "-")),

@@ -1,8 +1,9 @@
-"""Stage ``tables``: the paper's Tables 1-6 with our numbers beside the reported ones.
+"""Stage ``tables``: the paper's Tables 1-6 with our numbers beside the reported ones, and Table 7.
 
     python -m fian_pipeline.tables --results results --out reports [--ours-from synthetic] [--split test]
     python -m fian_pipeline.tables ... --ours-from tacos=tacos_mini --ours-from charades=charades_mini
     python -m fian_pipeline.tables ... --seeds 0 1 2      # a workflow config with seeds:
+    python -m fian_pipeline.tables ... --datasets synthetic --stand-in synthetic   # Table 7's datasets
 
 Reads ``results/<dataset>/<variant>/metrics_<split>.json`` (with ``info_<split>.json`` and
 ``train_info.json`` beside it) of the runs each table names (fian/reports/paper_results.yaml:
@@ -12,6 +13,11 @@ Reads ``results/<dataset>/<variant>/metrics_<split>.json`` (with ``info_<split>.
 value of every seed) and ``table<k>.provenance.json`` (where each "(ours)" cell came from).
 A missing run is "---"; a malformed metrics or summary file is an error naming the file and the
 key, and then nothing is written.  Reads no params (the tables' layout is the paper's).
+
+Table 7 (ours, fian/reports/bias_table.py): per dataset of ``--datasets`` (the workflow passes
+every dataset of its config; without the flag: every folder under ``--results``), FIAN, the moment
+prior, blind FIAN (variant ``blind``) and FIAN with shuffled videos (``<dataset>/fian/shuffled/``);
+the datasets of ``--stand-in`` (generated) in a block of their own, never bold.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--results", type=Path, required=True, help="results folder (results/<dataset>/<variant>/...)"
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for table1.tex ... table6.tex (+ .md, .csv, .provenance.json)")
+    p.add_argument("--out", type=Path, required=True, help="folder for table1.tex ... table7.tex (+ .md, .csv, .provenance.json)")
     p.add_argument(
         "--ours-from",
         action="append",
@@ -45,15 +51,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="which metrics_<split>.json to report")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="the config's seeds: read each variant's summary_<split>.json and compare_fian_<split>.json")  # fmt: skip
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="Table 7's datasets, in order, each `name` or `name:split` (a dataset's own test split; "
+                        "default: every folder under --results)")  # fmt: skip
+    p.add_argument("--stand-in", nargs="+", default=[], metavar="DATASET",
+                   help="datasets of --datasets that stand in for real ones (generated): Table 7's own block")  # fmt: skip
     args = p.parse_args(argv)
     ours_from = ours_from_arg(p, args.ours_from)
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds: a seed is repeated: {args.seeds}")
 
+    from fian.reports import bias_table
     from fian.reports.tables import KINDS, render_all
 
+    datasets = args.datasets
+    if datasets is None:
+        datasets = sorted(d.name for d in args.results.iterdir() if d.is_dir()) if args.results.is_dir() else []
+    unknown = sorted(set(args.stand_in) - {bias_table.entry(d)[0] for d in datasets})
+    if unknown:
+        p.error(f"--stand-in {unknown}: not among the datasets {datasets}")
     tables = render_all(args.results, ours_from=ours_from, split=args.split, seeds=args.seeds,
                         kinds=KINDS)  # all read before any write  # fmt: skip
+    tables.update(bias_table.render(args.results, datasets, stand_in=args.stand_in, split=args.split,
+                                    seeds=args.seeds, kinds=KINDS))  # fmt: skip
     for name, text in tables.items():
         write_text(args.out / name, text)
     log.info(

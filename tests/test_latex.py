@@ -24,6 +24,14 @@ def test_tables_compile(tmp_path: Path) -> None:
     ms = {f"R@{n},IoU={m}": 0.5 for n in (1, 5) for m in (0.1, 0.3, 0.5, 0.7)}
     (res / "metrics_test.json").write_text(json.dumps({**ms, "mIoU": 0.4, "unit": "fraction"}))
     tables = render_all(tmp_path / "results", ours_from="synthetic")
+    # Table 7: a real dataset's block (bold) and a stand-in's, with cells of every kind
+    charades = tmp_path / "results/charades/fian"
+    shutil.copytree(res, charades)
+    shutil.copytree(res, charades / "shuffled")
+    from fian.reports import bias_table
+
+    tables.update(bias_table.render(tmp_path / "results", ["charades", "synthetic"], stand_in=["synthetic"]))
+    assert "table7.tex" in tables
     for name, tex in tables.items():
         (tmp_path / name).write_text(tex)
     inputs = "\n".join(rf"\input{{{name}}}\clearpage" for name in tables)

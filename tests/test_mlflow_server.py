@@ -228,12 +228,16 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
 
     # the moment prior's centres: an artifact, not a param; the figures of the plots stage: artifacts
     # of its run, which names the train run (in-process: the stages' own code, the server's store)
-    from fian_pipeline import baseline, plots
+    from fian_pipeline import baseline, evaluate, plots
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     layers = ["params/base.yaml", "params/datasets/tiny.yaml", "params/variants/fian.yaml"]
     assert baseline.main(["--params", *layers[:2], "--data", "data", "--split", "val", "--out", "results/tiny/prior"]) == 0
+    # the video-shuffle check (Table 7): its own run, naming the train run, its metrics kept apart
+    assert evaluate.main(["--params", *layers, "--data", "data", "--text", "text", "--checkpoint",
+                          "results/tiny/fian/checkpoint.pt", "--split", "val", "--out", "results/tiny/fian/shuffled",
+                          "--shuffle-videos", "--device", "cpu"]) == 0  # fmt: skip
     assert plots.main(["--params", *layers, "--predictions", "results/tiny/fian/predictions_val.jsonl",
                        "--history", "results/tiny/fian/history.csv", "--checkpoint", "results/tiny/fian/checkpoint.pt",
                        "--data", "data", "--text", "text", "--split", "val", "--out", "figures"]) == 0  # fmt: skip
@@ -250,6 +254,13 @@ def test_train_run_is_found_through_the_rest_api(tmp_path: Path, server: str, mo
     assert len(got["weights"]) == got["k"] and got["weights"] == sorted(got["weights"], reverse=True)
     first = json.loads((tmp_path / "results/tiny/prior/predictions_val.jsonl").read_text().splitlines()[0])
     np.testing.assert_allclose(np.asarray(first["segments"][0]) / first["duration"], centres[0], atol=1e-6)  # its top-1
+    shuffle = by_stage["shuffle"]
+    stags = {t["key"]: t["value"] for t in shuffle["data"]["tags"]}
+    assert stags["fian.train_run_id"] == run["info"]["run_id"] and stags["fian.shuffle_seed"] == "0"
+    assert stags["mlflow.runName"].startswith("tiny/fian/shuffle:val ")
+    smetrics = {m["key"]: m["value"] for m in shuffle["data"]["metrics"]}
+    expected = json.loads((tmp_path / "results/tiny/fian/shuffled/metrics_val.json").read_text())
+    assert smetrics["val_shuffled/R1_IoU0.5"] == pytest.approx(expected["R@1,IoU=0.5"]), smetrics
     pruns = by_stage["plots"]
     assert {t["key"]: t["value"] for t in pruns["data"]["tags"]}["fian.train_run_id"] == run["info"]["run_id"]
     figs = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={pruns['info']['run_id']}&path=figures")["files"]

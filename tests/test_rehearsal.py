@@ -49,11 +49,15 @@ def test_mini_config_plans_the_papers_whole_matrix() -> None:
         for _, variant in spec.ours:
             assert (f"{spec.dataset}_mini", variant) in made
     args = R.plan_args(R.stage("tables"), mini)
+    mini_names = ["activitynet_mini", "charades_mini", "tacos_mini"]
     assert args == ["--split", "test", "--ours-from", "activitynet=activitynet_mini",
-                    "--ours-from", "charades=charades_mini", "--ours-from", "tacos=tacos_mini"]  # fmt: skip
+                    "--ours-from", "charades=charades_mini", "--ours-from", "tacos=tacos_mini",
+                    "--datasets", *mini_names, "--stand-in", *mini_names]  # fmt: skip
     inputs = R.plan_inputs(R.stage("tables"), mini)
-    # per run: metrics, info and train_info (provenance); per baseline: metrics and info
-    assert len(inputs) == 15 * 3 + 3 * 2 and "results/tacos_mini/stride2/metrics_test.json" in inputs
+    # per run (15 of Tables 1-6, 3 blind of Table 7): metrics, info and train_info (provenance); per
+    # baseline and per shuffle check (Table 7): metrics and info
+    assert len(inputs) == 18 * 3 + 3 * 2 + 3 * 2 and "results/tacos_mini/stride2/metrics_test.json" in inputs
+    assert "results/charades_mini/fian/shuffled/info_test.json" in inputs
     assert "results/tacos_mini/stride2/train_info.json" in inputs
 
 
@@ -201,10 +205,11 @@ def _reference(proj: Path, ref: Path, jobs: set[tuple[str, str]], env: dict[str,
         shutil.rmtree(out)
         layers = ["--params", "params/base.yaml", f"params/datasets/{d}.yaml", f"params/variants/{v}.yaml", str(off)]
         data = ["--data", f"data/processed/{d}", "--text", f"data/interim/{d}/text"]
+        evaluate = ["fian_pipeline.evaluate", *layers, *data, "--checkpoint", str(out / "checkpoint.pt"), "--split", "test"]
         for cmd in (
             ["fian_pipeline.train", *layers, *data, "--out", str(out)],
-            ["fian_pipeline.evaluate", *layers, *data, "--checkpoint", str(out / "checkpoint.pt"),
-             "--split", "test", "--out", str(out)],
+            [*evaluate, "--out", str(out)],
+            *([[*evaluate, "--out", str(out / "shuffled"), "--shuffle-videos"]] if v == R.REFERENCE else []),  # Table 7
         ):  # fmt: skip
             run = subprocess.run([sys.executable, "-m", *cmd], cwd=proj, env=env, capture_output=True, text=True,
                                  timeout=600)  # fmt: skip
@@ -274,7 +279,7 @@ def _check_finished(proj: Path, ref: Path, killed: set[tuple[str, str]], env: di
     for d, v in killed:
         rel = f"results/{d}/{v}/metrics_test.json"
         assert json.loads((proj / rel).read_text()) == json.loads((ref / rel).read_text()), rel
-    for k in range(1, 7):
+    for k in range(1, 8):
         assert (proj / f"reports/table{k}.tex").read_text() == (ref / f"reports/table{k}.tex").read_text(), k
 
     # DVC: the documented commands record the run; then nothing is out of date

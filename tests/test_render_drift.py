@@ -259,12 +259,19 @@ def test_two_seeds_plan_two_train_jobs_per_variant_in_both_tools(tmp_path: Path)
         f"evaluate_seed@synthetic-{v}-{s}-test" for v in ("fian", "soft") for s in (0, 1)
     ]
     assert {j for j in reg if j.startswith(("aggregate", "compare"))} == {
-        "aggregate@synthetic-fian-test", "aggregate@synthetic-soft-test", "compare@synthetic-soft-test"}  # fmt: skip
+        "aggregate@synthetic-fian-test", "aggregate@synthetic-soft-test", "compare@synthetic-soft-test",
+        "aggregate_shuffle@synthetic-fian-test"}  # fmt: skip
+    # the video-shuffle check (Table 7, the demo's `shuffle: true`): one job per seed of FIAN, aggregated
+    assert sorted(j for j in reg if j.startswith("shuffle")) == [f"shuffle_seed@synthetic-fian-{s}-test" for s in (0, 1)]
+    cmd, deps, outs = reg["shuffle_seed@synthetic-fian-1-test"]
+    assert "--shuffle-videos" in cmd and cmd.endswith("--out results/synthetic/fian/seed1/shuffled --seed 1")
+    assert "results/synthetic/fian/seed1/checkpoint.pt" in deps and "results/synthetic/fian/seed1/shuffled/metrics_test.json" in outs
     cmd, deps, _ = reg["compare@synthetic-soft-test"]
     assert {"results/synthetic/fian/seed1/predictions_test.jsonl", "results/synthetic/soft/seed0/predictions_test.jsonl"} <= deps
     assert " --resamples 2000 " in cmd and " --level 0.95 " in cmd
     cmd, deps, _ = reg["tables"]
-    assert cmd.endswith("--seeds 0 1") and "results/synthetic/soft/summary_test.json" in deps
+    assert cmd.endswith("--seeds 0 1 --datasets synthetic --stand-in synthetic") and "results/synthetic/soft/summary_test.json" in deps
+    assert "results/synthetic/fian/shuffled/summary_test.json" in deps
     assert "results/synthetic/soft/compare_fian_test.json" in deps
     # `dvc status` (as typed) lists every per-seed job
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

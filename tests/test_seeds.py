@@ -85,7 +85,8 @@ def test_without_seeds_the_jobs_are_those_of_before() -> None:
     assert not [i for i in ids if i.startswith(("aggregate", "compare"))]
     assert R.plan_from_config({**config, "seeds": None}, ROOT) == plan
     seeded = R.plan_from_config({**config, "seeds": [3]}, ROOT)
-    assert [i.id for i in R.instances(seeded) if i.stage.module == "train"] == ["train_seed@synthetic-fian-3"]
+    assert [i.id for i in R.instances(seeded) if i.stage.module == "train"] == [
+        "train_seed@synthetic-fian-3", "train_seed@synthetic-blind-3"]  # the demo's variants: fian, blind (Table 7)
 
 
 # --------------------------------------------------------------------------------------------

@@ -75,11 +75,18 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
         "reports/figures/synthetic/fian/timeline_test.png",
         "reports/figures/synthetic/fian/training_curves_test.png",
         "reports/figures/synthetic/fian/attention_test.png",
-        *[f"reports/table{k}.tex" for k in range(1, 7)],
+        "results/synthetic/blind/metrics_test.json",  # Table 7: blind FIAN and the shuffled videos
+        "results/synthetic/fian/shuffled/metrics_test.json",
+        *[f"reports/table{k}.tex" for k in range(1, 8)],
     ):
         assert (proj / rel).is_file(), rel
     assert "FIAN (ours)" in (proj / "reports/table1.tex").read_text()
     assert "SYNTHETIC demo" in (proj / "reports/table1.tex").read_text()
+    t7 = (proj / "reports/table7.md").read_text()
+    shuffled = json.loads((proj / "results/synthetic/fian/shuffled/metrics_test.json").read_text())
+    blind = json.loads((proj / "results/synthetic/blind/metrics_test.json").read_text())
+    assert (f"| FIAN, videos shuffled (ours) on synthetic | {100 * shuffled['R@1,IoU=0.5']:.2f} |" in t7
+            and f"| Blind FIAN (ours) on synthetic | {100 * blind['R@1,IoU=0.5']:.2f} |" in t7), t7  # fmt: skip
     assert (proj / "logs/train/synthetic-fian.log").is_file()
     again = _snakemake(proj)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -99,6 +106,7 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert demo.returncode == 0, out[-3000:]
     assert "Nothing to do: every output is up to date" in out
     assert "synthetic/fian" in out and "synthetic/prior (baseline)" in out and "%" in out
+    assert "synthetic/blind (no video)" in out and "synthetic/fian (videos shuffled)" in out  # Table 7's rows
     # the headline says the protocol its metrics files record (the default: IoU > m, per-level NMS)
     assert "split; hit: IoU > m (S4.2 wording, 2D-TAN's code); one ranked list per m, NMS at m - 0.05" in out, out[-2000:]
     from fian_pipeline.demo import loud_warnings
@@ -166,7 +174,8 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
     found = re.search(r"var results = (\{.*?\});\s*</script>", html, re.S)
     assert found, "no results in report.html"
     results = json.loads(found.group(1))
-    for run_name in ("fian", "prior"):
+    assert results["results/synthetic/fian/shuffled/metrics_test.json"]["labels"]["run"] == "fian (videos shuffled)"
+    for run_name in ("fian", "prior", "blind", "fian/shuffled"):
         path = f"results/synthetic/{run_name}/metrics_test.json"
         m, labels = json.loads((proj / path).read_text()), results[path]["labels"]
         for key in ("R@1,IoU=0.5", "R@5,IoU=0.7", "mIoU"):
@@ -174,10 +183,11 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
         assert labels["hit"] == "IoU > m" and "R&#64;n,IoU=m" in results[path]["caption"], labels
     assert results["results/synthetic/fian/train_metrics.json"]["labels"]["best epoch"] == "1"
     assert sorted(k for k, v in results.items() if v["mime_type"] == "image/png") == [
-        "reports/figures/synthetic/fian/attention_test.png", "reports/figures/synthetic/fian/timeline_test.png",
-        "reports/figures/synthetic/fian/training_curves_test.png"]
+        f"reports/figures/synthetic/{v}/{f}_test.png" for v in ("blind", "fian")
+        for f in ("attention", "timeline", "training_curves")]  # fmt: skip
     assert sorted(v["labels"]["table"] for k, v in results.items() if k.startswith("reports/table")) == [
-        f"Table {k}" for k in range(1, 7)]
+        f"Table {k}" for k in range(1, 8)]
+    assert "Table 7 (ours, not in the paper)" in results["reports/table7.tex"]["caption"]
     assert all(v["caption"].strip() for v in results.values())
     readme("dvc metrics show")
 
@@ -192,7 +202,7 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
     assert load_checkpoint(proj / "results/synthetic/fian/checkpoint.pt")["config"]["train"]["lr"] == float(value)
     header = next(csv.reader(io.StringIO(readme("dvc exp show", "--csv"))))
     assert f"params.yaml:{key}" in header, header
-    headline = {f"results/synthetic/{r}/metrics_test.json:{k}" for r in ("fian", "prior")
+    headline = {f"results/synthetic/{r}/metrics_test.json:{k}" for r in ("fian", "prior", "blind", "fian/shuffled")
                 for k in ("R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "R@5,IoU=0.7", "mIoU")}  # fmt: skip
     others = [c for c in header if c not in {"Experiment", "rev", "typ", "Created", "parent", f"params.yaml:{key}"} | headline]
     assert not others, others  # ~200 columns without the documented call
@@ -225,12 +235,13 @@ def _readme_commands_on_the_finished_project(proj: Path, env: dict[str, str]) ->
 def _two_seeds_on_the_finished_demo(proj: Path) -> None:
     config = yaml.safe_load((proj / "workflow/config/default.yaml").read_text())
     config["seeds"] = [0, 1]
-    config["datasets"]["synthetic"].update(plots=False)
+    config["datasets"]["synthetic"].update(plots=False, variants=["fian"])  # blind's seeds: tests/test_bias.py
     (proj / "two-seeds.yaml").write_text(yaml.safe_dump(config))
     # on 2 cores, the two seeds' jobs side by side (the rules ask for 4 threads)
     run = _snakemake(proj, "--configfile", "two-seeds.yaml", "--set-threads", "train_seed=1", "evaluate_seed=1")
     out = run.stdout + run.stderr
-    for rule, n in (("train_seed", 2), ("evaluate_seed", 2), ("aggregate", 1), ("tables", 1)):
+    for rule, n in (("train_seed", 2), ("evaluate_seed", 2), ("aggregate", 1), ("shuffle_seed", 2),
+                    ("aggregate_shuffle", 1), ("tables", 1)):
         assert re.search(rf"^{rule} +{n}$", out, re.M), (rule, out[-3000:])
     assert re.search(r"^\[synthetic/fian seed 1\] epoch 1/1 loss", run.stdout, re.M)
     summary = json.loads((proj / "results/synthetic/fian/summary_test.json").read_text())
@@ -245,6 +256,12 @@ def _two_seeds_on_the_finished_demo(proj: Path) -> None:
     assert "table1,stand-in,FIAN (ours),synthetic,fian,1," in csv
     prov = json.loads((proj / "reports/table1.provenance.json").read_text())
     assert next(r for r in prov["rows"] if r["variant"] == "fian")["seeds"] == [0, 1]
+    # Table 7: the shuffled runs of both seeds, in mean ± std
+    shuffled = json.loads((proj / "results/synthetic/fian/shuffled/summary_test.json").read_text())
+    assert shuffled["seeds"] == [0, 1] and [r["evaluate"]["seed"] for r in shuffled["runs"]] == [0, 1]
+    s5 = [shuffled["metrics"]["R@1,IoU=0.5"]["values"][s] for s in ("0", "1")]
+    mean, std = 100 * (s5[0] + s5[1]) / 2, 100 * abs(s5[0] - s5[1]) / 2**0.5
+    assert f"| FIAN, videos shuffled (ours) on synthetic | {mean:.2f} ± {std:.2f} |" in (proj / "reports/table7.md").read_text()
 
 
 def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:

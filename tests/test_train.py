@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -524,3 +525,84 @@ def test_training_hands_the_loss_step_targets(T, duration, gt_seconds, gt_steps)
     seen = sorted(torch.cat(loss.seen).tolist())
     assert len(seen) == 3
     np.testing.assert_allclose(seen, sorted(gt_steps), rtol=1e-6, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 17: the video-shuffle check on a trained checkpoint; no model selection on test
+# --------------------------------------------------------------------------------------------
+
+
+def test_shuffle_stage_scores_each_query_on_another_video(tiny_files, tmp_path) -> None:
+    """The stage's predictions are those of the model on a split whose video array is permuted by
+    the derangement of eval.shuffle_seed (built here by hand: row v holds video perm[v]), not the
+    model's own-video predictions; rerun, the files are the same."""
+    from fian.baselines import derangement
+    from fian.data.dataset import GroundingSplit, load_embeddings
+    from fian.evaluate import evaluate as run_eval
+    from fian.evaluate import write_predictions
+    from fian_pipeline import evaluate, train
+
+    _, params, data, text = tiny_files
+    out = tmp_path / "fian"
+    assert train.main(["--params", *params, "--data", str(data), "--text", str(text), "--out", str(out)]) == 0
+    args = ["--params", *params, "--data", str(data), "--text", str(text), "--checkpoint", str(out / "checkpoint.pt"),
+            "--split", "test"]  # fmt: skip
+    assert evaluate.main([*args, "--out", str(out)]) == 0
+    assert evaluate.main([*args, "--out", str(out / "shuffled"), "--shuffle-videos"]) == 0
+    info = json.loads((out / "shuffled/info_test.json").read_text())
+    perm = derangement(3, 0)  # the test split's 3 videos, params' eval.shuffle_seed 0
+    assert info["shuffle"]["seed"] == 0 and info["shuffle"]["features_from"] == {
+        f"vid{i}": f"vid{int(j)}" for i, j in enumerate(perm)}  # fmt: skip
+    assert info["provenance"]["seed"] == 0 and info["split"] == "test"
+
+    test = GroundingSplit.load(data / "test.h5")
+    moved = GroundingSplit.from_arrays(
+        test.video.numpy()[perm], test.video_index, test.words, test.word_len, test.gt, test.duration,
+        records=test.records, num_steps=test.num_steps, video_ids=test.video_ids,
+    )  # fmt: skip
+    embeddings, _ = load_embeddings(text)
+    model, cfg = build_model_from_checkpoint(load_checkpoint(out / "checkpoint.pt"), embeddings)
+    frame, metrics = run_eval(model, moved, eval_cfg=cfg.eval, num_steps=cfg.features.num_steps, device="cpu")
+    write_predictions(tmp_path / "reference.jsonl", frame)
+    got = (out / "shuffled/predictions_test.jsonl").read_text()
+    assert got == (tmp_path / "reference.jsonl").read_text()
+    assert got != (out / "predictions_test.jsonl").read_text()  # the model's own videos give other moments
+    shuffled_metrics = json.loads((out / "shuffled/metrics_test.json").read_text())
+    assert {k: shuffled_metrics[k] for k in metrics} == pytest.approx(metrics)
+    # reproducible: the same seed, the same files
+    assert evaluate.main([*args, "--out", str(tmp_path / "again"), "--shuffle-videos"]) == 0
+    assert (tmp_path / "again/predictions_test.jsonl").read_text() == got
+
+
+def test_without_validation_the_last_epoch_is_kept_and_test_is_never_read(tiny_files, tmp_path, monkeypatch) -> None:
+    """Charades-STA has no validation split (issue 17 item 3): the train stage selects nothing, it
+    keeps the last epoch, and it reads no split but train (a test.h5 that is not even a split and a
+    stray val.h5 beside it are never opened)."""
+    import dataclasses
+    import shutil
+
+    from fian.data.dataset import GroundingSplit
+    from fian_pipeline import train
+
+    _, _, data, text = tiny_files
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(data / "train.h5", folder / "train.h5")
+    (folder / "test.h5").write_bytes(b"not a split: reading it fails")
+    (folder / "val.h5").write_bytes(b"not a split either")
+    cfg = tiny_config(epochs=3)  # the release lists train and test only
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, splits={"train": ("a.txt",), "test": ("b.txt",)}))
+    params = _write_params(tmp_path, cfg)
+    loaded: list[str] = []
+    load = GroundingSplit.load
+    monkeypatch.setattr(GroundingSplit, "load", staticmethod(lambda path, *a, **k: (loaded.append(Path(path).name),
+                                                                                   load(path, *a, **k))[1]))  # fmt: skip
+    out = tmp_path / "out"
+    assert train.main(["--params", *params, "--data", str(folder), "--text", str(text), "--out", str(out)]) == 0
+    assert loaded == ["train.h5"]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["best_epoch"] == ckpt["epoch"] == 3 and ckpt["best_by"] == "last epoch"
+    for k, v in ckpt["model"].items():  # the weights evaluate uses are the last epoch's
+        assert torch.equal(v, ckpt["best_model"][k]), k
+    assert json.loads((out / "train_info.json").read_text())["best_by"] == "last epoch (no validation split)"
+    assert not [c for c in pd.read_csv(out / "history.csv").columns if c.startswith(("val/", "test"))]

@@ -356,6 +356,22 @@ class GroundingSplit:
             video_ids=self.video_ids, attrs=self.attrs, word_len_cpu=self._word_len_cpu[idx],
         )  # fmt: skip
 
+    def with_videos_from(self, source: Any) -> GroundingSplit:
+        """The same queries, each shown the video at row ``source[v]`` instead of its own row ``v``
+        (``source [n_videos]``, a permutation of the rows; the video-shuffle check of Table 7).
+        Everything about the query (words, ground truth, duration, records) is kept; the features
+        and mask come from the other video."""
+        src = _t(source, torch.long).reshape(-1)
+        n = self.video.shape[0]
+        if src.numel() != n or not torch.equal(torch.sort(src).values, torch.arange(n)):
+            raise ValueError(f"with_videos_from: need a permutation of the {n} video rows, got {src.tolist()[:10]}")
+        return GroundingSplit(
+            video=self.video, video_mask=self.video_mask, video_index=src.to(self.device)[self.video_index],
+            words=self.words, word_len=self.word_len, gt=self.gt, duration=self.duration, records=self.records,
+            num_steps=self.num_steps, rows=self.rows, video_ids=self.video_ids, attrs=self.attrs,
+            word_len_cpu=self._word_len_cpu,
+        )  # fmt: skip
+
     # --------------------------------------------------------------------------------- batches
     def batches(
         self,

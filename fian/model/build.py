@@ -65,5 +65,6 @@ def build_model(
         vocab_size=vocab_size,
         word_dim=cfg.text.word_dim,
         freeze_embeddings=m.freeze_embeddings,
+        video_input=m.video_input,
         check_inputs=check_inputs,
     )

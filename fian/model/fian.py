@@ -8,6 +8,9 @@
     f  = BiGRU(M)                             [B, T, d]     S3.4
     out = Head(f)                             ModelOutput   S3.4 / Table 5
 
+``video_input="constant"`` is the blind baseline of Table 7 (params/variants/blind.yaml): the
+video's features are replaced by zeros before the video encoder, in training and evaluation.
+
 The ablations of Table 4 are configurations: ``branches`` (qv, vq or both), ``iterate`` (False:
 only the first encoder, which for the vq branch gives V2 = Enc(V, Q)), ``attention`` and
 ``fusion``.  Encoders whose output no fusion reads are not built: Q2 exists only for the gate
@@ -62,6 +65,7 @@ class FIAN(nn.Module):
         vocab_size: int | None = None,
         word_dim: int = 300,
         freeze_embeddings: bool = True,
+        video_input: str = "features",
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
@@ -76,6 +80,11 @@ class FIAN(nn.Module):
         self.check_inputs = check_inputs
         self.has_qv, self.has_vq = "qv" in branches, "vq" in branches
         self.fusion_kind = fusion
+        if video_input not in ("features", "constant"):
+            raise ValueError(f"video_input must be 'features' or 'constant', got {video_input!r}")
+        # constant: the blind baseline (Table 7): zeros in place of the features, in training and
+        # evaluation alike; the masks (how many steps are real) are kept
+        self.video_input = video_input
 
         self.query_encoder = QueryEncoder(
             hidden, embeddings=embeddings, vocab_size=vocab_size, word_dim=word_dim, freeze=freeze_embeddings
@@ -108,6 +117,8 @@ class FIAN(nn.Module):
             self.validate(video, video_mask, words, word_mask)
         if words.shape[1] > self.max_query_len:  # only padding beyond n_q (validate checks it)
             words, word_mask = words[:, : self.max_query_len], word_mask[:, : self.max_query_len]
+        if self.video_input == "constant":  # blind: what the video holds is never seen
+            video = torch.zeros_like(video)
         q = self.query_encoder(words, word_mask)  # [B, L, d]
         v = self.video_encoder(video, video_mask)  # [B, T, d]
 

@@ -22,6 +22,7 @@ class TableSpec:
     columns: tuple[str, ...]  # metric names "R@n,IoU=m"
     rows: tuple[tuple[str, tuple[float | None, ...]], ...]  # (method, percentages; None = "-")
     ours: tuple[tuple[str, str], ...]  # (row label, variant of results/<dataset>/<variant>/)
+    note: str = ""  # ours, not the paper's: said in the caption after the paper's (e.g. how our runs were selected)
 
     @property
     def number(self) -> int:
@@ -60,6 +61,7 @@ def load_paper_results(path: str | Path = PAPER_RESULTS) -> dict[str, TableSpec]
                 columns=columns,
                 rows=tuple(rows),
                 ours=ours,
+                note=" ".join(str(t.get("note") or "").split()),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None

@@ -340,6 +340,7 @@ def caption(spec: TableSpec, source: str, split: str, ours: Sequence[OurRow], ma
     m_level = markup.math("$m$", "m")
     text = [
         paper_caption,
+        *([markup.text(spec.note)] if spec.note else []),
         f"R@{markup.math('$n$', 'n')}, IoU={m_level}: percentage of queries with at least one of the top-"
         f"{markup.math('$n$', 'n')} moments hitting the ground truth at IoU level {m_level}.",
         f"Rows without ``(ours)'': as reported by the paper ({NOT_REPORTED}: not reported), whose "
@@ -498,13 +499,16 @@ def _table_lines(spec: TableSpec, ours: Sequence[OurRow], markup: Markup) -> tup
            for v, b in zip(values, best, strict=True)]
         for method, values in spec.rows
     ]  # fmt: skip
-    mine = []
-    for r in ours:
-        cells = r.cells if r.cells is not None else (None,) * n
-        means = r.values if r.values is not None else (None,) * n
-        mine.append([markup.label(_row_label(r, markup))]
-                    + [cell_text(c, markup, bold=_is_best(m, b)) for c, m, b in zip(cells, means, best_ours, strict=True)])  # fmt: skip
-    return paper, mine, stand_in
+    return paper, [our_cells(r, n, markup, best_ours) for r in ours], stand_in
+
+
+def our_cells(r: OurRow, n: int, markup: Markup, best: Sequence[float | None]) -> list[str]:
+    """One "(ours)" row as cell texts (label, then ``n`` cells), bold where its mean is ``best``."""
+    cells = r.cells if r.cells is not None else (None,) * n
+    means = r.values if r.values is not None else (None,) * n
+    return [markup.label(_row_label(r, markup))] + [
+        cell_text(c, markup, bold=_is_best(m, b)) for c, m, b in zip(cells, means, best, strict=True)
+    ]
 
 
 def render_table(spec: TableSpec, ours: Sequence[OurRow], *, source: str, split: str) -> str:

@@ -112,6 +112,60 @@ rule evaluate_seed:
         "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed} --seed {wildcards.seed} > {log} 2>&1"
 
 
+rule shuffle:
+    """The video-shuffle check (Table 7): the fian checkpoint evaluated with every query shown another video of the split (a derangement seeded by eval.shuffle_seed); logged to MLflow."""
+    input:
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
+        checkpoint="results/{dataset}/{variant}/checkpoint.pt",
+    output:
+        predictions="results/{dataset}/{variant}/shuffled/predictions_{split}.jsonl",
+        metrics=report("results/{dataset}/{variant}/shuffled/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
+        info="results/{dataset}/{variant}/shuffled/info_{split}.json",
+    log:
+        "logs/shuffle/{dataset}-{variant}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "single"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=R.resources(R.stage("shuffle"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("shuffle", wildcards),
+    shell:
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --shuffle-videos --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant}/shuffled > {log} 2>&1"
+
+
+rule shuffle_seed:
+    """The video-shuffle check (Table 7): the fian checkpoint evaluated with every query shown another video of the split (a derangement seeded by eval.shuffle_seed); logged to MLflow, one seed (config `seeds:`)."""
+    input:
+        data="data/processed/{dataset}",
+        text="data/interim/{dataset}/text",
+        checkpoint="results/{dataset}/{variant}/seed{seed}/checkpoint.pt",
+    output:
+        predictions="results/{dataset}/{variant}/seed{seed}/shuffled/predictions_{split}.jsonl",
+        metrics=report("results/{dataset}/{variant}/seed{seed}/shuffled/metrics_{split}.json", caption="../report/metrics.rst", category="Metrics", subcategory="{dataset}", labels=R.report_labels("metrics")),
+        info="results/{dataset}/{variant}/seed{seed}/shuffled/info_{split}.json",
+    log:
+        "logs/shuffle_seed/{dataset}-{variant}-{seed}-{split}.log",
+    wildcard_constraints:
+        dataset=R.dataset_regex(PLAN, "seeds"),
+    conda:
+        "../envs/fian.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=R.resources(R.stage("shuffle_seed"), PLAN).get("gpu", 0),
+    params:
+        values=lambda wildcards: R.param_values("shuffle_seed", wildcards),
+    shell:
+        "python -m fian_pipeline.evaluate --params params/base.yaml params/datasets/{wildcards.dataset}.yaml params/variants/{wildcards.variant}.yaml --overrides params.yaml --shuffle-videos --data data/processed/{wildcards.dataset} --text data/interim/{wildcards.dataset}/text --checkpoint results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/checkpoint.pt --split {wildcards.split} --out results/{wildcards.dataset}/{wildcards.variant}/seed{wildcards.seed}/shuffled --seed {wildcards.seed} > {log} 2>&1"
+
+
 rule baseline:
     """The moment-prior baseline (query-independent) on a split, with the same metrics."""
     input:
