@@ -348,3 +348,32 @@ def test_table7_bad_metrics_file_names_it_and_writes_nothing(tmp_path: Path, cap
     with pytest.raises(SystemExit) as e:
         tables_main(["--results", str(res), "--out", str(out), "--datasets", "charades", "--stand-in", "synthetic"])
     assert e.value.code == 2 and "--stand-in ['synthetic']: not among the datasets" in capsys.readouterr().err
+
+
+def test_table7_reports_a_datasets_own_test_splits(tmp_path: Path) -> None:
+    """A dataset with test splits of its own (Charades-CD: test_iid, test_ood) is given as
+    ``name:split`` (the workflow's tables command does so from dataset.eval_splits): one block per
+    split, read from that split's files, named with it; the caption says so."""
+    from fian_pipeline.tables import main as tables_main
+
+    res = tmp_path / "results"
+    for split, r15 in (("test_iid", 0.60), ("test_ood", 0.20)):
+        for run, scale in (("fian", 1.0), ("prior", 0.5), ("blind", 0.75), ("fian/shuffled", 0.25)):
+            folder = res / "charades_cd" / run
+            _run(folder, r15 * scale, 0.1, 0.9, 0.5, 0.4, shuffle_seed=0 if "shuffled" in run else None)
+            for name in ("metrics", "info"):  # _run writes the test split's names: move them to this split
+                (folder / f"{name}_test.json").rename(folder / f"{name}_{split}.json")
+    out = tmp_path / "reports"
+    assert tables_main(["--results", str(res), "--out", str(out), "--datasets", "charades_cd:test_iid",
+                        "charades_cd:test_ood"]) == 0  # fmt: skip
+    md = (out / "table7.md").read_text()
+    # by hand: FIAN 60 / 20, the prior half of it, blind three quarters, shuffled a quarter
+    assert "| Charades-CD (`charades_cd`, test_iid) | **FIAN (ours)** |" not in md  # row labels are not bold
+    iid = [line for line in md.splitlines() if line.startswith("| Charades-CD (`charades_cd`, test_iid)")]
+    ood = [line for line in md.splitlines() if line.startswith("| Charades-CD (`charades_cd`, test_ood)")]
+    assert [line.split(" | ")[2] for line in iid] == ["**60.00**", "30.00", "45.00", "15.00"]
+    assert [line.split(" | ")[2] for line in ood] == ["**20.00**", "10.00", "15.00", "5.00"]
+    assert "test splits of its own" in md
+    with pytest.raises(SystemExit):  # a stand-in that is not among the datasets' names
+        tables_main(["--results", str(res), "--out", str(out), "--datasets", "charades_cd:test_iid",
+                     "--stand-in", "synthetic"])  # fmt: skip

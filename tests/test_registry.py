@@ -134,12 +134,16 @@ def test_cd_datasets_share_a_store_and_evaluate_both_test_splits(paper_plan: R.P
     assert "--features data/interim/charades/features.h5" in by_id["prepare@charades_cd"].command(paper_plan)
     assert by_id["features@charades"].outs() == ["data/interim/charades/features.h5"]
     cd = {i for i in ids if "@charades_cd-" in i and i.split("@")[0] in ("evaluate_seed", "baseline", "aggregate")}
-    assert cd == {f"evaluate_seed@charades_cd-fian-{s}-{t}" for s in (0, 1, 2) for t in ("test_iid", "test_ood")} | {
-        f"{st}@charades_cd-{v}{t}" for st, v in (("baseline", ""), ("aggregate", "fian-")) for t in ("test_iid", "test_ood")}
+    splits, variants = ("test_iid", "test_ood"), ("fian", "blind")  # blind: Table 7
+    assert cd == {f"evaluate_seed@charades_cd-{v}-{s}-{t}" for v in variants for s in (0, 1, 2) for t in splits} | {
+        f"baseline@charades_cd-{t}" for t in splits} | {f"aggregate@charades_cd-{v}-{t}" for v in variants for t in splits}
     assert "evaluate_seed@charades_cd-fian-0-test" not in ids and "evaluate_seed@charades-fian-0-test" in ids
     tables = by_id["tables"].deps(paper_plan)
     for t in ("test_iid", "test_ood"):
         assert f"results/charades_cd/fian/summary_{t}.json" in tables and f"results/charades_cd/prior/metrics_{t}.json" in tables
+        assert f"results/charades_cd/fian/shuffled/summary_{t}.json" in tables  # Table 7's shuffled row
+    # Table 7 reports Charades-CD once per test split, the other datasets on the config's eval_split
+    assert "--datasets activitynet charades charades_cd:test_iid charades_cd:test_ood tacos" in by_id["tables"].command(paper_plan)
     # train reads the prepared folder; its model selection looks at val.h5 only (fian_pipeline.train)
     assert by_id["train_seed@charades_cd-fian-0"].command(paper_plan).count("--data data/processed/charades_cd ") == 1
     # ActivityNet-CD the same way over ActivityNet's store (not in paper.yaml: add it under datasets)

@@ -50,6 +50,8 @@ DATASET_NAMES = {
     "activitynet": "ActivityNet Captions",
     "tacos": "TACoS",
     "charades": "Charades-STA",
+    "charades_cd": "Charades-CD",  # Yuan et al. 2021: Charades-STA re-split (test_iid, test_ood)
+    "activitynet_cd": "ActivityNet-CD",  # Yuan et al. 2021: ActivityNet Captions re-split
     "synthetic": "SYNTHETIC demo",
     # the rehearsal (workflow/config/paper-mini.yaml): tiny generated copies of the three releases
     "activitynet_mini": "REHEARSAL ActivityNet Captions (tiny, generated)",
