@@ -10,8 +10,9 @@ the real ``fian.train._train_epoch`` on a random split of the demo's size) with
 settings of the OpenMP runtime:
 
 - ``spin``: the runtime's defaults (libgomp: a waiting thread spins before it sleeps);
-- ``stage``: what the stage entry points set before torch is imported (``fian_pipeline/__init__.py``:
-  ``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0``: a waiting thread sleeps at once).
+- ``stage``: what the stage entry points set before torch is imported (``fian_pipeline/__init__.py``;
+  measured as ``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0`` in bench/RESULTS.md's table; now
+  ``GOMP_SPINCOUNT=10000``, ``KMP_BLOCKTIME=1``: a waiting thread spins briefly, then sleeps).
 
 Per cell: median wall s per step (CPU s per step in brackets: > wall x threads' share means
 spinning), and the slowdown vs the same setting on the quiet machine (0 busy).  A fair share of

@@ -51,7 +51,8 @@ class Checkout:
         if not (self.bin / "python").exists() or not (self.bin / "snakemake").exists():
             raise SystemExit(f"{self.path}: no .venv with python and snakemake (run `make install` there)")
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=self.path, capture_output=True, text=True)
-        self.label = f"{self.path.name}@{rev.stdout.strip() or '?'}"
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=self.path, capture_output=True, text=True)
+        self.label = f"{self.path.name}@{rev.stdout.strip() or '?'}" + ("+changes" if dirty.stdout.strip() else "")
         self.proj = work / self.path.name / "proj"
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI", "FIAN_WORKFLOW_RUN")}  # fmt: skip

@@ -7,11 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# the stage entry points' OpenMP defaults (OMP_WAIT_POLICY=PASSIVE, KMP_BLOCKTIME=0; pipeline/__init__.py),
-# set before any test module imports torch: the in-process training and encoding of the tests, and
-# every process they start, do not spin on a shared machine (issue 21 item 5)
-import fian_pipeline  # noqa: F401, E402
-
 REPO = Path(__file__).resolve().parents[1]
 # FIAN_SHARED_ANNOTATIONS: the folder elsewhere (e.g. from a git worktree, whose parent has no shared/)
 SHARED_ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or REPO.parent / "shared" / "data" / "annotations")
