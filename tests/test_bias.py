@@ -265,6 +265,8 @@ def test_table7_rows_from_hand_written_files(tmp_path: Path) -> None:
                         "--stand-in", "synthetic"]) == 0  # fmt: skip
     tex = (out / "table7.tex").read_text()
     rows = _tex_rows(tex)
+    for line in tex.splitlines():  # every line's braces balance (a stray "}" stops pdflatex)
+        assert line.count("{") - line.count(r"\{") == line.count("}") - line.count(r"\}"), line
     # percentages, by hand; bold = best of each column within charades (FIAN everywhere)
     assert rows[("charades", "FIAN (ours)")] == [r"\textbf{50.00}", r"\textbf{30.00}", r"\textbf{90.00}",
                                                  r"\textbf{60.00}", r"\textbf{45.00}"]  # fmt: skip

@@ -212,8 +212,9 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
 TOY = {
     "dataset": {
         "name": "toy", "format": "activitynet", "feature_layout": "activitynet_c3d", "feature_dim": 8,
-        "splits": {"train": ["train.json"]},
-        "annotation_sources": [{"name": "train.json", "url": "http://127.0.0.1:PORT/train.json", "sha256": None}],
+        "splits": {"train": ["train.json"], "test": ["test.json"]},  # test: the eval split the config plans
+        "annotation_sources": [{"name": f"{s}.json", "url": f"http://127.0.0.1:PORT/{s}.json", "sha256": None}
+                               for s in ("train", "test")],
     },
     "features": {"num_steps": 8}, "model": {"window_sizes": [2, 4], "stride_ratio": 0.5},
     "loss": {"alpha": 0.005}, "train": {"lr": 1.0e-3, "batch_size": 4},
@@ -234,8 +235,9 @@ def _download_project(proj: Path) -> Path:
     (proj / "workflow/config/toy.yaml").write_text(yaml.safe_dump({"datasets": {"toy": {"source": "download", "variants": ["fian"]}}}))
     served = proj / "served"
     served.mkdir()
-    ann = {f"v{i}": {"duration": 10.0, "timestamps": [[1.0, 4.0]], "sentences": ["a man opens a door"]} for i in range(3)}
-    (served / "train.json").write_text(json.dumps(ann))
+    for split, ids in (("train", range(3)), ("test", range(3, 5))):  # no video in both (the annotations stage checks)
+        ann = {f"v{i}": {"duration": 10.0, "timestamps": [[1.0, 4.0]], "sentences": ["a man opens a door"]} for i in ids}
+        (served / f"{split}.json").write_text(json.dumps(ann))
     return proj
 
 
@@ -246,9 +248,9 @@ def _point_sources_at(proj: Path, port: int) -> None:
     import yaml
 
     toy = copy.deepcopy(TOY)
-    src = toy["dataset"]["annotation_sources"][0]
-    src["url"] = src["url"].replace("PORT", str(port))
-    src["sha256"] = hashlib.sha256((proj / "served/train.json").read_bytes()).hexdigest()
+    for src in toy["dataset"]["annotation_sources"]:
+        src["url"] = src["url"].replace("PORT", str(port))
+        src["sha256"] = hashlib.sha256((proj / "served" / src["name"]).read_bytes()).hexdigest()
     (proj / "params/datasets/toy.yaml").write_text(yaml.safe_dump(toy))
 
 

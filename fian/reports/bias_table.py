@@ -173,7 +173,7 @@ def render_tex(groups: Mapping[str, Sequence[OurRow]], split: str, shuffle_seed:
         lines += [row(c) for c in _lines(groups[d], TEX)]
     if stand:
         lines += [r"\midrule", rf"\multicolumn{{{n + 1}}}{{l}}{{\emph{{Not a reproduction: generated stand-in "
-                  r"datasets (not comparable with real data)}}}} \\"]  # fmt: skip
+                  r"datasets (not comparable with real data)}} \\"]  # fmt: skip
         for d in stand:
             lines += [r"\midrule", rf"\multicolumn{{{n + 1}}}{{l}}{{\emph{{{_name(d, TEX)}}}}} \\"]
             lines += [row(c) for c in _lines(groups[d], TEX)]
