@@ -75,6 +75,27 @@ for _d in PLAN.datasets:
         localrule: True
 
 
+# a local run's jobs skip the ~3 CPU s of imports each: one pre-imported runner forks them
+# (fian_pipeline/runner.py; off with FIAN_NO_RUNNER=1; never for SLURM jobs or --use-conda)
+from fian_pipeline import runner as _runner
+
+_RUNNER = []
+
+
+onstart:
+    _RUNNER.append(_runner.start_for_workflow(workflow, log))
+
+
+onsuccess:
+    for _p in _RUNNER:
+        _runner.stop(_p)
+
+
+onerror:
+    for _p in _RUNNER:
+        _runner.stop(_p)
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/model.smk"

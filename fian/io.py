@@ -56,6 +56,11 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22: starttime
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie -- ended, not yet reaped -- does not)."""
+    return _start_time(pid) is not None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -216,7 +216,16 @@ def interrupt_on_signal(signum: int, frame: object) -> None:
 
 
 def run_stage(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; turn expected errors into one line on stderr and exit status 1."""
+    """Run ``main``; turn expected errors into one line on stderr and exit status 1.
+
+    A stage command of a local Snakemake run (``FIAN_RUNNER`` set, ``argv`` None) is handed to
+    the workflow's pre-imported runner (fian_pipeline.runner), which runs this same function in a
+    forked child; without a runner, or when it declines, the stage runs here."""
+    if argv is None:
+        from fian_pipeline.runner import delegate
+
+        if (code := delegate()) is not None:
+            return code
     setup_logging()
     try:
         code = main(argv)

@@ -39,17 +39,18 @@ def mlflow_ref(tracker: Any) -> dict[str, str] | None:
 
 
 def device_info(device: Any, world_size: int = 1) -> dict[str, Any]:
-    """``{"kind": "cuda"|"cpu", "name": ..., "count": processes}``: the device a job ran on."""
+    """``{"kind": "cuda"|"cpu", "name": ..., "count": processes, "threads": torch's intra-op threads}``:
+    the device a job ran on (the thread count changes a CPU result's last bits)."""
+    import torch
+
     kind = getattr(device, "type", str(device))
     name = kind
     if kind == "cuda":
-        import torch
-
         try:
             name = torch.cuda.get_device_name(device)
         except (RuntimeError, AssertionError):  # no driver at this moment: the kind is still right
             name = "cuda"
-    return {"kind": kind, "name": name, "count": int(world_size)}
+    return {"kind": kind, "name": name, "count": int(world_size), "threads": int(torch.get_num_threads())}
 
 
 def sources(cfg: Any, text_dir: str | Path, split_attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,12 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from train_helpers import VOCAB, marked_split, tiny_config
+from train_helpers import marked_split, plain, tiny_config, write_text_dir
 
 from fian.resume import TrainState, code_version, run_key
 from fian.train import load_checkpoint
@@ -32,19 +31,11 @@ BIN = Path(sys.executable).parent
 EPOCHS = 4
 
 
-def _plain(o):
-    if isinstance(o, dict):
-        return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_plain(v) for v in o]
-    return o
-
-
 def _params(folder: Path, cfg) -> list[str]:
     d = cfg.to_dict()
     d.pop("variant")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "base.yaml").write_text(yaml.safe_dump(_plain(d)))
+    (folder / "base.yaml").write_text(yaml.safe_dump(plain(d)))
     (folder / "tiny.yaml").write_text("{}\n")
     (folder / "fian.yaml").write_text("{}\n")
     return [str(folder / n) for n in ("base.yaml", "tiny.yaml", "fian.yaml")]
@@ -54,11 +45,7 @@ def _data(root: Path, n_train: int) -> tuple[Path, Path]:
     data, text = root / "data", root / "text"
     marked_split(n_videos=n_train, seed=1).save(data / "train.h5")
     marked_split(n_videos=4, seed=2).save(data / "val.h5")
-    text.mkdir(parents=True)
-    (text / "vocab.json").write_text(json.dumps(["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]))
-    emb = np.random.default_rng(0).normal(size=(VOCAB, 16)).astype(np.float32)
-    emb[0] = 0
-    np.save(text / "embeddings.npy", emb)
+    write_text_dir(text)
     return data, text
 
 

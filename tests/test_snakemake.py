@@ -88,6 +88,14 @@ def test_demo_dag_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert (f"| FIAN, videos shuffled (ours) on synthetic | {100 * shuffled['R@1,IoU=0.5']:.2f} |" in t7
             and f"| Blind FIAN (ours) on synthetic | {100 * blind['R@1,IoU=0.5']:.2f} |" in t7), t7  # fmt: skip
     assert (proj / "logs/train/synthetic-fian.log").is_file()
+    # every job ran in the workflow's pre-imported runner (fian_pipeline/runner.py): its log names
+    # each stage command and its exit; none declined, none ran itself
+    [runner_log] = (proj / ".snakemake/log").glob("*.fian-runner.log")
+    ran = re.findall(r"job \d+: (fian_pipeline\.\w+) ", runner_log.read_text())
+    assert {"fian_pipeline.train", "fian_pipeline.evaluate", "fian_pipeline.baseline", "fian_pipeline.tables"} <= set(ran)
+    assert len(re.findall(r"job \d+: exit 0 after", runner_log.read_text())) == len(ran)
+    assert "declined" not in runner_log.read_text() and "fian runner" not in "".join(
+        p.read_text() for p in (proj / "logs").rglob("*.log"))  # fmt: skip
     again = _snakemake(proj)
     assert "Nothing to be done" in again.stdout + again.stderr
     # the demo job on the finished project: says there is nothing to do, repeats the stages' loud

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_helpers import VOCAB, marked_split, plain_scores, tiny_config
+from train_helpers import VOCAB, marked_split, plain_scores, tiny_config, write_text_dir
 
 from fian.losses import build_loss
 from fian.model.build import build_model
@@ -179,11 +179,7 @@ def tiny_files(tmp_path_factory):
     marked_split(n_videos=6, seed=1).save(data / "train.h5")
     marked_split(n_videos=3, seed=2).save(data / "val.h5")
     marked_split(n_videos=3, seed=3).save(data / "test.h5")
-    text.mkdir()
-    (text / "vocab.json").write_text(json.dumps(["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]))
-    emb = np.random.default_rng(0).normal(size=(VOCAB, 16)).astype(np.float32)
-    emb[0] = 0
-    np.save(text / "embeddings.npy", emb)
+    write_text_dir(text)
     params = _write_params(tmp, tiny_config(epochs=2))
     return tmp, params, data, text
 
@@ -451,7 +447,7 @@ def test_two_seeds_through_the_stages(tiny_files) -> None:
     assert differ  # another initialisation and batch order (the same seed reproduces a run: tests/test_resume.py)
     prov = json.loads((runs[1] / "train_info.json").read_text())["provenance"]
     assert prov["seed"] == 1 and prov["mlflow"] is None  # tracking is off in this config
-    assert prov["device"] == {"kind": "cpu", "name": "cpu", "count": 1}
+    assert prov["device"] == {"kind": "cpu", "name": "cpu", "count": 1, "threads": torch.get_num_threads()}
     assert prov["batch_size"] == {"effective": 8, "per_device": 8}
     assert prov["inputs_sha256"]["train.h5"] == hashlib.sha256((data / "train.h5").read_bytes()).hexdigest()
     assert prov["inputs_sha256"]["embeddings.npy"] == hashlib.sha256((text / "embeddings.npy").read_bytes()).hexdigest()

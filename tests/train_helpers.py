@@ -8,6 +8,7 @@ moment's steps, on top of noise.  Finding the moment means matching words to the
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,3 +110,22 @@ def plain_scores(predictions_path, metric_names) -> dict[str, float]:
                 vals.append(any(hit))
         out[name] = sum(vals) / len(vals)
     return out
+
+
+def plain(o: object) -> object:
+    """``o`` with tuples as lists (for yaml.safe_dump of a config's dict)."""
+    if isinstance(o, dict):
+        return {k: plain(v) for k, v in o.items()}
+    return [plain(v) for v in o] if isinstance(o, list | tuple) else o
+
+
+def write_text_dir(text: Path) -> Path:
+    """The text stage's outputs for the tiny vocabulary: vocab.json and 16-d embeddings.npy."""
+    import json
+
+    text.mkdir(parents=True, exist_ok=True)
+    (text / "vocab.json").write_text(json.dumps(["<pad>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 2)]))
+    emb = np.random.default_rng(0).normal(size=(VOCAB, 16)).astype(np.float32)
+    emb[0] = 0
+    np.save(text / "embeddings.npy", emb)
+    return text
