@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m fian_pipeline.demo --cores $(CORES)

@@ -14,7 +14,14 @@ interleaved between the checkouts (so that a change of machine load hits all of 
 - ``baseline job``: ``--force results/synthetic/prior/metrics_test.json`` (the moment prior);
 - ``evaluate stage, tracking on/off``: ``python -m fian_pipeline.evaluate`` run directly (no
   Snakemake), with ``--set tracking.enabled=false`` for "off";
-- ``import torch+mlflow+pandas+h5py``: the libraries alone.
+- ``import torch+mlflow+pandas+h5py``: the libraries alone;
+- ``4 jobs in one run``: ``--force`` of four small jobs at once (evaluate FIAN, evaluate blind,
+  the video-shuffle check, the moment prior), with the workflow's pre-imported runner
+  (fian_pipeline/runner.py, the default of a local run) and without it (``FIAN_NO_RUNNER=1``);
+  "per job" = (run - no-op) / 4: what one more job of a run costs;
+- ``evaluate stage through a warm runner``: the stage command of the rows above, handed to a
+  runner that has already started (CPU: the command's own plus the forked job's, read from the
+  runner's ``/proc/<pid>/stat`` children times).
 
 "fixed" = job - no-op: what a job costs over Snakemake's own check (the evaluation itself, ~0.5 s
 of model work on the demo's 240 test queries, included).  Each cell: median wall s (median CPU s
@@ -39,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_T = "results/synthetic/fian/metrics_test.json"
 BASE_T = "results/synthetic/prior/metrics_test.json"
+FOUR = [EVAL_T, BASE_T, "results/synthetic/blind/metrics_test.json", "results/synthetic/fian/shuffled/metrics_test.json"]
 IMPORTS = "import torch, mlflow, pandas, h5py"
 
 
@@ -81,7 +89,26 @@ class Checkout:
         if n != 1:
             raise SystemExit(f"{params}: no `train: epochs:` key to set")
         params.write_text(text)
-        run(self.proj, self.env, self.smk(EVAL_T, BASE_T, "--set-threads", "train=1"))  # building is not timed
+        run(self.proj, self.env, self.smk(*FOUR, "--set-threads", "train=1"))  # building is not timed
+
+    def has_runner(self) -> bool:
+        return (self.path / "pipeline" / "runner.py").is_file()
+
+    def start_runner(self) -> None:
+        """A runner of this checkout's venv, as the Snakefile starts one (its env for the warm row)."""
+        code = ("import os, sys, time; from fian_pipeline import runner as R; p = R.start(sys.argv[1]); "
+                "print(os.environ[R.ENV], p.pid, flush=True); time.sleep(10**6)")  # fmt: skip
+        self.runner = subprocess.Popen([str(self.bin / "python"), "-c", code, str(self.bin / "python")],
+                                       cwd=self.proj, env=self.env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        name, pid = self.runner.stdout.readline().split()
+        self.runner_env = {**self.env, "FIAN_RUNNER": name, "FIAN_RUNNER_PID": pid}
+        self.runner_pid = int(pid)
+        run(self.proj, self.runner_env, [str(self.bin / "python"), "-m", "fian_pipeline.evaluate", "--help"])  # warm
+
+    def runner_cpu(self) -> float:
+        """CPU s of the runner's reaped children (its jobs), from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.runner_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
 
 
 def run(cwd: Path, env: dict[str, str], cmd: list[str]) -> tuple[float, float]:
@@ -117,21 +144,42 @@ def main(argv: list[str] | None = None) -> int:
         c.build()
         print(f"  {c.label}: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     rows = {
-        "snakemake no-op": lambda c: c.smk(EVAL_T, BASE_T),
+        "snakemake no-op": lambda c: c.smk(*FOUR),
         "evaluate job (forced)": lambda c: c.smk("--force", EVAL_T),
         "baseline job (forced)": lambda c: c.smk("--force", BASE_T),
+        "4 jobs in one run, runner": lambda c: c.smk("--force", *FOUR),
+        "4 jobs in one run, no runner": lambda c: c.smk("--force", *FOUR),
         "evaluate stage alone, tracking on": lambda c: c.stage(True),
         "evaluate stage alone, tracking off": lambda c: c.stage(False),
+        "evaluate stage through a warm runner, tracking on": lambda c: c.stage(True),
         f"`{IMPORTS}`": lambda c: [str(c.bin / "python"), "-c", IMPORTS],
     }
+    for c in checkouts:
+        if c.has_runner():
+            c.start_runner()
+
+    def timed(name: str, c: Checkout) -> tuple[float, float]:
+        if name.endswith("no runner"):
+            return run(c.proj, {**c.env, "FIAN_NO_RUNNER": "1"}, rows[name](c))
+        if "warm runner" in name:
+            if not c.has_runner():
+                return float("nan"), float("nan")
+            before = c.runner_cpu()
+            wall, cpu = run(c.proj, c.runner_env, rows[name](c))
+            return wall, cpu + c.runner_cpu() - before
+        return run(c.proj, c.env, rows[name](c))
+
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     load1 = uptime()
     for i in range(args.repeat):
-        for name, cmd in rows.items():
+        for name in rows:
             for c in checkouts:
-                times.setdefault((name, c.label), []).append(run(c.proj, c.env, cmd(c)))
+                times.setdefault((name, c.label), []).append(timed(name, c))
         print(f"  round {i + 1}/{args.repeat} done", file=sys.stderr, flush=True)
     load2 = uptime()
+    for c in checkouts:
+        if c.has_runner():
+            c.runner.kill()
 
     def cell(name: str, c: Checkout) -> tuple[float, float]:
         v = times[(name, c.label)]
@@ -146,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(checkouts))
     for name in rows:
         print(f"| {name} | " + " | ".join("{:.2f} ({:.2f} CPU)".format(*cell(name, c)) for c in checkouts) + " |")
-    for job in ("evaluate job (forced)", "baseline job (forced)"):
-        label = f"**fixed cost: {job.split()[0]} job - no-op**"
+    for job, n in (("evaluate job (forced)", 1), ("baseline job (forced)", 1), ("4 jobs in one run, runner", 4),
+                   ("4 jobs in one run, no runner", 4)):  # fmt: skip
+        label = f"**fixed cost: ({job} - no-op) / {n}**"
         print(f"| {label} | " + " | ".join(
-            f"**{cell(job, c)[0] - cell('snakemake no-op', c)[0]:.2f}** ({cell(job, c)[1] - cell('snakemake no-op', c)[1]:.2f} CPU)"
-            for c in checkouts) + " |")  # fmt: skip
+            f"**{(cell(job, c)[0] - cell('snakemake no-op', c)[0]) / n:.2f}** "
+            f"({(cell(job, c)[1] - cell('snakemake no-op', c)[1]) / n:.2f} CPU)" for c in checkouts) + " |")  # fmt: skip
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -61,15 +61,17 @@ LOAD_TIME_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "VE
 # and numpy's OpenBLAS its thread pool (each child sizes its own pool, _apply_threads)
 RUNNER_ENV = {"JE_ARROW_MALLOC_CONF": "background_thread:false", "OPENBLAS_NUM_THREADS": "1"}
 PRELOAD = (
-    "numpy", "torch", "pandas", "h5py", "yaml", "scipy.stats", "mlflow", "mlflow.tracking",
-    "mlflow.store.tracking.sqlalchemy_store", "mlflow.pyfunc", "sqlalchemy", "alembic",
-    "alembic.runtime.migration", "alembic.script", "matplotlib", "matplotlib.pyplot",
+    "numpy", "torch", "pandas", "h5py", "yaml", "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+    "sqlalchemy", "alembic", "alembic.runtime.migration", "alembic.script",
     "fian.tracking", "fian.train", "fian.evaluate", "fian.data.dataset", "fian.baselines",
     "fian_pipeline.common", "fian_pipeline.provenance", "fian_pipeline.mlflow_model", "fian_pipeline.annotations",
     "fian_pipeline.features", "fian_pipeline.text", "fian_pipeline.prepare", "fian_pipeline.train",
     "fian_pipeline.evaluate", "fian_pipeline.baseline", "fian_pipeline.plots", "fian_pipeline.tables",
     "fian_pipeline.aggregate", "fian_pipeline.compare", "fian_pipeline.generate",
 )  # fmt: skip
+# imported once the runner listens, while it has nothing else to do (a lone job does not wait for
+# them; a later plots/train/compare job finds them loaded)
+PRELOAD_IDLE = ("mlflow.pyfunc", "scipy.stats", "matplotlib", "matplotlib.pyplot")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 MAX_REQUEST = 1 << 22  # bytes of one request (argv, cwd, environment)
 _STATUS = struct.Struct("!ci")  # reply: b"E" exit code / b"S" killed by signal / b"D" declined (+ text)
@@ -254,8 +256,15 @@ class Runner:
     def serve(self) -> None:
         import selectors
 
+        idle = list(PRELOAD_IDLE)
         while not (self.stopping and not self.children):
-            for key, _ in self.sel.select(timeout=1.0):
+            events = self.sel.select(timeout=0 if idle and not self.stopping else 1.0)
+            if not events and idle and not self.stopping:
+                _import(idle.pop(0))
+                if _thread_count() != 1:  # forking from now on would not be safe: jobs run themselves
+                    _say(f"a library started threads ({_thread_names()}): declining every job from now on")
+                    self.stopping = True
+            for key, _ in events:
                 if key.data == "accept":
                     self.accept()
                 elif key.data == "wake":
@@ -485,14 +494,17 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
 
 
-def preload() -> None:
+def _import(name: str) -> None:
     import importlib
 
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional library (matplotlib): its jobs import it themselves
-            pass
+    try:
+        importlib.import_module(name)
+    except ImportError:  # an optional library: its jobs import it themselves (and fail there if they need it)
+        pass
+
+
+def _thread_names() -> list[str]:
+    return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -503,10 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = args.parent or os.getppid()
     os.environ.update(RUNNER_ENV)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the jobs (through their clients)
-    preload()
+    for name in PRELOAD:
+        _import(name)
     if _thread_count() != 1:
-        names = sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task"))
-        print(f"fian runner: not starting, a library started threads ({names}): jobs run themselves", file=sys.stderr)
+        _say(f"fian runner: not starting, a library started threads ({_thread_names()}): jobs run themselves")
         return 1
     runner = Runner(args.name, parent)
     signal.signal(signal.SIGTERM, runner.stop)

@@ -12,8 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or REPO.parent / "shared" / "data" / "annotations")
 
 
+# the files of the longest tests (README's --durations table), handed out first: with `make test`
+# (pytest-xdist, -n auto --dist loadfile: a file's tests on one worker) the suite's wall time is
+# then not one long file started last
+LONG_FIRST = ("test_rehearsal.py", "test_snakemake.py", "test_slurm.py", "test_resume.py", "test_byo_dataset.py",
+              "test_predict.py", "test_runner.py", "test_mlflow_server.py", "test_rerun.py", "test_tracking.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests run only when asked for (-m gpu) and a CUDA device is present."""
+    """The long files first (stable otherwise); `gpu` tests run only when asked for (-m gpu) and a
+    CUDA device is present."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if "gpu" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="GPU check: opt in with `pytest -m gpu` on a CUDA machine")
