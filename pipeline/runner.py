@@ -71,7 +71,11 @@ PRELOAD = (
 )  # fmt: skip
 # imported once the runner listens, while it has nothing else to do (a lone job does not wait for
 # them; a later plots/train/compare job finds them loaded)
-PRELOAD_IDLE = ("mlflow.pyfunc", "scipy.stats", "matplotlib", "matplotlib.pyplot")
+# "module:function": a warm-up that every train job would compute alike, called once here (a pure
+# function of the installed packages): MLflow's map of modules to distributions (log_model scans
+# every installed distribution for it, 1-3 s), torch's dynamo (created with the Adam optimizer)
+PRELOAD_IDLE = ("mlflow.pyfunc", "torch._dynamo", "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+                "scipy.stats", "matplotlib", "matplotlib.pyplot")  # fmt: skip
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 MAX_REQUEST = 1 << 22  # bytes of one request (argv, cwd, environment)
 _STATUS = struct.Struct("!ci")  # reply: b"E" exit code / b"S" killed by signal / b"D" declined (+ text)
@@ -495,12 +499,16 @@ def _die_with_parent() -> None:
 
 
 def _import(name: str) -> None:
+    """Import ``module`` (or call ``module:function``, a warm-up without arguments)."""
     import importlib
 
+    module, _, function = name.partition(":")
     try:
-        importlib.import_module(name)
-    except ImportError:  # an optional library: its jobs import it themselves (and fail there if they need it)
-        pass
+        loaded = importlib.import_module(module)
+        if function and callable(getattr(loaded, function, None)):
+            getattr(loaded, function)()
+    except Exception as e:  # noqa: BLE001 - an optional library or warm-up: its jobs do it themselves
+        _say(f"preloading {name} failed ({type(e).__name__}: {e}): its jobs will do it themselves")
 
 
 def _thread_names() -> list[str]:

@@ -19,6 +19,12 @@ LONG_FIRST = ("test_rehearsal.py", "test_snakemake.py", "test_slurm.py", "test_r
               "test_predict.py", "test_runner.py", "test_mlflow_server.py", "test_rerun.py", "test_tracking.py")  # fmt: skip
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (make test): one worker more than the CPUs -- many end-to-end tests wait on
+    processes, servers and SLURM polls, and the extra worker fills those gaps."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The long files first (stable otherwise); `gpu` tests run only when asked for (-m gpu) and a
     CUDA device is present."""

@@ -173,6 +173,11 @@ rule combine:
 """
 
 
+# the loopback cluster answers at once: poll it every second, not every 10 s (the profile's values
+# are for a real cluster's scheduler)
+FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1"]
+
+
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
     work = tmp_path / "wf"
@@ -181,7 +186,7 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
     # one SLURM test at a time on this machine (they share /etc/slurm/slurm.conf and munged)
     with open("/tmp/fian-slurm-test.lock", "w") as lock, _locked(lock), slurm_cluster(tmp_path) as env:
         proc = subprocess.run(
-            [str(BIN / "snakemake"), "--profile", str(ROOT / "workflow/profiles/slurm"), "--jobs", "3"],
+            [str(BIN / "snakemake"), "--profile", str(ROOT / "workflow/profiles/slurm"), "--jobs", "3", *FAST_POLL],
             cwd=work, env=env, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -193,7 +198,7 @@ def test_slurm_profile_runs_a_workflow(tmp_path: Path) -> None:
             _point_sources_at(proj, port)
             wf = subprocess.run(
                 [str(BIN / "snakemake"), "data/interim/toy/annotations", "--profile", "workflow/profiles/slurm",
-                 "--jobs", "2", "--configfile", "workflow/config/toy.yaml"],
+                 "--jobs", "2", "--configfile", "workflow/config/toy.yaml", *FAST_POLL],
                 cwd=proj, env=env, capture_output=True, text=True, timeout=240,
             )  # fmt: skip
         out = wf.stdout + wf.stderr
