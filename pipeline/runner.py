@@ -531,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(args.name, parent)
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop (set_wakeup_fd)
-    _say(f"fian runner {args.name}: ready (pid {os.getpid()}, {len(sys.modules)} modules imported)")
+    _say(f"fian runner {args.name}: ready (pid {os.getpid()}, {len(sys.modules)} modules imported, "
+         f"torch's default {runner.torch_threads} threads)")
     runner.serve()
     return 0
 

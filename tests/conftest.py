@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one xdist worker per CPU: each computes with one thread (and the processes it
+    # starts, unless a test or Snakemake sets OMP_NUM_THREADS itself), so that the workers do not
+    # oversubscribe the cores; set here, before any test module imports torch
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 # FIAN_SHARED_ANNOTATIONS: the folder elsewhere (e.g. from a git worktree, whose parent has no shared/)
 SHARED_ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or REPO.parent / "shared" / "data" / "annotations")
 
@@ -17,12 +24,6 @@ SHARED_ANNOTATIONS = Path(os.environ.get("FIAN_SHARED_ANNOTATIONS") or REPO.pare
 # then not one long file started last
 LONG_FIRST = ("test_rehearsal.py", "test_snakemake.py", "test_slurm.py", "test_resume.py", "test_byo_dataset.py",
               "test_predict.py", "test_runner.py", "test_mlflow_server.py", "test_rerun.py", "test_tracking.py")  # fmt: skip
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (make test): one worker more than the CPUs -- many end-to-end tests wait on
-    processes, servers and SLURM polls, and the extra worker fills those gaps."""
-    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
