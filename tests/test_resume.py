@@ -360,7 +360,10 @@ def test_snakemake_run_killed_mid_training_resumes_on_rerun(tmp_path) -> None:
     _snakemake(proj, target)  # the same command again
     rerun_log = log_file.read_text()
     assert "resuming run" in rerun_log and "starting from epoch 0" not in rerun_log, rerun_log[-3000:]
-    # the same training, uninterrupted, by the stage command itself
+    # the same training, uninterrupted, by the stage command itself, with the job's thread count
+    # (Snakemake's OMP_NUM_THREADS: the rule's threads capped by --cores; train_info.json records it)
+    threads = json.loads((proj / "results/synthetic/fian/train_info.json").read_text())["provenance"]["device"]["threads"]
+    env = {**env, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
     ref = subprocess.run(
         [sys.executable, "-m", "fian_pipeline.train", "--params", "params/base.yaml", "params/datasets/synthetic.yaml",
          "params/variants/fian.yaml", "--data", "data/processed/synthetic", "--text", "data/interim/synthetic/text",
