@@ -372,7 +372,14 @@ class Tracker:
                     raise
                 log.info("experiment %s was created by another job at the same moment: using it", self.experiment)
         if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            try:
+                client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            except MlflowException:
+                # another job set it at the same moment (an MLflow server on SQLite answers the
+                # second insert with a UNIQUE constraint error): fine if the tag is there now
+                if client.get_experiment(exp.experiment_id).tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    raise
+                log.info("experiment %s: its kind tag was set by another job at the same moment", self.experiment)
         return exp.experiment_id
 
     def _parent(self) -> str:

@@ -522,3 +522,42 @@ def test_log_dataset_takes_the_stages_hash_instead_of_reading_the_file_again(tmp
     with Tracker(enabled=True, tracking_uri=store, dataset="hash", variant="fian", stage="evaluate", out="r") as t2:
         with pytest.raises(AssertionError, match="read again"):  # without it: hashed here
             t2.log_dataset("hash/test", data, context="evaluation")
+
+
+@pytest.mark.parametrize("other_job_set_it", [True, False], ids=["raced", "failed"])
+def test_the_experiment_kind_tag_set_by_another_job_at_the_same_moment(tmp_path, monkeypatch, store,
+                                                                        other_job_set_it) -> None:  # fmt: skip
+    """Four jobs through an MLflow server on SQLite: two may insert the experiment's kind tag at
+    once and the second gets a UNIQUE constraint error (seen in CI). The job goes on when the tag
+    is there now; a failure that left it unset still fails the job."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from fian.tracking import EXPERIMENT_KIND
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    real = MlflowClient.set_experiment_tag
+
+    def racing(self, experiment_id, key, value):
+        if other_job_set_it:
+            real(self, experiment_id, key, value)  # the other job's insert, just before ours
+        raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key, "
+                              "experiment_tags.experiment_id")  # fmt: skip
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", racing)
+    import dataclasses
+
+    cfg = Config()  # a dataset of its own: a new experiment, whose tag is not set yet
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, name=f"race{int(other_job_set_it)}"))
+    if not other_job_set_it:
+        with pytest.raises(MlflowException, match="UNIQUE constraint"):
+            build_tracker(cfg, stage="train").__enter__()
+        return
+    with build_tracker(cfg, stage="train") as t:
+        t.log_metrics({"loss": 0.5}, step=1)
+        run_id = t.run_id
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
