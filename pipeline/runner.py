@@ -29,8 +29,9 @@ What stays as without it:
   executable and the code's files must be the runner's: if any differs (an edited source file
   too) the runner declines and the client runs the stage itself, saying why on stderr.
 
-Off: unset ``FIAN_RUNNER``, or ``snakemake --config fian_runner=false``; never used for SLURM jobs
-or by DVC (their stage commands run as plain processes).  bench/jobcost.py measures both ways.
+Off: ``FIAN_NO_RUNNER=1 snakemake ...``.  Never used for SLURM (or any remote executor),
+``--use-conda``, ``--touch`` or DVC: their stage commands run as plain processes.
+bench/jobcost.py measures both ways.
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def _code_files() -> dict[str, float]:
     out = {}
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
-        if f and (mod.__name__.startswith(("fian.", "fian_pipeline.")) or mod.__name__ in ("fian", "fian_pipeline")):
+        if f and mod.__name__.split(".")[0] in ("fian", "fian_pipeline"):
             try:
                 out[f] = os.stat(f).st_mtime_ns
             except OSError:
@@ -231,7 +232,9 @@ class Runner:
         self.env = load_time_env(dict(os.environ))
         self.files = _code_files()
         self.python = _interpreter()
-        self.torch_threads = _torch_threads()
+        import torch
+
+        self.torch_threads = torch.get_num_threads()  # torch's default here: a job without OMP_NUM_THREADS gets it
         self.stopping = False
 
     def decline_reason(self, req: Any) -> str | None:
@@ -258,8 +261,6 @@ class Runner:
         return None
 
     def serve(self) -> None:
-        import selectors
-
         idle = list(PRELOAD_IDLE)
         while not (self.stopping and not self.children):
             events = self.sel.select(timeout=0 if idle and not self.stopping else 1.0)
@@ -282,8 +283,6 @@ class Runner:
             self.reap()
             if os.getppid() != self.parent and not self.stopping:  # our Snakemake is gone
                 self.stop()
-        self.sel.unregister(self.server)
-        _ = selectors
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -388,12 +387,6 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _child(req: dict[str, Any], fds: list[int], conn: socket.socket, runner_fds: list[int], threads: int) -> None:
@@ -548,7 +541,7 @@ def start(python: str, log: Path | None = None) -> Any:
     if os.environ.get(OFF_ENV):
         return None
     name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    env = {**os.environ, **RUNNER_ENV}
+    env = dict(os.environ)  # the runner adds RUNNER_ENV itself (main), before it imports anything
     for key in (ENV, PID_ENV, CHILD_ENV):
         env.pop(key, None)
     if log is not None:

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from train_helpers import marked_split, plain, tiny_config, write_text_dir
+from train_helpers import plain, tiny_config, write_tiny_data
 
 from fian.resume import TrainState, code_version, run_key
 from fian.train import load_checkpoint
@@ -41,14 +41,6 @@ def _params(folder: Path, cfg) -> list[str]:
     return [str(folder / n) for n in ("base.yaml", "tiny.yaml", "fian.yaml")]
 
 
-def _data(root: Path, n_train: int) -> tuple[Path, Path]:
-    data, text = root / "data", root / "text"
-    marked_split(n_videos=n_train, seed=1).save(data / "train.h5")
-    marked_split(n_videos=4, seed=2).save(data / "val.h5")
-    write_text_dir(text)
-    return data, text
-
-
 # --------------------------------------------------------------------------------------------
 # real processes, real signals
 # --------------------------------------------------------------------------------------------
@@ -59,7 +51,7 @@ def project(tmp_path_factory):
     """Tiny data (long enough epochs to be killed in), params with MLflow on, and one
     uninterrupted reference run."""
     root = tmp_path_factory.mktemp("resume")
-    data, text = _data(root, n_train=12)  # 24 queries, batch 8: 3 steps per epoch
+    data, text = write_tiny_data(root, n_train=12)  # 24 queries, batch 8: 3 steps per epoch
     cfg = tiny_config(epochs=EPOCHS)
     import dataclasses
 
@@ -177,7 +169,7 @@ def test_killed_training_resumes_by_the_same_command(project, sig) -> None:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("choose")
-    data, text = _data(root, n_train=3)
+    data, text = write_tiny_data(root, n_train=3)
     return root, data, text
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import marked_split, plain, tiny_config, write_text_dir
+from train_helpers import plain, tiny_config, write_tiny_data
 
 from fian.io import process_alive
 from fian_pipeline import runner as R
@@ -36,10 +36,7 @@ PY = str(BIN / "python")
 def tiny(tmp_path_factory):
     """Tiny data and params (MLflow on, a SQLite store in the folder) for a train job."""
     root = tmp_path_factory.mktemp("runner")
-    data, text = root / "data", root / "text"
-    marked_split(n_videos=12, seed=1).save(data / "train.h5")
-    marked_split(n_videos=4, seed=2).save(data / "val.h5")
-    write_text_dir(text)
+    write_tiny_data(root, n_train=12)
     cfg = tiny_config(epochs=2)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.2),  # the RNG matters
                               tracking=dataclasses.replace(cfg.tracking, enabled=True))  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_helpers import VOCAB, marked_split, plain_scores, tiny_config, write_text_dir
+from train_helpers import VOCAB, marked_split, plain_scores, tiny_config, write_tiny_data
 
 from fian.losses import build_loss
 from fian.model.build import build_model
@@ -175,11 +175,7 @@ def _write_params(tmp_path, cfg) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stage")
-    data, text = tmp / "data", tmp / "text"
-    marked_split(n_videos=6, seed=1).save(data / "train.h5")
-    marked_split(n_videos=3, seed=2).save(data / "val.h5")
-    marked_split(n_videos=3, seed=3).save(data / "test.h5")
-    write_text_dir(text)
+    data, text = write_tiny_data(tmp, n_train=6, n_val=3, n_test=3)
     params = _write_params(tmp, tiny_config(epochs=2))
     return tmp, params, data, text
 

@@ -129,3 +129,14 @@ def write_text_dir(text: Path) -> Path:
     emb[0] = 0
     np.save(text / "embeddings.npy", emb)
     return text
+
+
+def write_tiny_data(root: Path, n_train: int, n_val: int = 4, n_test: int = 0) -> tuple[Path, Path]:
+    """``root/data`` (train/val[/test].h5 of :func:`marked_split`, seeds 1/2/3) and ``root/text``
+    (:func:`write_text_dir`): what the train and evaluate stages read."""
+    data, text = root / "data", root / "text"
+    for split, n, seed in (("train", n_train, 1), ("val", n_val, 2), ("test", n_test, 3)):
+        if n:
+            marked_split(n_videos=n, seed=seed).save(data / f"{split}.h5")
+    write_text_dir(text)
+    return data, text
